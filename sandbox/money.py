@@ -1,0 +1,71 @@
+"""Strict decimal-string money: parsed to integer minor units, never a float.
+
+The regex only admits ASCII digits, no sign, no exponent, no whitespace and no
+more fraction digits than the currency has, so "1e2", " 5 ", "1.234" (EUR) and
+non-ASCII digits such as "١٢٣" are all rejected instead of being coerced.
+"""
+
+from __future__ import annotations
+
+import re
+
+# ISO 4217 exponents that differ from the usual 2.
+_EXPONENTS: dict[str, int] = {
+    "JPY": 0,
+    "KWD": 3,
+    "BHD": 3,
+    "JOD": 3,
+    "OMR": 3,
+    "TND": 3,
+}
+_CURRENCY = re.compile(r"[A-Z]{3}")
+# PostgreSQL bigint: the ceiling for any stored minor-unit amount.
+MAX_MINOR = 2**63 - 1
+
+
+class InvalidAmount(ValueError):
+    """The amount or currency is not acceptable. The message is safe to return."""
+
+
+def is_currency(value: object) -> bool:
+    return isinstance(value, str) and _CURRENCY.fullmatch(value) is not None
+
+
+def exponent(currency: str) -> int:
+    return _EXPONENTS.get(currency, 2)
+
+
+def _pattern(exp: int) -> re.Pattern[str]:
+    fraction = rf"(\.[0-9]{{1,{exp}}})?" if exp > 0 else ""
+    # re.ASCII so nothing but 0-9 can ever match; fullmatch so a trailing
+    # newline is not silently accepted the way "$" would.
+    return re.compile(rf"(0|[1-9][0-9]{{0,17}}){fraction}", re.ASCII)
+
+
+_PATTERNS: dict[int, re.Pattern[str]] = {exp: _pattern(exp) for exp in (0, 2, 3)}
+
+
+def parse_amount(value: object, currency: str) -> int:
+    """Parse a strict decimal string into minor units of `currency`."""
+    if not is_currency(currency):
+        raise InvalidAmount("currency must be three upper-case letters")
+    if not isinstance(value, str):
+        raise InvalidAmount("amount must be a decimal string")
+    exp = exponent(currency)
+    if _PATTERNS[exp].fullmatch(value) is None:
+        raise InvalidAmount(f"amount must be a decimal string with at most {exp} decimals")
+    whole, _, frac = value.partition(".")
+    minor = int(whole) * 10**exp + (int(frac.ljust(exp, "0")) if frac else 0)
+    if minor > MAX_MINOR:
+        raise InvalidAmount("amount is too large")
+    return minor
+
+
+def format_minor(minor: int, currency: str) -> str:
+    """Format minor units back to a string with exactly the currency's decimals."""
+    exp = exponent(currency)
+    if exp == 0:
+        return str(minor)
+    sign = "-" if minor < 0 else ""
+    whole, frac = divmod(abs(minor), 10**exp)
+    return f"{sign}{whole}.{frac:0{exp}d}"

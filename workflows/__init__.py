@@ -1,0 +1,1 @@
+"""The pure core: workflow definitions. No I/O anywhere in this package."""

@@ -1,0 +1,120 @@
+"""Vocabulary shared by every workflow definition: commands, errors, the protocol.
+
+A definition is pure. `decide(state, event, now)` returns the next state and a
+list of commands; the engine (the imperative shell) carries the commands out in
+the same database transaction that stores the new state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+
+class IllegalTransition(Exception):
+    """The event does not apply to the state. Nothing was changed."""
+
+    def __init__(self, status: str, event: str) -> None:
+        super().__init__(f"event {event!r} is not allowed in state {status}")
+        self.status = status
+        self.event = event
+
+
+@dataclass(frozen=True)
+class Event:
+    """Base of all events. `name` is what the audit trail records."""
+
+    @property
+    def name(self) -> str:
+        return _snake(type(self).__name__)
+
+
+@dataclass(frozen=True)
+class RunActivity:
+    """Run a side effect (ledger or provider call) in a job after commit."""
+
+    activity: str
+
+
+@dataclass(frozen=True)
+class StartTimer:
+    """Deliver a `TimerFired(kind, due_at)` event at `due_at`, durably."""
+
+    kind: str
+    due_at: datetime
+
+
+@dataclass(frozen=True)
+class FollowUp:
+    """Apply another event to the same task in the same transaction."""
+
+    event: Event
+
+
+@dataclass(frozen=True)
+class Alert:
+    """Publish an attention event (e.g. a provider contradicting a final state)."""
+
+    kind: str
+    detail: str
+
+
+Command = RunActivity | StartTimer | FollowUp | Alert
+
+
+class TaskLike(Protocol):
+    @property
+    def status(self) -> Any: ...
+
+
+@dataclass(frozen=True)
+class TaskView:
+    """What the queue rule needs to know about one task."""
+
+    task_id: str
+    position: int
+    status: str
+
+
+@dataclass(frozen=True)
+class QueueDecision:
+    """New queue status (None: unchanged), tasks to start and tasks to stop."""
+
+    status: str | None
+    start: tuple[str, ...] = ()
+    stop: tuple[str, ...] = ()
+
+
+class WorkflowDefinition(Protocol):
+    """What the engine needs from a workflow; nothing else is assumed."""
+
+    name: str
+    terminal_statuses: frozenset[str]
+
+    def decide(self, state: Any, event: Event, now: datetime) -> tuple[Any, list[Command]]: ...
+
+    def load(self, row: Mapping[str, Any], context: Any) -> Any: ...
+
+    def dump(self, state: Any) -> dict[str, Any]: ...
+
+    def status_of(self, state: Any) -> str: ...
+
+    def queue_decide(
+        self, queue_status: str, cancel_requested: bool, tasks: Sequence[TaskView]
+    ) -> QueueDecision: ...
+
+    start_event: Callable[[], Event]
+    stop_event: Callable[[], Event]
+    cancel_event: Callable[[str, str], Event]
+    timer_event: Callable[[str, datetime], Event]
+
+
+def _snake(name: str) -> str:
+    out = []
+    for i, ch in enumerate(name):
+        if ch.isupper() and i:
+            out.append("_")
+        out.append(ch.lower())
+    return "".join(out)

@@ -1,0 +1,102 @@
+"""The withdrawal workflow as the engine sees it: decide, persistence mapping, queue rule.
+
+Queue rule: any task SUCCEEDED completes the queue and stops the PENDING rest.
+While a task is live nothing else starts (the database enforces one live task
+per queue). Otherwise the next PENDING task starts, unless cancellation was
+requested; with nothing left, the queue is FAILED (or CANCELLED).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import fields
+from datetime import datetime
+from typing import Any
+
+from workflows import withdrawal
+from workflows.core import Command, Event, QueueDecision, TaskView
+from workflows.withdrawal_events import (
+    TERMINAL,
+    Cancel,
+    Funds,
+    QueueStatus,
+    Start,
+    Stop,
+    TaskState,
+    TaskStatus,
+    Timer,
+    TimerFired,
+    Timing,
+)
+
+PERSISTED = tuple(f.name for f in fields(TaskState) if f.name != "timing")
+
+
+def queue_decide(
+    queue_status: str, cancel_requested: bool, tasks: Sequence[TaskView]
+) -> QueueDecision:
+    if queue_status != QueueStatus.ACTIVE:
+        return QueueDecision(None)
+    pending = sorted((t for t in tasks if t.status == TaskStatus.PENDING), key=lambda t: t.position)
+    stop_pending = tuple(t.task_id for t in pending)
+    if any(t.status == TaskStatus.SUCCEEDED for t in tasks):
+        return QueueDecision(QueueStatus.COMPLETED, stop=stop_pending)
+    if any(t.status not in TERMINAL and t.status != TaskStatus.PENDING for t in tasks):
+        return QueueDecision(None)
+    if cancel_requested:
+        return QueueDecision(QueueStatus.CANCELLED, stop=stop_pending)
+    if pending:
+        return QueueDecision(None, start=(pending[0].task_id,))
+    return QueueDecision(QueueStatus.FAILED)
+
+
+class WithdrawalDefinition:
+    name = "withdrawal"
+    terminal_statuses: frozenset[str] = frozenset(TERMINAL)
+
+    @staticmethod
+    def decide(state: TaskState, event: Event, now: datetime) -> tuple[TaskState, list[Command]]:
+        return withdrawal.decide(state, event, now)
+
+    @staticmethod
+    def load(row: Mapping[str, Any], context: Timing) -> TaskState:
+        values = {name: row[name] for name in PERSISTED}
+        values["status"] = TaskStatus(values["status"])
+        values["funds"] = Funds(values["funds"])
+        if values["target"] is not None:
+            values["target"] = TaskStatus(values["target"])
+        return TaskState(**values, timing=context)
+
+    @staticmethod
+    def dump(state: TaskState) -> dict[str, Any]:
+        values = {name: getattr(state, name) for name in PERSISTED}
+        return {k: (str(v) if isinstance(v, TaskStatus | Funds) else v) for k, v in values.items()}
+
+    @staticmethod
+    def status_of(state: TaskState) -> str:
+        return str(state.status)
+
+    @staticmethod
+    def queue_decide(
+        queue_status: str, cancel_requested: bool, tasks: Sequence[TaskView]
+    ) -> QueueDecision:
+        return queue_decide(queue_status, cancel_requested, tasks)
+
+    @staticmethod
+    def start_event() -> Event:
+        return Start()
+
+    @staticmethod
+    def stop_event() -> Event:
+        return Stop()
+
+    @staticmethod
+    def cancel_event(actor: str, reason: str) -> Event:
+        return Cancel(actor=actor, reason=reason)
+
+    @staticmethod
+    def timer_event(kind: str, due_at: datetime) -> Event:
+        return TimerFired(kind=Timer(kind), due_at=due_at)
+
+
+WITHDRAWAL = WithdrawalDefinition()

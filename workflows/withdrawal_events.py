@@ -1,0 +1,192 @@
+"""States and events of the withdrawal task machine (values match schema.sql enums)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from workflows.core import Event
+
+
+class TaskStatus(StrEnum):
+    PENDING = "PENDING"
+    CREATING = "CREATING"
+    EXECUTING = "EXECUTING"
+    NEGATIVE_EVAL = "NEGATIVE_EVAL"
+    RECHECKING = "RECHECKING"
+    MANUAL_CHECK = "MANUAL_CHECK"
+    SUCCEEDED = "SUCCEEDED"
+    SKIPPED = "SKIPPED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+
+TERMINAL = frozenset(
+    {TaskStatus.SUCCEEDED, TaskStatus.SKIPPED, TaskStatus.FAILED, TaskStatus.CANCELLED}
+)
+
+
+class QueueStatus(StrEnum):
+    ACTIVE = "ACTIVE"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+
+class Funds(StrEnum):
+    """Where this task's hold stands at the ledger, as far as we have been told."""
+
+    NONE = "NONE"
+    FROZEN = "FROZEN"
+    COMMITTED = "COMMITTED"
+    RELEASED = "RELEASED"
+
+
+class Timer(StrEnum):
+    RECHECK = "recheck_tick"
+    WEBHOOK_TIMEOUT = "webhook_timeout"
+    STATUS_POLL = "status_tick"
+    STATUS_TIMEOUT = "status_timeout"
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Per-provider durations; every one is configurable (time compression)."""
+
+    recheck_base: timedelta = timedelta(seconds=5)
+    recheck_factor: float = 2.0
+    recheck_cap: timedelta = timedelta(minutes=5)
+    recheck_max_attempts: int = 5
+    webhook_sla: timedelta = timedelta(minutes=15)
+    poll_interval: timedelta | None = None  # None: no status-polling fallback
+    status_timeout: timedelta = timedelta(minutes=30)
+
+    def recheck_delay(self, attempt: int) -> timedelta:
+        seconds = self.recheck_base.total_seconds() * self.recheck_factor**attempt
+        return min(timedelta(seconds=seconds), self.recheck_cap)
+
+
+@dataclass(frozen=True)
+class TaskState:
+    status: TaskStatus
+    funds: Funds = Funds.NONE
+    target: TaskStatus | None = None  # terminal status we move to once the ledger says 200
+    provider_ref: str | None = None
+    order_submitted: bool = False  # from here on, an order may exist at the provider
+    cancel_requested: bool = False
+    sla_expired: bool = False
+    recheck_attempts: int = 0
+    webhook_deadline: datetime | None = None
+    next_check_at: datetime | None = None
+    status_deadline: datetime | None = None
+    last_reason: str | None = None
+    timing: Timing = field(default=Timing(), compare=False)
+
+
+# Queue-level events -----------------------------------------------------------
+@dataclass(frozen=True)
+class Start(Event):
+    pass
+
+
+@dataclass(frozen=True)
+class Stop(Event):
+    """Another task of the queue succeeded (or the queue ended): never start."""
+
+
+@dataclass(frozen=True)
+class Cancel(Event):
+    actor: str
+    reason: str
+
+
+# Ledger results ----------------------------------------------------------------
+@dataclass(frozen=True)
+class FundsFrozen(Event):
+    pass
+
+
+@dataclass(frozen=True)
+class FundsInsufficient(Event):
+    pass
+
+
+@dataclass(frozen=True)
+class FundsCommitted(Event):
+    pass
+
+
+@dataclass(frozen=True)
+class FundsReleased(Event):
+    pass
+
+
+@dataclass(frozen=True)
+class NothingToRelease(Event):
+    pass
+
+
+# Provider results and observations ----------------------------------------------
+@dataclass(frozen=True)
+class OrderSubmitting(Event):
+    """Recorded just before the create call leaves, so cancel knows it may exist."""
+
+
+@dataclass(frozen=True)
+class OrderAccepted(Event):
+    provider_ref: str
+    paid: bool = False
+
+
+@dataclass(frozen=True)
+class OrderDeclined(Event):
+    reason: str
+
+
+@dataclass(frozen=True)
+class OrderAmbiguous(Event):
+    reason: str
+
+
+@dataclass(frozen=True)
+class BeginRecheck(Event):
+    pass
+
+
+@dataclass(frozen=True)
+class ProviderSucceeded(Event):
+    provider_ref: str | None = None
+
+
+@dataclass(frozen=True)
+class ProviderFailed(Event):
+    reason: str = "provider_failed"
+
+
+@dataclass(frozen=True)
+class ProviderPending(Event):
+    provider_ref: str | None = None
+
+
+@dataclass(frozen=True)
+class ProviderNotFound(Event):
+    pass
+
+
+@dataclass(frozen=True)
+class StatusUnknown(Event):
+    reason: str
+
+
+@dataclass(frozen=True)
+class TimerFired(Event):
+    kind: Timer
+    due_at: datetime
+
+
+@dataclass(frozen=True)
+class ManualResolved(Event):
+    positive: bool
+    operator: str
+    reason: str
