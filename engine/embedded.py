@@ -66,7 +66,8 @@ def embedded_postgres_url(*, keep_running: bool = False) -> str:
     pgdata = base / "pg"
     if pgdata.exists():
         _prune_dead_handle_pids(pgdata)
-    server = embedded_postgres.get_server(pgdata, cleanup_mode=None if keep_running else "stop")
+    mode = None if keep_running else "stop"
+    server = embedded_postgres.get_server(pgdata, cleanup_mode=mode)  # type: ignore[attr-defined]
     _handles.append(server)
     return str(server.get_uri())
 
@@ -97,7 +98,7 @@ def start_embedded_nats(port: int | None = None) -> tuple[subprocess.Popen[bytes
     store = data_dir() / "nats"
     store.mkdir(exist_ok=True)
     log = open(data_dir() / "nats.log", "ab")  # noqa: SIM115 - lives as long as the server
-    proc = subprocess.Popen(
+    proc = subprocess.Popen(  # noqa: S603 - our own binary, fixed arguments
         [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store)],
         stdout=log,
         stderr=subprocess.STDOUT,

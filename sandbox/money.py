@@ -55,7 +55,8 @@ def parse_amount(value: object, currency: str) -> int:
     if _PATTERNS[exp].fullmatch(value) is None:
         raise InvalidAmount(f"amount must be a decimal string with at most {exp} decimals")
     whole, _, frac = value.partition(".")
-    minor = int(whole) * 10**exp + (int(frac.ljust(exp, "0")) if frac else 0)
+    # Shift the decimal point textually: exact, with no float ever involved.
+    minor = int(whole + frac.ljust(exp, "0"))
     if minor > MAX_MINOR:
         raise InvalidAmount("amount is too large")
     return minor
@@ -67,5 +68,5 @@ def format_minor(minor: int, currency: str) -> str:
     if exp == 0:
         return str(minor)
     sign = "-" if minor < 0 else ""
-    whole, frac = divmod(abs(minor), 10**exp)
-    return f"{sign}{whole}.{frac:0{exp}d}"
+    digits = str(abs(minor)).rjust(exp + 1, "0")
+    return f"{sign}{digits[:-exp]}.{digits[-exp:]}"

@@ -1,0 +1,125 @@
+"""Configuration edge: environment variables and the providers file (pydantic).
+
+Everything inside the service gets frozen values from here. Secrets are
+SecretStr so they never print in logs, reprs or error bodies.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from datetime import timedelta
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from workflows.withdrawal_events import Timing
+
+DEFAULT_PROVIDERS_FILE = Path(__file__).resolve().parent.parent / "config" / "providers.toml"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TimingConfig(_Strict):
+    recheck_base_s: float = Field(5.0, gt=0)
+    recheck_factor: float = Field(2.0, ge=1)
+    recheck_cap_s: float = Field(300.0, gt=0)
+    recheck_max_attempts: int = Field(5, ge=0)
+    webhook_sla_s: float = Field(900.0, gt=0)
+    poll_interval_s: float | None = Field(None, gt=0)
+    status_timeout_s: float = Field(1800.0, gt=0)
+
+    def to_timing(self) -> Timing:
+        return Timing(
+            recheck_base=timedelta(seconds=self.recheck_base_s),
+            recheck_factor=self.recheck_factor,
+            recheck_cap=timedelta(seconds=self.recheck_cap_s),
+            recheck_max_attempts=self.recheck_max_attempts,
+            webhook_sla=timedelta(seconds=self.webhook_sla_s),
+            poll_interval=None
+            if self.poll_interval_s is None
+            else timedelta(seconds=self.poll_interval_s),
+            status_timeout=timedelta(seconds=self.status_timeout_s),
+        )
+
+
+class Classification(_Strict):
+    """How a provider's create answers map to accepted / declined / ambiguous."""
+
+    accepted_statuses: tuple[int, ...] = (200, 201, 202)
+    declined_statuses: tuple[int, ...] = (400, 402, 403, 404, 409, 422)
+    # When set, a declined status only counts as final if its error code is listed.
+    declined_codes: tuple[str, ...] | None = None
+
+
+class ProviderConfig(_Strict):
+    name: str
+    base_url: str
+    api_key: SecretStr
+    webhook_secrets: tuple[SecretStr, ...] = Field(min_length=1)
+    timeout_s: float = Field(5.0, gt=0)
+    timing: TimingConfig = TimingConfig()
+    classify: Classification = Classification()
+
+    @field_validator("webhook_secrets")
+    @classmethod
+    def _whsec(cls, value: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+        if not all(s.get_secret_value().startswith("whsec_") for s in value):
+            raise ValueError("webhook secrets must start with whsec_")
+        return value
+
+
+def load_providers(path: Path) -> dict[str, ProviderConfig]:
+    raw = tomllib.loads(path.read_text())
+    entries = raw.get("providers", {})
+    return {name: ProviderConfig(name=name, **body) for name, body in entries.items()}
+
+
+def _tokens(value: str | None) -> tuple[SecretStr, ...]:
+    return tuple(SecretStr(t.strip()) for t in (value or "").split(",") if t.strip())
+
+
+class Settings(_Strict):
+    database_url: str
+    providers_file: Path = DEFAULT_PROVIDERS_FILE
+    api_tokens: tuple[SecretStr, ...] = ()
+    ops_tokens: tuple[SecretStr, ...] = ()
+    ledger_url: str = "http://127.0.0.1:8090/ledger"
+    ledger_token: SecretStr = SecretStr("")
+    ledger_timeout_s: float = 5.0
+    webhook_tolerance_s: int = 300
+    max_body_bytes: int = 64 * 1024
+    max_cascade: int = 32
+    activity_max_retries: int = 8
+    fetch_interval_s: float = 0.5
+    heartbeat_s: float = 2.0
+    stalled_after_s: float = 10.0
+
+    @classmethod
+    def from_env(cls, database_url: str) -> Settings:
+        env = os.environ
+        values: dict[str, object] = {
+            "database_url": database_url,
+            "api_tokens": _tokens(env.get("API_TOKENS")),
+            "ops_tokens": _tokens(env.get("OPS_TOKENS")),
+        }
+        simple = {
+            "providers_file": "PROVIDERS_FILE",
+            "ledger_url": "LEDGER_URL",
+            "ledger_token": "LEDGER_TOKEN",
+            "ledger_timeout_s": "LEDGER_TIMEOUT_S",
+            "webhook_tolerance_s": "WEBHOOK_TOLERANCE_S",
+            "activity_max_retries": "ACTIVITY_MAX_RETRIES",
+            "fetch_interval_s": "WORKER_FETCH_INTERVAL_S",
+            "heartbeat_s": "WORKER_HEARTBEAT_S",
+            "stalled_after_s": "WORKER_STALLED_AFTER_S",
+        }
+        for field, var in simple.items():
+            if var in env:
+                values[field] = env[var]
+        return cls.model_validate(values)
+
+    def providers(self) -> dict[str, ProviderConfig]:
+        return load_providers(self.providers_file)

@@ -1,0 +1,40 @@
+"""Connections and schema: psycopg 3 pools, idempotent schema application."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+SCHEMA_FILE = Path(__file__).resolve().parent.parent / "schema.sql"
+_SCHEMA_LOCK = 7_303_001  # advisory lock id: N processes may start at once
+
+
+async def open_pool(conninfo: str, *, min_size: int = 1, max_size: int = 10) -> AsyncConnectionPool:
+    pool = AsyncConnectionPool(
+        conninfo,
+        min_size=min_size,
+        max_size=max_size,
+        kwargs={"row_factory": dict_row, "autocommit": True},
+        open=False,
+    )
+    await pool.open(wait=True, timeout=30)
+    return pool
+
+
+def apply_schema(conninfo: str) -> None:
+    """Apply procrastinate's schema (once) and ours (idempotent), serialised."""
+    import procrastinate
+
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (_SCHEMA_LOCK,))
+        try:
+            exists = conn.execute("SELECT to_regclass('procrastinate_jobs') IS NOT NULL").fetchone()
+            if not (exists and exists[0]):
+                sql = procrastinate.schema.SchemaManager.get_schema()
+                conn.execute(sql)
+            conn.execute(SCHEMA_FILE.read_text())
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (_SCHEMA_LOCK,))

@@ -1,0 +1,338 @@
+"""The engine: carries out a workflow's decisions, one transaction per event.
+
+`apply()` locks the queue row, then the task row (always in that order, so two
+transitions of one withdrawal never deadlock), checks the expected version,
+asks the definition to `decide`, and writes — in the caller's transaction — the
+new state (version + 1, checked again in the UPDATE), an audit row, an outbox
+row, the jobs and timers the decision asked for, and the queue rule's outcome.
+The engine knows nothing about withdrawals: it runs any WorkflowDefinition.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from psycopg import AsyncConnection, sql
+from psycopg.types.json import Jsonb
+
+from workflows.core import (
+    Alert,
+    Event,
+    FollowUp,
+    RunActivity,
+    StartTimer,
+    TaskView,
+    WorkflowDefinition,
+)
+
+MAX_FOLLOW_UPS = 8
+Conn = AsyncConnection[dict[str, Any]]
+
+
+class StaleEvent(Exception):
+    """The task moved on since the event was produced; nothing was written."""
+
+
+class UnknownTask(Exception):
+    pass
+
+
+class Scheduler(Protocol):
+    async def defer_activity(
+        self, conn: Conn, task_id: str, activity: str, version: int
+    ) -> None: ...
+
+    async def defer_timer(self, conn: Conn, task_id: str, kind: str, due_at: datetime) -> None: ...
+
+
+@dataclass(frozen=True)
+class Applied:
+    task_id: str
+    from_status: str
+    to_status: str
+    version: int
+    changed: bool
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Who caused an event, carried into the audit trail and outbox."""
+
+    actor: str = "system"
+    trace_id: str | None = None
+
+
+def event_payload(event: Event) -> dict[str, Any]:
+    return json.loads(json.dumps(asdict(event), default=str))  # type: ignore[no-any-return]
+
+
+class Engine:
+    def __init__(
+        self,
+        definition: WorkflowDefinition,
+        scheduler: Scheduler,
+        context_for: Callable[[dict[str, Any]], Any],
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.definition = definition
+        self.scheduler = scheduler
+        self.context_for = context_for  # task row -> decide() context (e.g. provider timing)
+        self.clock = clock
+
+    async def apply(
+        self,
+        conn: Conn,
+        task_id: str,
+        event: Event,
+        *,
+        expected_version: int | None = None,
+        origin: Origin = Origin(),
+    ) -> Applied:
+        async with conn.transaction():
+            queue = await self._lock_queue(conn, task_id)
+            return await self._apply_locked(
+                conn, queue, task_id, event, expected_version, origin, 0
+            )
+
+    async def cancel_queue(self, conn: Conn, queue_id: str, origin: Origin, reason: str) -> None:
+        """Request cancellation of a whole queue: each open task gets a Cancel event."""
+        async with conn.transaction():
+            cur = await conn.execute(
+                "UPDATE order_queues SET cancel_requested = true, updated_at = now()"
+                " WHERE id = %s RETURNING *",
+                (queue_id,),
+            )
+            queue = await cur.fetchone()
+            if queue is None:
+                raise UnknownTask(queue_id)
+            rows = await (
+                await conn.execute(
+                    "SELECT id FROM order_tasks WHERE queue_id = %s AND status::text <> ALL(%s)"
+                    " ORDER BY position FOR UPDATE",
+                    (queue_id, sorted(self.definition.terminal_statuses)),
+                )
+            ).fetchall()
+            event = self.definition.cancel_event(origin.actor, reason)
+            for row in rows:
+                await self._apply_locked(conn, queue, str(row["id"]), event, None, origin, 0)
+            await self._run_queue_rule(conn, queue_id, origin)
+
+    async def activate(self, conn: Conn, queue_id: str, origin: Origin) -> None:
+        """Run the queue rule for a freshly inserted queue (starts the first task)."""
+        await self._run_queue_rule(conn, queue_id, origin)
+
+    # -- internals -------------------------------------------------------------------
+    async def _lock_queue(self, conn: Conn, task_id: str) -> dict[str, Any]:
+        cur = await conn.execute(
+            "SELECT q.* FROM order_queues q"
+            " WHERE q.id = (SELECT queue_id FROM order_tasks WHERE id = %s) FOR UPDATE",
+            (task_id,),
+        )
+        queue = await cur.fetchone()
+        if queue is None:
+            raise UnknownTask(task_id)
+        return queue
+
+    async def _apply_locked(
+        self,
+        conn: Conn,
+        queue: dict[str, Any],
+        task_id: str,
+        event: Event,
+        expected_version: int | None,
+        origin: Origin,
+        depth: int,
+    ) -> Applied:
+        cur = await conn.execute("SELECT * FROM order_tasks WHERE id = %s FOR UPDATE", (task_id,))
+        row = await cur.fetchone()
+        if row is None:
+            raise UnknownTask(task_id)
+        if expected_version is not None and row["version"] != expected_version:
+            raise StaleEvent(
+                f"task {task_id} is at v{row['version']}, event was for v{expected_version}"
+            )
+        definition = self.definition
+        state = definition.load(row, self.context_for(row))
+        new_state, commands = definition.decide(state, event, self.clock())
+        from_status, to_status = definition.status_of(state), definition.status_of(new_state)
+        version = row["version"]
+        changed = new_state != state
+        if changed:
+            version = await self._write_state(conn, row, definition.dump(new_state))
+            await self._record(conn, queue, task_id, from_status, to_status, event, origin, version)
+        for command in commands:
+            if isinstance(command, FollowUp):
+                if depth >= MAX_FOLLOW_UPS:
+                    raise RuntimeError("follow-up chain too long")
+                followed = await self._apply_locked(
+                    conn, queue, task_id, command.event, None, origin, depth + 1
+                )
+                version, to_status = followed.version, followed.to_status
+            elif isinstance(command, RunActivity):
+                await self.scheduler.defer_activity(conn, task_id, command.activity, version)
+            elif isinstance(command, StartTimer):
+                await self.scheduler.defer_timer(conn, task_id, command.kind, command.due_at)
+            elif isinstance(command, Alert):
+                await self._alert(conn, queue, task_id, to_status, command, origin)
+        if depth == 0 and from_status != to_status:
+            await self._run_queue_rule(conn, str(queue["id"]), origin)
+        return Applied(task_id, from_status, to_status, version, changed)
+
+    async def _write_state(self, conn: Conn, row: dict[str, Any], values: dict[str, Any]) -> int:
+        assignments = sql.SQL(", ").join(
+            sql.SQL("{} = {}").format(sql.Identifier(k), sql.Placeholder(k)) for k in values
+        )
+        query = sql.SQL(
+            "UPDATE order_tasks SET {}, version = version + 1, updated_at = now()"
+            " WHERE id = %(id)s AND version = %(version)s RETURNING version"
+        ).format(assignments)
+        cur = await conn.execute(query, {**values, "id": row["id"], "version": row["version"]})
+        updated = await cur.fetchone()
+        if updated is None:  # cannot happen under FOR UPDATE; the check is the contract
+            raise StaleEvent(f"task {row['id']} changed under its lock")
+        return int(updated["version"])
+
+    async def _record(
+        self,
+        conn: Conn,
+        queue: dict[str, Any],
+        task_id: str | None,
+        from_status: str | None,
+        to_status: str,
+        event: Event,
+        origin: Origin,
+        version: int | None,
+    ) -> None:
+        payload = {"event": event.name, **event_payload(event)}
+        trace_id = origin.trace_id or queue.get("trace_id")
+        await conn.execute(
+            "INSERT INTO order_task_events"
+            " (queue_id, task_id, from_state, to_state, event_type, payload, actor, trace_id)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            (
+                queue["id"],
+                task_id,
+                from_status,
+                to_status,
+                event.name,
+                Jsonb(payload),
+                origin.actor,
+                trace_id,
+            ),
+        )
+        scope = "task" if task_id else "queue"
+        body = {
+            "order_id": queue["order_id"],
+            "queue_id": str(queue["id"]),
+            "task_id": task_id,
+            "from": from_status,
+            "to": to_status,
+            "version": version,
+            **payload,
+        }
+        await self._outbox(
+            conn, f"order.{scope}.{to_status.lower()}", queue, task_id, body, trace_id
+        )
+
+    async def _alert(
+        self,
+        conn: Conn,
+        queue: dict[str, Any],
+        task_id: str,
+        status: str,
+        alert: Alert,
+        origin: Origin,
+    ) -> None:
+        body = {
+            "order_id": queue["order_id"],
+            "queue_id": str(queue["id"]),
+            "task_id": task_id,
+            "state": status,
+            "kind": alert.kind,
+            "detail": alert.detail,
+        }
+        await conn.execute(
+            "INSERT INTO order_task_events"
+            " (queue_id, task_id, from_state, to_state, event_type, payload, actor, trace_id)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            (
+                queue["id"],
+                task_id,
+                status,
+                status,
+                alert.kind,
+                Jsonb(body),
+                origin.actor,
+                origin.trace_id or queue.get("trace_id"),
+            ),
+        )
+        subject = f"order.task.{alert.kind.replace('_', '.')}"
+        await self._outbox(conn, subject, queue, task_id, body, origin.trace_id)
+
+    @staticmethod
+    async def _outbox(
+        conn: Conn,
+        subject: str,
+        queue: dict[str, Any],
+        task_id: str | None,
+        body: dict[str, Any],
+        trace_id: str | None,
+    ) -> None:
+        await conn.execute(
+            "INSERT INTO outbox (subject, queue_id, task_id, payload, trace_id)"
+            " VALUES (%s, %s, %s, %s, %s)",
+            (subject, queue["id"], task_id, Jsonb(body), trace_id or queue.get("trace_id")),
+        )
+
+    async def _run_queue_rule(self, conn: Conn, queue_id: str, origin: Origin) -> None:
+        cur = await conn.execute("SELECT * FROM order_queues WHERE id = %s FOR UPDATE", (queue_id,))
+        queue = await cur.fetchone()
+        assert queue is not None
+        rows = await (
+            await conn.execute(
+                "SELECT id, position, status::text AS status FROM order_tasks"
+                " WHERE queue_id = %s ORDER BY position",
+                (queue_id,),
+            )
+        ).fetchall()
+        views = [TaskView(str(r["id"]), r["position"], r["status"]) for r in rows]
+        decision = self.definition.queue_decide(
+            str(queue["status"]), queue["cancel_requested"], views
+        )
+        for task_id in decision.stop:
+            await self._apply_locked(
+                conn, queue, task_id, self.definition.stop_event(), None, origin, 1
+            )
+        if decision.status is not None:
+            await conn.execute(
+                "UPDATE order_queues SET status = %s, updated_at = now(), finished_at = now()"
+                " WHERE id = %s",
+                (decision.status, queue_id),
+            )
+            await self._record(
+                conn,
+                queue,
+                None,
+                str(queue["status"]),
+                decision.status,
+                _QueueEvent(decision.status),
+                origin,
+                None,
+            )
+        for task_id in decision.start:
+            await self._apply_locked(
+                conn, queue, task_id, self.definition.start_event(), None, origin, 1
+            )
+
+
+@dataclass(frozen=True)
+class _QueueEvent(Event):
+    outcome: str
+
+    @property
+    def name(self) -> str:
+        return f"queue_{self.outcome.lower()}"

@@ -1,0 +1,127 @@
+-- payment-service schema. Applied idempotently (`make migrate`, or at start-up)
+-- after procrastinate's own schema. Enum values match workflows/withdrawal_events.py.
+
+DO $$ BEGIN
+    CREATE TYPE task_status AS ENUM ('PENDING', 'CREATING', 'EXECUTING', 'NEGATIVE_EVAL',
+        'RECHECKING', 'MANUAL_CHECK', 'SUCCEEDED', 'SKIPPED', 'FAILED', 'CANCELLED');
+EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+
+DO $$ BEGIN
+    CREATE TYPE queue_status AS ENUM ('ACTIVE', 'COMPLETED', 'FAILED', 'CANCELLED');
+EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+
+DO $$ BEGIN
+    CREATE TYPE funds_status AS ENUM ('NONE', 'FROZEN', 'COMMITTED', 'RELEASED');
+EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+
+-- One row per withdrawal. order_id is cascade-core's id and the idempotency key.
+CREATE TABLE IF NOT EXISTS order_queues (
+    id               uuid PRIMARY KEY,
+    workflow         text NOT NULL DEFAULT 'withdrawal',
+    order_id         text NOT NULL UNIQUE,
+    request_hash     text NOT NULL,
+    merchant_id      text NOT NULL,
+    amount_minor     bigint NOT NULL CHECK (amount_minor > 0),
+    currency         char(3) NOT NULL,
+    status           queue_status NOT NULL DEFAULT 'ACTIVE',
+    cancel_requested boolean NOT NULL DEFAULT false,
+    trace_id         text,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    updated_at       timestamptz NOT NULL DEFAULT now(),
+    finished_at      timestamptz
+);
+CREATE INDEX IF NOT EXISTS order_queues_active ON order_queues (created_at) WHERE status = 'ACTIVE';
+
+-- One row per provider attempt. Columns after `version` are the machine's state.
+CREATE TABLE IF NOT EXISTS order_tasks (
+    id               uuid PRIMARY KEY,
+    queue_id         uuid NOT NULL REFERENCES order_queues (id),
+    position         integer NOT NULL CHECK (position >= 0),
+    provider         text NOT NULL,
+    version          integer NOT NULL DEFAULT 0,
+    status           task_status NOT NULL DEFAULT 'PENDING',
+    funds            funds_status NOT NULL DEFAULT 'NONE',
+    target           task_status,
+    provider_ref     text,
+    order_submitted  boolean NOT NULL DEFAULT false,
+    cancel_requested boolean NOT NULL DEFAULT false,
+    sla_expired      boolean NOT NULL DEFAULT false,
+    recheck_attempts integer NOT NULL DEFAULT 0,
+    webhook_deadline timestamptz,
+    next_check_at    timestamptz,
+    status_deadline  timestamptz,
+    last_reason      text,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    updated_at       timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (queue_id, position),
+    -- Money invariants the database can hold on its own:
+    CONSTRAINT committed_iff_succeeded CHECK ((status = 'SUCCEEDED') = (funds = 'COMMITTED')),
+    CONSTRAINT no_hold_after_failure CHECK (
+        status NOT IN ('SKIPPED', 'FAILED', 'CANCELLED') OR funds IN ('NONE', 'RELEASED')),
+    CONSTRAINT pending_holds_nothing CHECK (status <> 'PENDING' OR funds = 'NONE')
+);
+-- At most one live attempt per withdrawal, one success, and one hold holding money.
+CREATE UNIQUE INDEX IF NOT EXISTS order_tasks_one_live ON order_tasks (queue_id)
+    WHERE status IN ('CREATING', 'EXECUTING', 'NEGATIVE_EVAL', 'RECHECKING', 'MANUAL_CHECK');
+CREATE UNIQUE INDEX IF NOT EXISTS order_tasks_one_success ON order_tasks (queue_id)
+    WHERE status = 'SUCCEEDED';
+CREATE UNIQUE INDEX IF NOT EXISTS order_tasks_one_hold ON order_tasks (queue_id)
+    WHERE funds IN ('FROZEN', 'COMMITTED');
+CREATE INDEX IF NOT EXISTS order_tasks_open ON order_tasks (status)
+    WHERE status NOT IN ('PENDING', 'SUCCEEDED', 'SKIPPED', 'FAILED', 'CANCELLED');
+
+-- The append-only audit trail. task_id is NULL for queue-level events.
+CREATE TABLE IF NOT EXISTS order_task_events (
+    id          bigserial PRIMARY KEY,
+    queue_id    uuid NOT NULL REFERENCES order_queues (id),
+    task_id     uuid REFERENCES order_tasks (id),
+    from_state  text,
+    to_state    text,
+    event_type  text NOT NULL,
+    payload     jsonb NOT NULL DEFAULT '{}',
+    actor       text NOT NULL,
+    trace_id    text,
+    occurred_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE INDEX IF NOT EXISTS order_task_events_queue ON order_task_events (queue_id, id);
+CREATE INDEX IF NOT EXISTS order_task_events_task ON order_task_events (task_id, id);
+
+CREATE OR REPLACE FUNCTION order_task_events_append_only() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'order_task_events is append-only (% refused)', TG_OP
+        USING ERRCODE = 'insufficient_privilege';
+END $$;
+
+DROP TRIGGER IF EXISTS order_task_events_no_change ON order_task_events;
+CREATE TRIGGER order_task_events_no_change BEFORE UPDATE OR DELETE ON order_task_events
+    FOR EACH ROW EXECUTE FUNCTION order_task_events_append_only();
+DROP TRIGGER IF EXISTS order_task_events_no_truncate ON order_task_events;
+CREATE TRIGGER order_task_events_no_truncate BEFORE TRUNCATE ON order_task_events
+    FOR EACH STATEMENT EXECUTE FUNCTION order_task_events_append_only();
+
+-- Transactional outbox, relayed to NATS JetStream; id doubles as Nats-Msg-Id.
+CREATE TABLE IF NOT EXISTS outbox (
+    id           bigserial PRIMARY KEY,
+    subject      text NOT NULL,
+    queue_id     uuid,
+    task_id      uuid,
+    payload      jsonb NOT NULL,
+    trace_id     text,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    published_at timestamptz
+);
+CREATE INDEX IF NOT EXISTS outbox_unpublished ON outbox (id) WHERE published_at IS NULL;
+
+-- Verified provider webhooks; (provider, webhook_id) deduplicates deliveries.
+CREATE TABLE IF NOT EXISTS webhook_inbox (
+    id           bigserial PRIMARY KEY,
+    provider     text NOT NULL,
+    webhook_id   text NOT NULL,
+    reference    text,
+    body         jsonb NOT NULL,
+    received_at  timestamptz NOT NULL DEFAULT now(),
+    processed_at timestamptz,
+    outcome      text,
+    UNIQUE (provider, webhook_id)
+);
