@@ -1,0 +1,71 @@
+"""Client for cascade-core's balance API (freeze, commit, rollback), keyed by task id.
+
+Only a 200 moves a task. A definitive refusal is a typed result; anything we
+cannot interpret raises AmbiguousOutcome so the job retries the same call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+import httpx
+
+from activities.http import call
+from activities.outcomes import AmbiguousOutcome, HttpAnswer
+
+
+class FreezeResult(StrEnum):
+    FROZEN = "frozen"
+    INSUFFICIENT = "insufficient_balance"
+
+
+class LedgerRefused(Exception):
+    """A definitive 4xx that leaves the hold in a state we did not ask for."""
+
+    def __init__(self, operation: str, status: int, code: str | None) -> None:
+        super().__init__(f"ledger refused {operation}: http {status} {code}")
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Hold:
+    key: str
+    provider: str
+    currency: str
+    amount: str
+
+
+class LedgerClient:
+    def __init__(self, client: httpx.AsyncClient, base_url: str, token: str) -> None:
+        self._client = client
+        self._base = base_url.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {token}"}
+
+    async def freeze(self, hold: Hold, trace_headers: dict[str, str]) -> FreezeResult:
+        body = {"provider": hold.provider, "currency": hold.currency, "amount": hold.amount}
+        answer = await self._post(f"/v1/holds/{hold.key}/freeze", body, trace_headers)
+        if answer.status == 200:
+            return FreezeResult.FROZEN
+        if answer.status == 422 and answer.error_code == "insufficient_balance":
+            return FreezeResult.INSUFFICIENT
+        raise LedgerRefused("freeze", answer.status, answer.error_code)
+
+    async def commit(self, key: str, trace_headers: dict[str, str]) -> None:
+        answer = await self._post(f"/v1/holds/{key}/commit", {}, trace_headers)
+        if answer.status != 200:
+            raise LedgerRefused("commit", answer.status, answer.error_code)
+
+    async def rollback(self, key: str, trace_headers: dict[str, str]) -> None:
+        answer = await self._post(f"/v1/holds/{key}/rollback", {}, trace_headers)
+        if answer.status != 200:
+            raise LedgerRefused("rollback", answer.status, answer.error_code)
+
+    async def _post(self, path: str, body: dict[str, str], extra: dict[str, str]) -> HttpAnswer:
+        answer = await call(
+            self._client, "POST", self._base + path, json=body, headers={**self._headers, **extra}
+        )
+        if answer.status in (401, 403, 429):
+            # Misconfiguration or throttling is not the hold's fate: retry, don't decide.
+            raise AmbiguousOutcome(f"ledger_http_{answer.status}")
+        return answer

@@ -1,0 +1,161 @@
+"""Provider adapters: the protocol, and the reference HTTP adapter (docs/protocols.md).
+
+Each answer is classified at this edge as accepted, declined (final) or
+ambiguous, following the provider's `classify` section in the providers file.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+import httpx
+
+from activities import standard_webhooks
+from activities.http import call
+from activities.outcomes import AmbiguousOutcome, HttpAnswer, Verdict
+from engine.config import ProviderConfig
+
+
+class OrderStatus(StrEnum):
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    NOT_FOUND = "not_found"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class OrderRequest:
+    reference: str  # our task id: also the idempotency key
+    amount: str
+    currency: str
+
+
+@dataclass(frozen=True)
+class CreateResult:
+    verdict: Verdict
+    provider_ref: str | None = None
+    paid: bool = False
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class StatusResult:
+    status: OrderStatus
+    provider_ref: str | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class WebhookNotice:
+    webhook_id: str
+    reference: str
+    status: OrderStatus
+    provider_ref: str | None
+
+
+class ProviderAdapter(Protocol):
+    name: str
+
+    async def create_order(self, order: OrderRequest, headers: dict[str, str]) -> CreateResult: ...
+
+    async def get_status(self, reference: str, headers: dict[str, str]) -> StatusResult: ...
+
+    def verify_webhook(
+        self, headers: Mapping[str, str], body: bytes, now: int, tolerance_s: int
+    ) -> WebhookNotice: ...
+
+
+_KNOWN = {s.value for s in (OrderStatus.PENDING, OrderStatus.SUCCEEDED, OrderStatus.FAILED)}
+
+
+class HttpProviderAdapter:
+    """The reference protocol. One instance per configured provider."""
+
+    def __init__(self, config: ProviderConfig, client: httpx.AsyncClient) -> None:
+        self.name = config.name
+        self._config = config
+        self._client = client
+        self._base = config.base_url.rstrip("/")
+
+    def _headers(self, extra: dict[str, str]) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._config.api_key.get_secret_value()}", **extra}
+
+    async def create_order(self, order: OrderRequest, headers: dict[str, str]) -> CreateResult:
+        body = {"reference": order.reference, "amount": order.amount, "currency": order.currency}
+        try:
+            answer = await call(
+                self._client,
+                "POST",
+                f"{self._base}/v1/orders",
+                json=body,
+                headers=self._headers({"Idempotency-Key": order.reference, **headers}),
+                timeout=self._config.timeout_s,
+            )
+        except AmbiguousOutcome as exc:
+            return CreateResult(Verdict.AMBIGUOUS, reason=exc.reason)
+        return self._classify_create(answer)
+
+    def _classify_create(self, answer: HttpAnswer) -> CreateResult:
+        rules = self._config.classify
+        if answer.status in rules.accepted_statuses:
+            status = answer.body.get("status")
+            ref = answer.body.get("id")
+            if status not in _KNOWN or not isinstance(ref, str):
+                return CreateResult(Verdict.AMBIGUOUS, reason="accepted_without_order")
+            if status == OrderStatus.FAILED:
+                return CreateResult(Verdict.DECLINED, provider_ref=ref, reason="failed_at_create")
+            return CreateResult(Verdict.ACCEPTED, ref, paid=status == OrderStatus.SUCCEEDED)
+        code = answer.error_code or f"http_{answer.status}"
+        if answer.status in rules.declined_statuses and (
+            rules.declined_codes is None or code in rules.declined_codes
+        ):
+            return CreateResult(Verdict.DECLINED, reason=code)
+        return CreateResult(Verdict.AMBIGUOUS, reason=code)
+
+    async def get_status(self, reference: str, headers: dict[str, str]) -> StatusResult:
+        try:
+            answer = await call(
+                self._client,
+                "GET",
+                f"{self._base}/v1/orders/{reference}",
+                headers=self._headers(headers),
+                timeout=self._config.timeout_s,
+            )
+        except AmbiguousOutcome as exc:
+            return StatusResult(OrderStatus.UNKNOWN, reason=exc.reason)
+        if answer.status == 404:
+            return StatusResult(OrderStatus.NOT_FOUND)
+        status, ref = answer.body.get("status"), answer.body.get("id")
+        if answer.status != 200 or status not in _KNOWN:
+            return StatusResult(OrderStatus.UNKNOWN, reason=f"status_http_{answer.status}")
+        return StatusResult(OrderStatus(str(status)), ref if isinstance(ref, str) else None)
+
+    def verify_webhook(
+        self, headers: Mapping[str, str], body: bytes, now: int, tolerance_s: int
+    ) -> WebhookNotice:
+        secrets = [s.get_secret_value() for s in self._config.webhook_secrets]
+        verified = standard_webhooks.verify(
+            secrets, headers, body, now=now, tolerance_s=tolerance_s
+        )
+        return _parse_notice(verified.webhook_id, body)
+
+
+def _parse_notice(webhook_id: str, body: bytes) -> WebhookNotice:
+    try:
+        parsed = json.loads(body)
+    except (ValueError, RecursionError):
+        raise standard_webhooks.WebhookRejected("unparseable_body") from None
+    data = parsed.get("data") if isinstance(parsed, dict) else None
+    if not isinstance(data, dict):
+        raise standard_webhooks.WebhookRejected("missing_data")
+    reference, status, ref = data.get("reference"), data.get("status"), data.get("id")
+    if not isinstance(reference, str) or status not in _KNOWN:
+        raise standard_webhooks.WebhookRejected("bad_payload")
+    return WebhookNotice(
+        webhook_id, reference, OrderStatus(str(status)), ref if isinstance(ref, str) else None
+    )

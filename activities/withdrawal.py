@@ -1,0 +1,93 @@
+"""The withdrawal workflow's activities: ledger and provider calls turned into events."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from activities.ledger import FreezeResult, Hold, LedgerClient
+from activities.outcomes import Verdict
+from activities.providers import OrderRequest, OrderStatus, ProviderAdapter, StatusResult
+from engine.activity import Activity, ActivityContext
+from workflows.core import Event
+from workflows.money import format_minor
+from workflows.withdrawal_events import (
+    FundsCommitted,
+    FundsFrozen,
+    FundsInsufficient,
+    FundsReleased,
+    OrderAccepted,
+    OrderAmbiguous,
+    OrderDeclined,
+    OrderSubmitting,
+    ProviderFailed,
+    ProviderNotFound,
+    ProviderPending,
+    ProviderSucceeded,
+    StatusUnknown,
+)
+
+
+def _amount(ctx: ActivityContext) -> str:
+    return format_minor(int(ctx.queue["amount_minor"]), str(ctx.queue["currency"]))
+
+
+def status_event(result: StatusResult) -> Event:
+    """Map a provider status (from a status call or a webhook) to an event."""
+    match result.status:
+        case OrderStatus.SUCCEEDED:
+            return ProviderSucceeded(result.provider_ref)
+        case OrderStatus.FAILED:
+            return ProviderFailed(result.reason or "provider_failed")
+        case OrderStatus.PENDING:
+            return ProviderPending(result.provider_ref)
+        case OrderStatus.NOT_FOUND:
+            return ProviderNotFound()
+        case _:
+            return StatusUnknown(result.reason or "unknown")
+
+
+class WithdrawalActivities:
+    def __init__(self, ledger: LedgerClient, adapters: Mapping[str, ProviderAdapter]) -> None:
+        self._ledger = ledger
+        self._adapters = adapters
+
+    def registry(self) -> dict[str, Activity]:
+        return {
+            "freeze": Activity(self.freeze),
+            "create_order": Activity(self.create_order),
+            "check_status": Activity(self.check_status),
+            "commit": Activity(self.commit, guarded=False),
+            "release": Activity(self.release, guarded=False),
+        }
+
+    async def freeze(self, ctx: ActivityContext) -> Event:
+        hold = Hold(
+            str(ctx.task["id"]), ctx.task["provider"], str(ctx.queue["currency"]), _amount(ctx)
+        )
+        result = await self._ledger.freeze(hold, ctx.headers)
+        return FundsFrozen() if result == FreezeResult.FROZEN else FundsInsufficient()
+
+    async def create_order(self, ctx: ActivityContext) -> Event:
+        # Durably note that the order may exist from now on, before it leaves.
+        await ctx.record(OrderSubmitting())
+        adapter = self._adapters[ctx.task["provider"]]
+        request = OrderRequest(str(ctx.task["id"]), _amount(ctx), str(ctx.queue["currency"]))
+        result = await adapter.create_order(request, ctx.headers)
+        if result.verdict == Verdict.ACCEPTED:
+            assert result.provider_ref is not None
+            return OrderAccepted(result.provider_ref, paid=result.paid)
+        if result.verdict == Verdict.DECLINED:
+            return OrderDeclined(result.reason)
+        return OrderAmbiguous(result.reason)
+
+    async def check_status(self, ctx: ActivityContext) -> Event:
+        adapter = self._adapters[ctx.task["provider"]]
+        return status_event(await adapter.get_status(str(ctx.task["id"]), ctx.headers))
+
+    async def commit(self, ctx: ActivityContext) -> Event:
+        await self._ledger.commit(str(ctx.task["id"]), ctx.headers)
+        return FundsCommitted()
+
+    async def release(self, ctx: ActivityContext) -> Event:
+        await self._ledger.rollback(str(ctx.task["id"]), ctx.headers)
+        return FundsReleased()

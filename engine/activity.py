@@ -1,0 +1,31 @@
+"""The contract between the engine and a workflow's side effects."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from workflows.core import Event
+
+
+@dataclass
+class ActivityContext:
+    """What an activity sees: the task and queue rows, and a way to record progress."""
+
+    task: dict[str, Any]
+    queue: dict[str, Any]
+    headers: dict[str, str]  # propagated on outgoing calls (trace context)
+    record: Callable[[Event], Awaitable[None]] = field(repr=False)
+
+
+ActivityFn = Callable[[ActivityContext], Awaitable[Event]]
+
+
+@dataclass(frozen=True)
+class Activity:
+    run: ActivityFn
+    # A guarded result is dropped when the task moved on meanwhile (it was an
+    # attempt). An unguarded one is a fact (the ledger moved money) and is
+    # always applied; decide() checks it fits.
+    guarded: bool = True
