@@ -70,9 +70,7 @@ class ProviderConfig:
 class SandboxConfig:
     webhook_url: str
     ledger_token: str
-    providers: Mapping[str, ProviderConfig] = field(
-        default_factory=lambda: MappingProxyType({})
-    )
+    providers: Mapping[str, ProviderConfig] = field(default_factory=lambda: MappingProxyType({}))
 
     def __repr__(self) -> str:
         return f"SandboxConfig(webhook_url={self.webhook_url!r}, providers={list(self.providers)})"
@@ -143,7 +141,7 @@ def check_secret(secret: str, where: str) -> None:
 
 def _balances(raw: object, where: str) -> dict[str, str]:
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where}.balances must be a table of currency = \"amount\"")
+        raise ConfigError(f'{where}.balances must be a table of currency = "amount"')
     out: dict[str, str] = {}
     for currency, amount in raw.items():
         try:

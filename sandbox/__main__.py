@@ -1,0 +1,52 @@
+"""`python -m sandbox --config PATH [--host 127.0.0.1] [--port 8090] [--database-url URL]`.
+
+The database is `--database-url`, else `DATABASE_URL`, else the project's
+embedded PostgreSQL (engine.embedded), so `make demo` works on a fresh machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import uvicorn
+
+from sandbox.app import build_app
+from sandbox.config import ConfigError, load_config
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m sandbox", description=__doc__)
+    parser.add_argument("--config", required=True, help="sandbox TOML config")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8090)
+    parser.add_argument("--database-url", default=None, help="default: $DATABASE_URL")
+    parser.add_argument("--log-level", default="info")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    try:
+        config = load_config(args.config)
+    except (OSError, ConfigError) as exc:
+        print(f"sandbox: {exc}", file=sys.stderr)
+        return 2
+    database_url = args.database_url
+    if not database_url:
+        # Imported lazily: it may start an embedded PostgreSQL.
+        from engine.embedded import database_url as default_database_url
+
+        database_url = default_database_url()
+    app = build_app(config, database_url)
+    # access_log off: AccessLog logs one secret-free line per request instead.
+    uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level=args.log_level)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

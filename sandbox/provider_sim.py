@@ -1,0 +1,239 @@
+"""In-memory state of the simulated payout providers, and their webhooks.
+
+Orders live in a dict keyed by (provider, reference). Everything that mutates
+it runs on the event loop without an `await` between the lookup and the
+insert, so concurrent replays of one Idempotency-Key can never create twice.
+Status transitions and webhook deliveries are background asyncio tasks, all
+tracked so that reset and shutdown can cancel them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import httpx
+
+from activities.standard_webhooks import signed_headers
+from sandbox.config import ProviderConfig, SandboxConfig
+
+log = logging.getLogger("sandbox.providers")
+
+# behaviour -> (status the order moves to after webhook_delay_ms, send a webhook?)
+# instant starts out succeeded; its follow-up only sends the webhook.
+FOLLOW_UPS: dict[str, tuple[str, bool]] = {
+    "instant": ("succeeded", True),
+    "delayed_webhook": ("succeeded", True),
+    "accept_then_fail": ("failed", True),
+    "error_5xx_after_create": ("succeeded", False),
+    "polling_only": ("succeeded", False),
+}
+# Behaviours whose create answers without making an order.
+NO_ORDER = frozenset({"decline", "error_5xx", "timeout"})
+ORDER_STATUSES = frozenset({"pending", "succeeded", "failed"})
+
+WEBHOOK_RETRIES = 5
+WEBHOOK_FIRST_BACKOFF_S = 0.2
+WEBHOOK_TIMEOUT_S = 5.0
+MAX_DELIVERY_LOG = 1000
+
+
+@dataclass
+class Order:
+    provider: str
+    reference: str
+    id: str
+    amount: str
+    currency: str
+    status: str
+    creates: int = 1
+
+    def to_json(self) -> dict[str, str]:
+        return {"id": self.id, "reference": self.reference, "status": self.status}
+
+    def admin_json(self) -> dict[str, object]:
+        return {
+            "provider": self.provider,
+            "reference": self.reference,
+            "id": self.id,
+            "status": self.status,
+            "creates": self.creates,
+            "amount": self.amount,
+            "currency": self.currency,
+        }
+
+
+@dataclass(frozen=True)
+class Delivery:
+    provider: str
+    reference: str
+    status: str
+    webhook_id: str
+    attempts: int
+    delivered: bool
+    last_status_code: int | None
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "provider": self.provider,
+            "reference": self.reference,
+            "status": self.status,
+            "webhook_id": self.webhook_id,
+            "attempts": self.attempts,
+            "delivered": self.delivered,
+            "last_status_code": self.last_status_code,
+        }
+
+
+@dataclass(frozen=True)
+class CreateAnswer:
+    status_code: int
+    body: dict[str, Any]
+
+
+@dataclass
+class Simulator:
+    config: SandboxConfig
+    providers: dict[str, ProviderConfig] = field(default_factory=dict)
+    orders: dict[tuple[str, str], Order] = field(default_factory=dict)
+    deliveries: list[Delivery] = field(default_factory=list)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    client: httpx.AsyncClient | None = None
+
+    def __post_init__(self) -> None:
+        self.providers = dict(self.config.providers)
+
+    async def start(self) -> None:
+        self.client = httpx.AsyncClient(timeout=WEBHOOK_TIMEOUT_S)
+
+    async def stop(self) -> None:
+        await self._cancel_tasks()
+        if self.client is not None:
+            await self.client.aclose()
+            self.client = None
+
+    async def reset(self) -> None:
+        """Forget orders, deliveries and admin changes; back to the config file."""
+        await self._cancel_tasks()
+        self.orders.clear()
+        self.deliveries.clear()
+        self.providers = dict(self.config.providers)
+
+    def update(self, name: str, changes: dict[str, Any]) -> ProviderConfig:
+        current = self.providers.get(name)
+        updated = replace(current, **changes) if current else ProviderConfig(name=name, **changes)
+        self.providers[name] = updated
+        return updated
+
+    async def create(
+        self, provider: ProviderConfig, reference: str, amount: str, currency: str
+    ) -> CreateAnswer:
+        existing = self.orders.get((provider.name, reference))
+        if existing is not None:
+            return CreateAnswer(200, existing.to_json())
+        behaviour = provider.behaviour
+        if behaviour in NO_ORDER:
+            return await _no_order_answer(provider)
+        status = "succeeded" if behaviour == "instant" else "pending"
+        order_id = "ord_" + secrets.token_hex(8)
+        order = Order(provider.name, reference, order_id, amount, currency, status)
+        self.orders[(provider.name, reference)] = order
+        if behaviour in FOLLOW_UPS:
+            self._spawn(self._follow_up(provider, order))
+        if behaviour == "error_5xx_after_create":
+            return CreateAnswer(503, _error("unavailable", "provider error (order was created)"))
+        return CreateAnswer(201, order.to_json())
+
+    async def _follow_up(self, provider: ProviderConfig, order: Order) -> None:
+        final, webhook = FOLLOW_UPS[provider.behaviour]
+        await asyncio.sleep(provider.webhook_delay_ms / 1000)
+        order.status = final
+        if webhook:
+            # Sign with the provider's current secret, in case an admin rotated it.
+            await self.deliver(self.providers.get(provider.name, provider), order, final)
+
+    async def deliver(
+        self, provider: ProviderConfig, order: Order, status: str, webhook_id: str | None = None
+    ) -> Delivery:
+        """POST a signed webhook, retrying non-2xx with backoff under the same id."""
+        webhook_id = webhook_id or "msg_" + secrets.token_hex(12)
+        # Serialised once: the signature covers exactly these bytes on every attempt.
+        body = json.dumps(
+            {"type": "order.updated", "data": {**order.to_json(), "status": status}},
+            separators=(",", ":"),
+        ).encode()
+        url = f"{self.config.webhook_url}/webhooks/{provider.name}"
+        code: int | None = None
+        backoff = WEBHOOK_FIRST_BACKOFF_S
+        attempt = 0
+        for attempt in range(1, WEBHOOK_RETRIES + 2):
+            code = await self._post(url, provider.webhook_secret, webhook_id, body)
+            if code is not None and 200 <= code < 300:
+                break
+            if attempt <= WEBHOOK_RETRIES:
+                await asyncio.sleep(backoff)
+                backoff *= 2
+        delivered = code is not None and 200 <= code < 300
+        if not delivered:
+            log.warning("webhook %s to %s not delivered (last %s)", webhook_id, provider.name, code)
+        result = Delivery(
+            provider.name, order.reference, status, webhook_id, attempt, delivered, code
+        )
+        self.deliveries.append(result)
+        del self.deliveries[:-MAX_DELIVERY_LOG]
+        return result
+
+    async def _post(self, url: str, secret: str, webhook_id: str, body: bytes) -> int | None:
+        assert self.client is not None, "Simulator.start() was not awaited"
+        # Timestamp per attempt, so a late retry is not refused as too old.
+        headers = signed_headers(secret, webhook_id, int(time.time()), body)
+        headers["content-type"] = "application/json"
+        try:
+            response = await self.client.post(url, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            log.info("webhook %s attempt failed: %s", webhook_id, type(exc).__name__)
+            return None
+        return response.status_code
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(_logged(coro))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _cancel_tasks(self) -> None:
+        tasks = list(self.tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.tasks.clear()
+
+
+async def _no_order_answer(provider: ProviderConfig) -> CreateAnswer:
+    if provider.behaviour == "timeout":
+        # The client is expected to give up first; if it does not, a 504 says
+        # the same thing: nothing was ordered.
+        await asyncio.sleep(provider.hang_ms / 1000)
+        return CreateAnswer(504, _error("timeout", "provider did not answer in time"))
+    if provider.behaviour == "decline":
+        return CreateAnswer(422, _error("declined", "the provider declined the order"))
+    return CreateAnswer(503, _error("unavailable", "provider error"))
+
+
+async def _logged(coro: Coroutine[Any, Any, None]) -> None:
+    # A background task's exception would otherwise surface only at GC time.
+    try:
+        await coro
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("background task failed")
+
+
+def _error(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
