@@ -5,16 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import psycopg
-from psycopg.rows import dict_row
+from psycopg import AsyncConnection
+from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 
 SCHEMA_FILE = Path(__file__).resolve().parent.parent / "schema.sql"
 _SCHEMA_LOCK = 7_303_001  # advisory lock id: N processes may start at once
 
 
-async def open_pool(conninfo: str, *, min_size: int = 1, max_size: int = 10) -> AsyncConnectionPool:
-    pool = AsyncConnectionPool(
+Pool = AsyncConnectionPool[AsyncConnection[DictRow]]
+
+
+async def open_pool(conninfo: str, *, min_size: int = 1, max_size: int = 10) -> Pool:
+    pool: Pool = AsyncConnectionPool(
         conninfo,
+        connection_class=AsyncConnection[DictRow],
         min_size=min_size,
         max_size=max_size,
         kwargs={"row_factory": dict_row, "autocommit": True},

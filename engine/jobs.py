@@ -1,0 +1,181 @@
+"""Procrastinate jobs: every step of every workflow runs as one of these.
+
+- `activity(task_id, activity, version)`: run a side effect, then apply its event.
+- `timer(task_id, kind, due_at)`: deliver a durable timer's event.
+- `webhook(inbox_id)`: apply a verified, stored provider webhook.
+- `retry_stalled` (periodic): put the jobs of dead workers back in the queue.
+
+A job only ever reads its arguments and the database, so any worker on any
+host can run it, and running it twice is harmless (version checks and
+idempotent calls).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import procrastinate
+from psycopg_pool import AsyncConnectionPool
+
+from activities.outcomes import AmbiguousOutcome
+from engine.activity import Activity, ActivityContext
+from engine.engine import Conn, Engine, Origin, StaleEvent, UnknownTask
+from workflows.core import Event, IllegalTransition
+
+log = logging.getLogger("payment.jobs")
+WebhookTranslator = Callable[[dict[str, Any]], tuple[str, Event]]
+
+
+@dataclass
+class Runtime:
+    """Everything a job needs, built once per worker process."""
+
+    engine: Engine
+    pool: AsyncConnectionPool[Conn]
+    activities: Mapping[str, Activity]
+    translate_webhook: WebhookTranslator
+    stalled_after_s: float = 10.0
+
+
+class ProcrastinateScheduler:
+    """The engine's Scheduler: defers jobs on the engine's own connection."""
+
+    def __init__(self, app: procrastinate.App) -> None:
+        self._app = app
+
+    async def defer_activity(self, conn: Conn, task_id: str, activity: str, version: int) -> None:
+        task = self._app.tasks["activity"]
+        await task.configure(connection=conn).defer_async(
+            task_id=task_id, activity=activity, version=version
+        )
+
+    async def defer_timer(self, conn: Conn, task_id: str, kind: str, due_at: datetime) -> None:
+        task = self._app.tasks["timer"]
+        await task.configure(connection=conn, schedule_at=due_at).defer_async(
+            task_id=task_id, kind=kind, due_at=due_at.isoformat()
+        )
+
+    async def defer_webhook(self, conn: Conn, inbox_id: int) -> None:
+        await self._app.tasks["webhook"].configure(connection=conn).defer_async(inbox_id=inbox_id)
+
+
+def _runtime(context: procrastinate.JobContext) -> Runtime:
+    runtime = context.additional_context["runtime"]
+    assert isinstance(runtime, Runtime)
+    return runtime
+
+
+async def _load(conn: Conn, task_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    cur = await conn.execute(
+        "SELECT row_to_json(t) AS task, row_to_json(q) AS queue FROM order_tasks t"
+        " JOIN order_queues q ON q.id = t.queue_id WHERE t.id = %s",
+        (task_id,),
+    )
+    row = await cur.fetchone()
+    if row is None:
+        raise UnknownTask(task_id)
+    return row["task"], row["queue"]
+
+
+def _trace_headers(queue: dict[str, Any]) -> dict[str, str]:
+    trace_id = queue.get("trace_id")
+    return {"traceparent": f"00-{trace_id}-{'0' * 15}1-01"} if trace_id else {}
+
+
+async def run_activity(runtime: Runtime, task_id: str, name: str, version: int) -> str:
+    """Run one activity; returns what happened (for logs and tests)."""
+    async with runtime.pool.connection() as conn:
+        task, queue = await _load(conn, task_id)
+        if task["version"] != version:
+            return "stale"
+        spec = runtime.activities[name]
+        current = version
+
+        async def record(event: Event) -> None:
+            nonlocal current
+            applied = await runtime.engine.apply(conn, task_id, event, expected_version=current)
+            current = applied.version
+
+        ctx = ActivityContext(task, queue, _trace_headers(queue), record)
+        try:
+            event = await spec.run(ctx)
+            await runtime.engine.apply(
+                conn, task_id, event, expected_version=current if spec.guarded else None
+            )
+        except StaleEvent:
+            return "stale"
+        return "applied"
+
+
+def build_app(conninfo: str, *, retries: int = 8, retry_base_s: int = 2) -> procrastinate.App:
+    connector = procrastinate.PsycopgConnector(conninfo=conninfo, kwargs={"autocommit": True})
+    app = procrastinate.App(connector=connector)
+    retry = procrastinate.RetryStrategy(
+        max_attempts=retries, exponential_wait=retry_base_s, retry_exceptions={AmbiguousOutcome}
+    )
+
+    @app.task(name="activity", queue="activities", retry=retry, pass_context=True)
+    async def activity(
+        context: procrastinate.JobContext, task_id: str, activity: str, version: int
+    ) -> None:
+        outcome = await run_activity(_runtime(context), task_id, activity, version)
+        log.info("activity %s on task %s: %s", activity, task_id, outcome)
+
+    @app.task(name="timer", queue="timers", retry=retry, pass_context=True)
+    async def timer(
+        context: procrastinate.JobContext, task_id: str, kind: str, due_at: str
+    ) -> None:
+        runtime = _runtime(context)
+        event = runtime.engine.definition.timer_event(kind, datetime.fromisoformat(due_at))
+        async with runtime.pool.connection() as conn:
+            await runtime.engine.apply(conn, task_id, event, origin=Origin(actor="timer"))
+
+    @app.task(name="webhook", queue="webhooks", retry=retry, pass_context=True)
+    async def webhook(context: procrastinate.JobContext, inbox_id: int) -> None:
+        await apply_webhook(_runtime(context), inbox_id)
+
+    @app.periodic(cron="* * * * * */5")  # 6th field is seconds: every 5 s
+    @app.task(
+        name="retry_stalled", queue="maintenance", queueing_lock="retry_stalled", pass_context=True
+    )
+    async def retry_stalled(context: procrastinate.JobContext, timestamp: int) -> None:
+        runtime = _runtime(context)
+        manager = context.app.job_manager
+        for job in await manager.get_stalled_jobs(seconds_since_heartbeat=runtime.stalled_after_s):
+            log.warning("retrying stalled job %s (%s)", job.id, job.task_name)
+            await manager.retry_job(job)
+
+    return app
+
+
+async def apply_webhook(runtime: Runtime, inbox_id: int) -> str:
+    """Apply a stored webhook exactly once; its outcome is written on the inbox row."""
+    async with runtime.pool.connection() as conn, conn.transaction():
+        cur = await conn.execute(
+            "SELECT * FROM webhook_inbox WHERE id = %s FOR UPDATE", (inbox_id,)
+        )
+        row = await cur.fetchone()
+        if row is None or row["processed_at"] is not None:
+            return "done"
+        outcome = await _apply_inbox_row(runtime, conn, row)
+        await conn.execute(
+            "UPDATE webhook_inbox SET processed_at = now(), outcome = %s WHERE id = %s",
+            (outcome, inbox_id),
+        )
+        return outcome
+
+
+async def _apply_inbox_row(runtime: Runtime, conn: Conn, row: dict[str, Any]) -> str:
+    try:
+        task_id, event = runtime.translate_webhook(row)
+        origin = Origin(actor=f"provider:{row['provider']}")
+        applied = await runtime.engine.apply(conn, task_id, event, origin=origin)
+    except (UnknownTask, ValueError):
+        return "unknown_task"
+    except IllegalTransition:
+        return "not_applicable"
+    return "applied" if applied.changed else "ignored"
