@@ -24,7 +24,7 @@ from types import MappingProxyType
 from typing import Any
 
 from activities.standard_webhooks import secret_key
-from sandbox.money import InvalidAmount, parse_amount
+from workflows.money import InvalidAmount, parse_amount
 
 BEHAVIOURS = frozenset(
     {

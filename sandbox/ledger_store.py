@@ -19,7 +19,7 @@ from typing import Any
 from psycopg import AsyncConnection, sql
 from psycopg_pool import AsyncConnectionPool
 
-from sandbox.money import format_minor
+from workflows.money import format_minor
 
 # Column lists are composed with psycopg.sql, never string formatting.
 _HOLD_COLS = sql.SQL(

@@ -21,9 +21,9 @@ from sandbox.config import (
     ProviderConfig,
     check_secret,
 )
-from sandbox.money import InvalidAmount, format_minor, parse_amount
 from sandbox.provider_sim import ORDER_STATUSES, Simulator
 from sandbox.web import BadBody, bearer_ok, error, is_int, json_object, unauthorized
+from workflows.money import InvalidAmount, format_minor, parse_amount
 
 Handler = Callable[[Request], Awaitable[Response]]
 MAX_REFERENCE_LENGTH = 200
