@@ -146,6 +146,8 @@ class HttpProviderAdapter:
 
 
 def _parse_notice(webhook_id: str, body: bytes) -> WebhookNotice:
+    if b"\\u0000" in body:  # PostgreSQL jsonb cannot store NUL; refuse it here, not with a 5xx
+        raise standard_webhooks.WebhookRejected("bad_payload")
     try:
         parsed = json.loads(body)
     except (ValueError, RecursionError):

@@ -7,7 +7,7 @@ the same database transaction that stores the new state.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -64,11 +64,6 @@ class Alert:
 Command = RunActivity | StartTimer | FollowUp | Alert
 
 
-class TaskLike(Protocol):
-    @property
-    def status(self) -> Any: ...
-
-
 @dataclass(frozen=True)
 class TaskView:
     """What the queue rule needs to know about one task."""
@@ -105,10 +100,13 @@ class WorkflowDefinition(Protocol):
         self, queue_status: str, cancel_requested: bool, tasks: Sequence[TaskView]
     ) -> QueueDecision: ...
 
-    start_event: Callable[[], Event]
-    stop_event: Callable[[], Event]
-    cancel_event: Callable[[str, str], Event]
-    timer_event: Callable[[str, datetime], Event]
+    def start_event(self) -> Event: ...
+
+    def stop_event(self) -> Event: ...
+
+    def cancel_event(self, actor: str, reason: str) -> Event: ...
+
+    def timer_event(self, kind: str, due_at: datetime) -> Event: ...
 
 
 def _snake(name: str) -> str:

@@ -1,0 +1,55 @@
+"""The HTTP API (starlette + uvicorn): cascade-core submissions and provider webhooks.
+
+Run: `python server.py` (or `make run`). DATABASE_URL unset -> embedded PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.routing import Route
+
+from engine.config import Settings
+from engine.db import apply_schema
+from engine.embedded import database_url
+from service.api import ROUTES, bad_request_handler
+from service.models import BadRequest
+from service.wiring import open_services
+
+
+def build_app(settings: Settings) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        app.state.services = await open_services(settings)
+        try:
+            yield
+        finally:
+            await app.state.services.close()
+
+    routes = [Route(path, handler, methods=methods) for path, handler, methods in ROUTES]
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={BadRequest: bad_request_handler},
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="payment-service HTTP API")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    url = database_url(keep_running=True)
+    apply_schema(url)
+    settings = Settings.from_env(url)
+    uvicorn.run(build_app(settings), host=args.host, port=args.port, log_level="info")
+
+
+if __name__ == "__main__":
+    main()

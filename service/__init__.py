@@ -1,0 +1,1 @@
+"""The withdrawal service: wiring, HTTP edge and submission (withdrawal-specific shell)."""

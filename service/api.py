@@ -1,0 +1,155 @@
+"""HTTP handlers: cascade-core's API, provider webhooks, health and OpenAPI."""
+
+from __future__ import annotations
+
+import hmac
+import re
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import SecretStr
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from activities.standard_webhooks import WebhookRejected
+from service.models import BadRequest, parse_withdrawal
+from service.openapi import OPENAPI
+from service.wiring import Services
+from service.withdrawals import events_view, find_queue_id, submit, withdrawal_view
+
+_TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
+
+
+def services(request: Request) -> Services:
+    found = request.app.state.services
+    assert isinstance(found, Services)
+    return found
+
+
+def error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse(BadRequest(status, code, message).body(), status_code=status)
+
+
+def check_bearer(request: Request, tokens: Sequence[SecretStr]) -> None:
+    header = request.headers.get("authorization", "")
+    scheme, _, offered = header.partition(" ")
+    matched = False
+    for token in tokens:  # compare against every token: timing leaks nothing
+        matched |= hmac.compare_digest(offered.encode(), token.get_secret_value().encode())
+    if scheme.lower() != "bearer" or not offered or not matched:
+        raise BadRequest(401, "unauthorized", "missing or invalid bearer token")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """Refuse oversized bodies before reading (and parsing) them."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise BadRequest(413, "body_too_large", f"body exceeds {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BadRequest(413, "body_too_large", f"body exceeds {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def trace_id_of(request: Request) -> str | None:
+    match = _TRACEPARENT.match(request.headers.get("traceparent", ""))
+    return match.group(1) if match else None
+
+
+async def create_withdrawal(request: Request) -> JSONResponse:
+    svc = services(request)
+    check_bearer(request, svc.settings.api_tokens)
+    body = await read_body(request, svc.settings.max_body_bytes)
+    withdrawal = parse_withdrawal(body, set(svc.providers), svc.settings.max_cascade)
+    async with svc.pool.connection() as conn:
+        queue_id, created = await submit(conn, svc.engine, withdrawal, trace_id_of(request))
+        view = await withdrawal_view(conn, queue_id)
+    return JSONResponse(view, status_code=201 if created else 200)
+
+
+async def _queue_or_404(request: Request) -> tuple[Services, str]:
+    svc = services(request)
+    check_bearer(request, svc.settings.api_tokens)
+    async with svc.pool.connection() as conn:
+        queue_id = await find_queue_id(conn, request.path_params["ident"])
+    if queue_id is None:
+        raise BadRequest(404, "not_found", "no such withdrawal")
+    return svc, queue_id
+
+
+async def get_withdrawal(request: Request) -> JSONResponse:
+    svc, queue_id = await _queue_or_404(request)
+    async with svc.pool.connection() as conn:
+        return JSONResponse(await withdrawal_view(conn, queue_id))
+
+
+async def get_events(request: Request) -> JSONResponse:
+    svc, queue_id = await _queue_or_404(request)
+    async with svc.pool.connection() as conn:
+        return JSONResponse({"events": await events_view(conn, queue_id)})
+
+
+async def receive_webhook(request: Request) -> JSONResponse:
+    svc = services(request)
+    provider = request.path_params["provider"]
+    adapter = svc.adapters.get(provider)
+    if adapter is None:
+        raise BadRequest(404, "unknown_provider", "no such provider")
+    body = await read_body(request, svc.settings.max_body_bytes)
+    try:
+        notice = adapter.verify_webhook(
+            request.headers, body, int(time.time()), svc.settings.webhook_tolerance_s
+        )
+    except WebhookRejected as exc:
+        status = 400 if exc.reason in {"unparseable_body", "missing_data", "bad_payload"} else 401
+        raise BadRequest(status, "webhook_rejected", exc.reason) from None
+    async with svc.pool.connection() as conn, conn.transaction():
+        cur = await conn.execute(
+            "INSERT INTO webhook_inbox (provider, webhook_id, reference, body)"
+            " VALUES (%s, %s, %s, %s::jsonb) ON CONFLICT (provider, webhook_id) DO NOTHING"
+            " RETURNING id",
+            (provider, notice.webhook_id, notice.reference, body.decode()),
+        )
+        row = await cur.fetchone()
+        if row is not None:
+            await svc.scheduler.defer_webhook(conn, int(row["id"]))
+    return JSONResponse(
+        {"status": "accepted" if row else "duplicate"}, status_code=202 if row else 200
+    )
+
+
+async def healthz(_request: Request) -> JSONResponse:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> JSONResponse:
+    try:
+        async with services(request).pool.connection(timeout=2) as conn:
+            await conn.execute("SELECT 1 FROM order_queues LIMIT 1")
+    except Exception:  # any failure means "not ready"; the detail goes to the log only
+        return error(503, "not_ready", "database unavailable")
+    return JSONResponse({"status": "ready"})
+
+
+async def openapi(_request: Request) -> JSONResponse:
+    return JSONResponse(OPENAPI)
+
+
+def bad_request_handler(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, BadRequest)
+    return JSONResponse(exc.body(), status_code=exc.status)
+
+
+ROUTES: list[tuple[str, Any, list[str]]] = [
+    ("/v1/withdrawals", create_withdrawal, ["POST"]),
+    ("/v1/withdrawals/{ident}", get_withdrawal, ["GET"]),
+    ("/v1/withdrawals/{ident}/events", get_events, ["GET"]),
+    ("/webhooks/{provider}", receive_webhook, ["POST"]),
+    ("/healthz", healthz, ["GET"]),
+    ("/readyz", readyz, ["GET"]),
+    ("/openapi.json", openapi, ["GET"]),
+]

@@ -1,0 +1,107 @@
+"""HTTP edge models (pydantic). Inside the service only frozen values travel."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from workflows.money import InvalidAmount, is_known_currency, parse_amount
+
+_ID = r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,63}$"
+
+
+class BadRequest(Exception):
+    """A 4xx with a machine code and field details; the message is safe to return."""
+
+    def __init__(self, status: int, code: str, message: str, details: Any = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.details = status, code, message, details
+
+    def body(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.details is not None:
+            error["details"] = self.details
+        return {"error": error}
+
+
+class WithdrawalRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    order_id: str = Field(pattern=_ID)
+    merchant_id: str = Field(pattern=_ID)
+    amount: str = Field(max_length=24)
+    currency: str
+    cascade: tuple[str, ...] = Field(min_length=1, max_length=32)
+
+    @field_validator("currency")
+    @classmethod
+    def _currency(cls, value: str) -> str:
+        if not is_known_currency(value):
+            raise ValueError("currency must be an ISO 4217 code we support, e.g. EUR")
+        return value
+
+    @field_validator("cascade")
+    @classmethod
+    def _distinct(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(value)) != len(value):
+            raise ValueError("cascade lists a provider twice")
+        return value
+
+    @model_validator(mode="after")
+    def _amount(self) -> WithdrawalRequest:
+        try:
+            minor = parse_amount(self.amount, self.currency)
+        except InvalidAmount as exc:
+            raise ValueError(f"amount: {exc}") from None
+        if minor == 0:
+            raise ValueError("amount: must be greater than zero")
+        return self
+
+    @property
+    def amount_minor(self) -> int:
+        return parse_amount(self.amount, self.currency)
+
+    def fingerprint(self) -> str:
+        """Hash of the normalised request, to tell a replay from a conflicting reuse."""
+        canonical = json.dumps(
+            {**self.model_dump(), "amount": self.amount_minor},
+            sort_keys=True,
+            separators=(",", ":"),
+        )
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_json(body: bytes) -> Any:
+    """Strict JSON: no NaN/Infinity, no pathological nesting, UTF-8 only."""
+    try:
+        return json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        raise BadRequest(400, "invalid_json", "body is not valid JSON") from None
+
+
+def parse_withdrawal(body: bytes, known_providers: set[str], max_cascade: int) -> WithdrawalRequest:
+    payload = parse_json(body)
+    if not isinstance(payload, dict):
+        raise BadRequest(422, "invalid_request", "body must be a JSON object")
+    try:
+        request = WithdrawalRequest.model_validate(payload)
+    except ValidationError as exc:
+        details = [
+            {"field": ".".join(str(p) for p in err["loc"]) or "body", "message": err["msg"]}
+            for err in exc.errors(include_url=False, include_input=False)
+        ]
+        raise BadRequest(422, "invalid_request", "request is invalid", details) from None
+    unknown = [p for p in request.cascade if p not in known_providers]
+    if unknown or len(request.cascade) > max_cascade:
+        message = f"unknown providers: {', '.join(unknown)}" if unknown else "cascade too long"
+        raise BadRequest(
+            422, "invalid_request", message, [{"field": "cascade", "message": message}]
+        )
+    return request

@@ -1,0 +1,76 @@
+"""Builds the long-lived objects of one process (API server or worker)."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import httpx
+import procrastinate
+
+from activities.ledger import LedgerClient
+from activities.providers import HttpProviderAdapter, OrderStatus, ProviderAdapter, StatusResult
+from activities.withdrawal import WithdrawalActivities, status_event
+from engine.config import ProviderConfig, Settings
+from engine.db import Pool, open_pool
+from engine.engine import Engine
+from engine.jobs import ProcrastinateScheduler, Runtime, build_app
+from workflows.core import Event
+from workflows.withdrawal_definition import WITHDRAWAL
+from workflows.withdrawal_events import Timing
+
+
+@dataclass
+class Services:
+    settings: Settings
+    providers: dict[str, ProviderConfig]
+    pool: Pool
+    app: procrastinate.App
+    scheduler: ProcrastinateScheduler
+    engine: Engine
+    http: httpx.AsyncClient
+    adapters: dict[str, ProviderAdapter]
+    runtime: Runtime
+
+    async def close(self) -> None:
+        await self.app.close_async()
+        await self.http.aclose()
+        await self.pool.close()
+
+
+def translate_webhook(row: dict[str, Any]) -> tuple[str, Event]:
+    """Inbox row -> (task id, event). The provider's reference is our task id."""
+    data = row["body"]["data"]
+    task_id = str(uuid.UUID(str(data["reference"])))
+    result = StatusResult(OrderStatus(data["status"]), data.get("id"))
+    return task_id, status_event(result)
+
+
+async def open_services(settings: Settings, *, pool_size: int = 10) -> Services:
+    providers = settings.providers()
+    pool = await open_pool(settings.database_url, max_size=pool_size)
+    app = build_app(settings.database_url, retries=settings.activity_max_retries)
+    await app.open_async()
+    scheduler = ProcrastinateScheduler(app)
+
+    @cache
+    def timing(provider: str) -> Timing:
+        config = providers.get(provider)
+        return config.timing.to_timing() if config else Timing()
+
+    engine = Engine(WITHDRAWAL, scheduler, lambda row: timing(row["provider"]))
+    http = httpx.AsyncClient(timeout=settings.ledger_timeout_s)
+    adapters: dict[str, ProviderAdapter] = {
+        name: HttpProviderAdapter(config, http) for name, config in providers.items()
+    }
+    ledger = LedgerClient(http, settings.ledger_url, settings.ledger_token.get_secret_value())
+    runtime = Runtime(
+        engine=engine,
+        pool=pool,
+        activities=WithdrawalActivities(ledger, adapters).registry(),
+        translate_webhook=translate_webhook,
+        stalled_after_s=settings.stalled_after_s,
+    )
+    return Services(settings, providers, pool, app, scheduler, engine, http, adapters, runtime)

@@ -1,0 +1,123 @@
+"""Submitting withdrawals and reading them back (SQL over psycopg, no ORM)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from engine.engine import Conn, Engine, Origin
+from service.models import BadRequest, WithdrawalRequest
+from workflows.money import format_minor
+
+_INSERT_QUEUE = """
+INSERT INTO order_queues (id, order_id, request_hash, merchant_id, amount_minor, currency, trace_id)
+VALUES (%s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (order_id) DO NOTHING
+RETURNING id
+"""
+_INSERT_TASK = "INSERT INTO order_tasks (id, queue_id, position, provider) VALUES (%s, %s, %s, %s)"
+
+
+async def submit(
+    conn: Conn, engine: Engine, request: WithdrawalRequest, trace_id: str | None
+) -> tuple[str, bool]:
+    """Create the withdrawal (or find its identical twin). Returns (queue id, created)."""
+    fingerprint = request.fingerprint()
+    queue_id = str(uuid.uuid4())
+    async with conn.transaction():
+        cur = await conn.execute(
+            _INSERT_QUEUE,
+            (
+                queue_id,
+                request.order_id,
+                fingerprint,
+                request.merchant_id,
+                request.amount_minor,
+                request.currency,
+                trace_id,
+            ),
+        )
+        if await cur.fetchone() is None:
+            return await _existing(conn, request.order_id, fingerprint), False
+        for position, provider in enumerate(request.cascade):
+            await conn.execute(_INSERT_TASK, (str(uuid.uuid4()), queue_id, position, provider))
+        await engine.activate(conn, queue_id, Origin(actor="cascade-core", trace_id=trace_id))
+    return queue_id, True
+
+
+async def _existing(conn: Conn, order_id: str, fingerprint: str) -> str:
+    cur = await conn.execute(
+        "SELECT id, request_hash FROM order_queues WHERE order_id = %s", (order_id,)
+    )
+    row = await cur.fetchone()
+    assert row is not None  # ON CONFLICT saw it, and rows are never deleted
+    if row["request_hash"] != fingerprint:
+        raise BadRequest(
+            409, "order_id_conflict", "order_id was already used with a different request"
+        )
+    return str(row["id"])
+
+
+async def find_queue_id(conn: Conn, ident: str) -> str | None:
+    """Accept our queue id or cascade-core's order_id."""
+    try:
+        as_uuid: str | None = str(uuid.UUID(ident))
+    except ValueError:
+        as_uuid = None
+    cur = await conn.execute(
+        "SELECT id FROM order_queues WHERE id = %s OR order_id = %s", (as_uuid, ident)
+    )
+    row = await cur.fetchone()
+    return str(row["id"]) if row else None
+
+
+async def withdrawal_view(conn: Conn, queue_id: str) -> dict[str, Any]:
+    queue = await (
+        await conn.execute("SELECT * FROM order_queues WHERE id = %s", (queue_id,))
+    ).fetchone()
+    assert queue is not None
+    tasks = await (
+        await conn.execute(
+            "SELECT id, position, provider, status::text, funds::text, target::text, version,"
+            " provider_ref, cancel_requested, recheck_attempts, webhook_deadline, last_reason,"
+            " updated_at FROM order_tasks WHERE queue_id = %s ORDER BY position",
+            (queue_id,),
+        )
+    ).fetchall()
+    return {
+        "id": str(queue["id"]),
+        "order_id": queue["order_id"],
+        "merchant_id": queue["merchant_id"],
+        "amount": format_minor(queue["amount_minor"], queue["currency"].strip()),
+        "currency": queue["currency"].strip(),
+        "status": queue["status"],
+        "cancel_requested": queue["cancel_requested"],
+        "created_at": queue["created_at"].isoformat(),
+        "finished_at": queue["finished_at"].isoformat() if queue["finished_at"] else None,
+        "tasks": [_task_view(t) for t in tasks],
+    }
+
+
+def _task_view(task: dict[str, Any]) -> dict[str, Any]:
+    return {
+        key: (value.isoformat() if hasattr(value, "isoformat") else value)
+        for key, value in {**task, "id": str(task["id"])}.items()
+    }
+
+
+async def events_view(conn: Conn, queue_id: str) -> list[dict[str, Any]]:
+    rows = await (
+        await conn.execute(
+            "SELECT id, task_id, from_state, to_state, event_type, payload, actor, trace_id,"
+            " occurred_at FROM order_task_events WHERE queue_id = %s ORDER BY id",
+            (queue_id,),
+        )
+    ).fetchall()
+    return [
+        {
+            **r,
+            "task_id": str(r["task_id"]) if r["task_id"] else None,
+            "occurred_at": r["occurred_at"].isoformat(),
+        }
+        for r in rows
+    ]

@@ -1,0 +1,56 @@
+"""The procrastinate worker. Run N of these on N hosts against one database.
+
+Graceful shutdown: SIGINT/SIGTERM stop fetching, let running jobs finish (up to
+`--graceful-timeout`), then exit. A worker that dies without that (SIGKILL,
+power loss) stops heartbeating; any other worker's periodic `retry_stalled`
+job puts its jobs back in the queue.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import socket
+
+from engine.config import Settings
+from engine.db import apply_schema
+from engine.embedded import database_url
+from service.wiring import open_services
+
+
+async def run(settings: Settings, concurrency: int, name: str, graceful_timeout: float) -> None:
+    services = await open_services(settings, pool_size=concurrency + 2)
+    try:
+        await services.app.run_worker_async(
+            name=name,
+            concurrency=concurrency,
+            additional_context={"runtime": services.runtime},
+            fetch_job_polling_interval=settings.fetch_interval_s,
+            update_heartbeat_interval=settings.heartbeat_s,
+            stalled_worker_timeout=settings.stalled_after_s,
+            shutdown_graceful_timeout=graceful_timeout,
+            delete_jobs="successful",
+        )
+    finally:
+        await services.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="payment-service worker")
+    parser.add_argument(
+        "--concurrency", type=int, default=int(os.environ.get("WORKER_CONCURRENCY", "8"))
+    )
+    parser.add_argument("--name", default=f"{socket.gethostname()}-{os.getpid()}")
+    parser.add_argument("--graceful-timeout", type=float, default=30.0)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    url = database_url(keep_running=True)
+    apply_schema(url)
+    settings = Settings.from_env(url)
+    asyncio.run(run(settings, args.concurrency, args.name, args.graceful_timeout))
+
+
+if __name__ == "__main__":
+    main()
