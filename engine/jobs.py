@@ -112,7 +112,7 @@ async def run_activity(runtime: Runtime, task_id: str, name: str, version: int) 
 
 
 def build_app(conninfo: str, *, retries: int = 8, retry_base_s: int = 2) -> procrastinate.App:
-    connector = procrastinate.PsycopgConnector(conninfo=conninfo, kwargs={"autocommit": True})
+    connector = procrastinate.PsycopgConnector(conninfo=conninfo)
     app = procrastinate.App(connector=connector)
     retry = procrastinate.RetryStrategy(
         max_attempts=retries, exponential_wait=retry_base_s, retry_exceptions={AmbiguousOutcome}

@@ -34,7 +34,7 @@ class WithdrawalRequest(BaseModel):
     merchant_id: str = Field(pattern=_ID)
     amount: str = Field(max_length=24)
     currency: str
-    cascade: tuple[str, ...] = Field(min_length=1, max_length=32)
+    cascade: list[str] = Field(min_length=1, max_length=32)
 
     @field_validator("currency")
     @classmethod
@@ -45,7 +45,7 @@ class WithdrawalRequest(BaseModel):
 
     @field_validator("cascade")
     @classmethod
-    def _distinct(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+    def _distinct(cls, value: list[str]) -> list[str]:
         if len(set(value)) != len(value):
             raise ValueError("cascade lists a provider twice")
         return value

@@ -1,0 +1,102 @@
+"""A small synchronous client for the stack: used by tests and the demo."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import httpx
+
+from sandbox.stack import API_TOKEN, LEDGER_TOKEN, Stack, wait_until
+
+FINAL_QUEUE = {"COMPLETED", "FAILED", "CANCELLED"}
+
+
+class StackClient:
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.api = httpx.Client(
+            base_url=stack.api_url, headers={"Authorization": f"Bearer {API_TOKEN}"}, timeout=10
+        )
+        self.sandbox = httpx.Client(
+            base_url=stack.sandbox_url,
+            headers={"Authorization": f"Bearer {LEDGER_TOKEN}"},
+            timeout=10,
+        )
+
+    def submit(
+        self, cascade: list[str], amount: str = "10.00", order_id: str | None = None, **extra: Any
+    ) -> httpx.Response:
+        body = {
+            "order_id": order_id or f"ord-{uuid.uuid4().hex[:12]}",
+            "merchant_id": "m-1",
+            "amount": amount,
+            "currency": self.stack.currency,
+            "cascade": cascade,
+            **extra,
+        }
+        return self.api.post("/v1/withdrawals", json=body)
+
+    def withdrawal(self, ident: str) -> dict[str, Any]:
+        response = self.api.get(f"/v1/withdrawals/{ident}")
+        response.raise_for_status()
+        return response.json()  # type: ignore[no-any-return]
+
+    def events(self, ident: str) -> list[dict[str, Any]]:
+        response = self.api.get(f"/v1/withdrawals/{ident}/events")
+        response.raise_for_status()
+        return response.json()["events"]  # type: ignore[no-any-return]
+
+    def wait_final(self, ident: str, timeout: float = 30) -> dict[str, Any]:
+        def final() -> dict[str, Any] | None:
+            self.stack.assert_running()
+            view = self.withdrawal(ident)
+            return view if view["status"] in FINAL_QUEUE else None
+
+        return wait_until(final, timeout, f"withdrawal {ident} to finish", every=0.1)  # type: ignore[no-any-return]
+
+    def wait_task_status(self, ident: str, position: int, status: str, timeout: float = 30) -> None:
+        wait_until(
+            lambda: self.withdrawal(ident)["tasks"][position]["status"] == status,
+            timeout,
+            f"task {position} of {ident} to reach {status}",
+            every=0.1,
+        )
+
+    # sandbox controls ---------------------------------------------------------------
+    def set_provider(self, name: str, **settings: Any) -> None:
+        self.sandbox.put(f"/providers/_admin/{name}", json=settings).raise_for_status()
+
+    def set_balance(self, provider: str, currency: str, available: str) -> None:
+        self.sandbox.put(
+            f"/ledger/_admin/balances/{provider}/{currency}", json={"available": available}
+        ).raise_for_status()
+
+    def set_ledger_faults(
+        self, error_rate: float = 0.0, latency_ms: int = 0, seed: int = 1
+    ) -> None:
+        self.sandbox.put(
+            "/ledger/_admin/faults",
+            json={"error_rate": error_rate, "latency_ms": latency_ms, "seed": seed},
+        ).raise_for_status()
+
+    def ledger_ops(self) -> dict[str, list[str]]:
+        """Money-moving ledger operations per hold key, in order."""
+        ops: dict[str, list[str]] = {}
+        for op in self.sandbox.get("/ledger/_admin/ops").json()["ops"]:
+            ops.setdefault(op["key"], []).append(op["op"])
+        return ops
+
+    def provider_orders(self) -> dict[str, dict[str, Any]]:
+        orders = self.sandbox.get("/providers/_admin/orders").json()["orders"]
+        return {o["reference"]: o for o in orders}
+
+
+def expected_ledger_ops(task: dict[str, Any], froze: bool) -> list[str]:
+    """What the ledger must show for a task, from its final state."""
+    funds = task["funds"]
+    if funds == "COMMITTED":
+        return ["freeze", "commit"]
+    if funds == "RELEASED":
+        return ["freeze", "rollback"] if froze else ["void"]
+    return []

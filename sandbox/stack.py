@@ -1,0 +1,184 @@
+"""A whole local stack in subprocesses: sandbox, API server and N workers.
+
+Used by the tests and `make demo`. Everything talks real HTTP and a real
+PostgreSQL; nothing is mocked. Each process logs to a file under `workdir`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from activities.standard_webhooks import new_secret
+
+ROOT = Path(__file__).resolve().parent.parent
+API_TOKEN = "dev-api-token"  # noqa: S105 - sandbox credential
+LEDGER_TOKEN = "dev-ledger-token"  # noqa: S105 - sandbox credential
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, every: float = 0.05) -> Any:
+    """Poll `predicate` until it returns something truthy, or fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(every)
+
+
+@dataclass(frozen=True)
+class ProviderSpec:
+    name: str
+    behaviour: str = "instant"
+    balance: str = "1000000.00"
+    webhook_delay_ms: int = 100
+    timing: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Stack:
+    database_url: str
+    workdir: Path
+    providers: Iterable[ProviderSpec]
+    workers: int = 2
+    currency: str = "EUR"
+    extra_env: dict[str, str] = field(default_factory=dict)
+    api_port: int = field(default_factory=free_port)
+    sandbox_port: int = field(default_factory=free_port)
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    worker_procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    secrets: dict[str, str] = field(default_factory=dict)
+    stopped: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def sandbox_url(self) -> str:
+        return f"http://127.0.0.1:{self.sandbox_port}"
+
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "DATABASE_URL": self.database_url,
+            "PROVIDERS_FILE": str(self.workdir / "providers.toml"),
+            "API_TOKENS": API_TOKEN,
+            "LEDGER_URL": f"{self.sandbox_url}/ledger",
+            "LEDGER_TOKEN": LEDGER_TOKEN,
+            "WORKER_FETCH_INTERVAL_S": "0.2",
+            "WORKER_HEARTBEAT_S": "1",
+            "WORKER_STALLED_AFTER_S": "3",
+            "PYTHONUNBUFFERED": "1",
+            **self.extra_env,
+        }
+
+    def write_configs(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        sandbox = [f'webhook_url = "{self.api_url}"', f'ledger_token = "{LEDGER_TOKEN}"']
+        service: list[str] = []
+        for spec in self.providers:
+            secret = self.secrets.setdefault(spec.name, new_secret())
+            sandbox += [
+                f"[providers.{spec.name}]",
+                f'api_key = "sk_test_{spec.name}"',
+                f'webhook_secret = "{secret}"',
+                f'behaviour = "{spec.behaviour}"',
+                f"webhook_delay_ms = {spec.webhook_delay_ms}",
+                "hang_ms = 3000",
+                f'balances = {{ {self.currency} = "{spec.balance}" }}',
+            ]
+            service += [
+                f"[providers.{spec.name}]",
+                f'base_url = "{self.sandbox_url}/providers/{spec.name}"',
+                f'api_key = "sk_test_{spec.name}"',
+                f'webhook_secrets = ["{secret}"]',
+                "timeout_s = 1.5",
+                f"[providers.{spec.name}.timing]",
+                *(f"{k} = {v}" for k, v in spec.timing.items()),
+            ]
+        (self.workdir / "sandbox.toml").write_text("\n".join(sandbox) + "\n")
+        (self.workdir / "providers.toml").write_text("\n".join(service) + "\n")
+
+    def _spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        log = (self.workdir / f"{name}.log").open("ab")
+        proc = subprocess.Popen(  # noqa: S603 - our own entry points
+            [sys.executable, *args], cwd=ROOT, env=self.env(), stdout=log, stderr=subprocess.STDOUT
+        )
+        self.procs.append(proc)
+        return proc
+
+    def start(self) -> Stack:
+        self.write_configs()
+        self._spawn(
+            "sandbox",
+            "-m",
+            "sandbox",
+            "--config",
+            str(self.workdir / "sandbox.toml"),
+            "--port",
+            str(self.sandbox_port),
+            "--database-url",
+            self.database_url,
+        )
+        self._spawn("api", "server.py", "--port", str(self.api_port))
+        for url in (self.sandbox_url, self.api_url):
+            wait_until(functools.partial(_healthy, url), 30, f"{url}/healthz")
+        for _ in range(self.workers):
+            self.start_worker()
+        return self
+
+    def start_worker(self) -> subprocess.Popen[bytes]:
+        proc = self._spawn(f"worker-{len(self.worker_procs)}", "worker.py", "--concurrency", "4")
+        self.worker_procs.append(proc)
+        return proc
+
+    def assert_running(self) -> None:
+        """Fail fast (with the log's tail) when a process of the stack died on its own."""
+        for proc in self.procs:
+            if proc.poll() is not None and proc not in self.stopped:
+                raise RuntimeError(f"stack process {proc.args} exited with {proc.returncode}")
+
+    def kill_workers(self, sig: int = signal.SIGKILL) -> None:
+        for proc in self.worker_procs:
+            if proc.poll() is None:
+                self.stopped.append(proc)
+                proc.send_signal(sig)
+                proc.wait(timeout=30)
+        self.worker_procs.clear()
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
