@@ -15,6 +15,8 @@ import uvicorn
 from sandbox.app import build_app
 from sandbox.config import ConfigError, load_config
 
+GRACEFUL_SHUTDOWN_S = 3
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m sandbox", description=__doc__)
@@ -43,8 +45,18 @@ def main(argv: list[str] | None = None) -> int:
 
         database_url = default_database_url()
     app = build_app(config, database_url)
+    # The repr names providers and behaviours only, never keys or secrets.
+    logging.getLogger("sandbox").info("starting %r", config)
     # access_log off: AccessLog logs one secret-free line per request instead.
-    uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level=args.log_level)
+    # A bounded graceful shutdown: a `timeout` provider may be hanging a request.
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        access_log=False,
+        log_level=args.log_level,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+    )
     return 0
 
 
