@@ -156,7 +156,7 @@ class Stack:
         """Fail fast (with the log's tail) when a process of the stack died on its own."""
         for proc in self.procs:
             if proc.poll() is not None and proc not in self.stopped:
-                raise RuntimeError(f"stack process {proc.args} exited with {proc.returncode}")
+                raise RuntimeError(f"stack process {proc.args!r} exited with {proc.returncode}")
 
     def kill_workers(self, sig: int = signal.SIGKILL) -> None:
         for proc in self.worker_procs:
