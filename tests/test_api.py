@@ -56,8 +56,14 @@ def test_same_order_id_with_a_different_body_is_a_409(client: StackClient) -> No
 def test_invalid_submissions_are_422_and_say_what_is_wrong(
     client: StackClient, change: dict[str, Any], field: str
 ) -> None:
-    body = {"order_id": f"ord-{uuid.uuid4().hex[:8]}", "merchant_id": "m-1", "amount": "10.00",
-            "currency": "EUR", "cascade": ["alpha"], **change}
+    body = {
+        "order_id": f"ord-{uuid.uuid4().hex[:8]}",
+        "merchant_id": "m-1",
+        "amount": "10.00",
+        "currency": "EUR",
+        "cascade": ["alpha"],
+        **change,
+    }
     response = client.api.post("/v1/withdrawals", json=body)
     assert response.status_code == 422, response.text
     error = response.json()["error"]
@@ -68,8 +74,13 @@ def test_invalid_submissions_are_422_and_say_what_is_wrong(
 
 
 def test_three_decimal_currency_is_accepted(client: StackClient) -> None:
-    body = {"order_id": f"ord-{uuid.uuid4().hex[:8]}", "merchant_id": "m-1", "amount": "1.250",
-            "currency": "KWD", "cascade": ["alpha"]}
+    body = {
+        "order_id": f"ord-{uuid.uuid4().hex[:8]}",
+        "merchant_id": "m-1",
+        "amount": "1.250",
+        "currency": "KWD",
+        "cascade": ["alpha"],
+    }
     response = client.api.post("/v1/withdrawals", json=body)
     assert response.status_code == 201, response.text
     assert response.json()["amount"] == "1.250"
@@ -99,10 +110,21 @@ def _executing_task(client: StackClient) -> tuple[str, dict[str, Any]]:
     return queue_id, client.withdrawal(queue_id)["tasks"][0]
 
 
-def _webhook(client: StackClient, task: dict[str, Any], *, secret: str, webhook_id: str,
-             timestamp: int, status: str = "succeeded") -> httpx.Response:
-    body = json.dumps({"type": "order.updated", "data": {
-        "id": task["provider_ref"], "reference": task["id"], "status": status}}).encode()
+def _webhook(
+    client: StackClient,
+    task: dict[str, Any],
+    *,
+    secret: str,
+    webhook_id: str,
+    timestamp: int,
+    status: str = "succeeded",
+) -> httpx.Response:
+    body = json.dumps(
+        {
+            "type": "order.updated",
+            "data": {"id": task["provider_ref"], "reference": task["id"], "status": status},
+        }
+    ).encode()
     headers = signed_headers(secret, webhook_id, timestamp, body)
     return httpx.post(f"{client.stack.api_url}/webhooks/alpha", content=body, headers=headers)
 
@@ -116,10 +138,14 @@ def test_forged_expired_and_malformed_webhooks_change_nothing(client: StackClien
     expired = _webhook(client, task, secret=real, webhook_id="msg_e", timestamp=now - 3600)
     future = _webhook(client, task, secret=real, webhook_id="msg_x", timestamp=now + 3600)
     assert [r.status_code for r in (forged, expired, future)] == [401, 401, 401]
-    for headers in ({}, {"webhook-id": "a", "webhook-timestamp": "x", "webhook-signature": "v1,@@"},
-                    {"webhook-id": "a", "webhook-timestamp": str(now), "webhook-signature": "junk"}):
-        response = httpx.post(f"{client.stack.api_url}/webhooks/alpha", content=b"\xff\xfe",
-                              headers=headers)
+    for headers in (
+        {},
+        {"webhook-id": "a", "webhook-timestamp": "x", "webhook-signature": "v1,@@"},
+        {"webhook-id": "a", "webhook-timestamp": str(now), "webhook-signature": "junk"},
+    ):
+        response = httpx.post(
+            f"{client.stack.api_url}/webhooks/alpha", content=b"\xff\xfe", headers=headers
+        )
         assert 400 <= response.status_code < 500, response.text
     after = client.withdrawal(queue_id)["tasks"][0]
     assert (after["status"], after["version"]) == ("EXECUTING", task["version"])
@@ -128,14 +154,19 @@ def test_forged_expired_and_malformed_webhooks_change_nothing(client: StackClien
 def test_replayed_webhook_is_a_no_op(client: StackClient, migrated_url: str) -> None:
     queue_id, task = _executing_task(client)
     secret, now = client.stack.secrets["alpha"], int(time.time())
-    first = _webhook(client, task, secret=secret, webhook_id="msg_replay_" + task["id"], timestamp=now)
+    first = _webhook(
+        client, task, secret=secret, webhook_id="msg_replay_" + task["id"], timestamp=now
+    )
     assert first.status_code == 202
     view = client.wait_final(queue_id)
-    replay = _webhook(client, task, secret=secret, webhook_id="msg_replay_" + task["id"], timestamp=now)
+    replay = _webhook(
+        client, task, secret=secret, webhook_id="msg_replay_" + task["id"], timestamp=now
+    )
     assert (replay.status_code, replay.json()["status"]) == (200, "duplicate")
     with psycopg.connect(migrated_url) as conn:
-        rows = conn.execute("SELECT count(*) FROM webhook_inbox WHERE reference = %s",
-                            (task["id"],)).fetchone()
+        rows = conn.execute(
+            "SELECT count(*) FROM webhook_inbox WHERE reference = %s", (task["id"],)
+        ).fetchone()
     assert rows == (1,)
     assert client.withdrawal(queue_id) == view
     assert client.ledger_ops()[task["id"]] == ["freeze", "commit"]

@@ -94,7 +94,9 @@ def test_audit_timeline_records_every_transition(client: StackClient) -> None:
     client.set_provider("alpha", behaviour="decline")
     view = client.wait_final(client.submit(["alpha", "beta"]).json()["id"])
     events = client.events(view["id"])
-    first = [(e["from_state"], e["to_state"]) for e in events if e["task_id"] == view["tasks"][0]["id"]]
+    first = [
+        (e["from_state"], e["to_state"]) for e in events if e["task_id"] == view["tasks"][0]["id"]
+    ]
     assert first == [
         ("PENDING", "CREATING"),
         ("CREATING", "CREATING"),  # funds frozen

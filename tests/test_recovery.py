@@ -82,9 +82,14 @@ def test_database_refuses_money_invariant_violations(
 
 def test_audit_trail_is_append_only(client: StackClient, migrated_url: str) -> None:
     view = client.wait_final(client.submit(["alpha"]).json()["id"])
-    for statement in ("UPDATE order_task_events SET actor = 'x' WHERE queue_id = %s",
-                      "DELETE FROM order_task_events WHERE queue_id = %s"):
-        with psycopg.connect(migrated_url) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+    for statement in (
+        "UPDATE order_task_events SET actor = 'x' WHERE queue_id = %s",
+        "DELETE FROM order_task_events WHERE queue_id = %s",
+    ):
+        with (
+            psycopg.connect(migrated_url) as conn,
+            pytest.raises(psycopg.errors.InsufficientPrivilege),
+        ):
             conn.execute(statement, (view["id"],))
     with psycopg.connect(migrated_url) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
         conn.execute("TRUNCATE order_task_events CASCADE")
