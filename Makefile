@@ -1,0 +1,49 @@
+# payment-service. On a fresh machine: `make demo`, `make test`. Nothing else to start.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+# Sandbox defaults for `make run` / `make sandbox`; override in the environment.
+export API_TOKENS   ?= dev-api-token
+export LEDGER_URL   ?= http://127.0.0.1:8090/ledger
+export LEDGER_TOKEN ?= dev-ledger-token
+
+.PHONY: setup demo run sandbox migrate test lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: setup ## start everything embedded, run a batch of withdrawals, print outcomes
+	$(PY) -m sandbox.demo
+
+run: setup ## API + worker(s) against DATABASE_URL / NATS_URL (embedded when unset)
+	$(PY) -m service.run
+
+sandbox: setup ## the simulated ledger and providers of config/sandbox.toml on :8090
+	$(PY) -m sandbox --config config/sandbox.toml --port 8090
+
+migrate: setup ## apply procrastinate's schema and schema.sql (idempotent)
+	$(PY) -c 'from engine.embedded import database_url; from engine.db import apply_schema; apply_schema(database_url(keep_running=True))'
+
+test: setup ## the whole suite against a real PostgreSQL (embedded when DATABASE_URL is unset)
+	@$(PY) -m pytest -q; status=$$?; \
+	if [ $$status -eq 5 ]; then echo "pytest collected no tests (exit 5): that is a failure" >&2; exit 1; fi; \
+	exit $$status
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check workflows activities engine service server.py worker.py
+	$(VENV)/bin/mypy .
+
+bench: setup
+	@ls bench/*.py >/dev/null 2>&1 || { echo "no benchmarks yet"; exit 0; }
+	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .data .mypy_cache .ruff_cache .pytest_cache
