@@ -95,6 +95,8 @@ class StackClient:
 def expected_ledger_ops(task: dict[str, Any], froze: bool) -> list[str]:
     """What the ledger must show for a task, from its final state."""
     funds = task["funds"]
+    if funds == "FROZEN":
+        return ["freeze"]
     if funds == "COMMITTED":
         return ["freeze", "commit"]
     if funds == "RELEASED":

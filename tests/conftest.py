@@ -64,3 +64,31 @@ def client(stack: Any) -> Iterator[Any]:
         c.set_provider(name, behaviour="instant", webhook_delay_ms=100)
     c.set_ledger_faults()
     yield c
+    assert_ledger_matches_every_task(c, stack.database_url)
+
+
+def _quiet(url: str) -> bool:
+    """No money-moving job queued, retrying or running (timers don't count)."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM procrastinate_jobs WHERE status IN ('todo', 'doing')"
+            " AND queue_name IN ('activities', 'webhooks')"
+        ).fetchone()
+    return row == (0,)
+
+
+def assert_ledger_matches_every_task(c: Any, url: str) -> None:
+    """After every scenario: the ledger's money operations match each task's funds."""
+    from sandbox.client import expected_ledger_ops
+    from sandbox.stack import wait_until
+
+    wait_until(lambda: _quiet(url), 30, "activity jobs to drain")
+    ops = c.ledger_ops()
+    with psycopg.connect(url) as conn:
+        tasks = conn.execute("SELECT id::text, funds::text FROM order_tasks").fetchall()
+    mismatched = []
+    for task_id, funds in tasks:
+        seen = ops.get(task_id, [])
+        if seen != expected_ledger_ops({"funds": funds}, "freeze" in seen):
+            mismatched.append((task_id, funds, seen))
+    assert not mismatched, f"ledger and tasks disagree: {mismatched}"
