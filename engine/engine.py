@@ -16,9 +16,9 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from psycopg import AsyncConnection, sql
-from psycopg.types.json import Jsonb
+from psycopg import sql
 
+from engine.journal import Conn, Entry, journal
 from workflows.core import (
     Alert,
     Event,
@@ -30,7 +30,6 @@ from workflows.core import (
 )
 
 MAX_FOLLOW_UPS = 8
-Conn = AsyncConnection[dict[str, Any]]
 
 
 class StaleEvent(Exception):
@@ -207,85 +206,36 @@ class Engine:
         origin: Origin,
         version: int | None,
     ) -> None:
-        payload = {"event": event.name, **event_payload(event)}
-        trace_id = origin.trace_id or queue.get("trace_id")
-        await conn.execute(
-            "INSERT INTO order_task_events"
-            " (queue_id, task_id, from_state, to_state, event_type, payload, actor, trace_id)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-            (
-                queue["id"],
+        scope = "task" if task_id else "queue"
+        payload = {"event": event.name, "version": version, **event_payload(event)}
+        subject = f"order.{scope}.{to_status.lower()}"
+        await journal(
+            conn,
+            queue,
+            Entry(
+                subject,
                 task_id,
                 from_status,
                 to_status,
                 event.name,
-                Jsonb(payload),
+                payload,
                 origin.actor,
-                trace_id,
+                origin.trace_id,
             ),
         )
-        scope = "task" if task_id else "queue"
-        body = {
-            "order_id": queue["order_id"],
-            "queue_id": str(queue["id"]),
-            "task_id": task_id,
-            "from": from_status,
-            "to": to_status,
-            "version": version,
-            **payload,
-        }
-        await self._outbox(
-            conn, f"order.{scope}.{to_status.lower()}", queue, task_id, body, trace_id
-        )
-
-    async def _alert(
-        self,
-        conn: Conn,
-        queue: dict[str, Any],
-        task_id: str,
-        status: str,
-        alert: Alert,
-        origin: Origin,
-    ) -> None:
-        body = {
-            "order_id": queue["order_id"],
-            "queue_id": str(queue["id"]),
-            "task_id": task_id,
-            "state": status,
-            "kind": alert.kind,
-            "detail": alert.detail,
-        }
-        await conn.execute(
-            "INSERT INTO order_task_events"
-            " (queue_id, task_id, from_state, to_state, event_type, payload, actor, trace_id)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-            (
-                queue["id"],
-                task_id,
-                status,
-                status,
-                alert.kind,
-                Jsonb(body),
-                origin.actor,
-                origin.trace_id or queue.get("trace_id"),
-            ),
-        )
-        subject = f"order.task.{alert.kind.replace('_', '.')}"
-        await self._outbox(conn, subject, queue, task_id, body, origin.trace_id)
 
     @staticmethod
-    async def _outbox(
-        conn: Conn,
-        subject: str,
-        queue: dict[str, Any],
-        task_id: str | None,
-        body: dict[str, Any],
-        trace_id: str | None,
+    async def _alert(
+        conn: Conn, queue: dict[str, Any], task_id: str, status: str, alert: Alert, origin: Origin
     ) -> None:
-        await conn.execute(
-            "INSERT INTO outbox (subject, queue_id, task_id, payload, trace_id)"
-            " VALUES (%s, %s, %s, %s, %s)",
-            (subject, queue["id"], task_id, Jsonb(body), trace_id or queue.get("trace_id")),
+        payload = {"kind": alert.kind, "detail": alert.detail}
+        subject = f"order.task.{alert.kind.replace('_', '.')}"
+        await journal(
+            conn,
+            queue,
+            Entry(
+                subject, task_id, status, status, alert.kind, payload, origin.actor, origin.trace_id
+            ),
         )
 
     async def _run_queue_rule(self, conn: Conn, queue_id: str, origin: Origin) -> None:

@@ -23,7 +23,8 @@ from psycopg_pool import AsyncConnectionPool
 
 from activities.outcomes import AmbiguousOutcome
 from engine.activity import Activity, ActivityContext
-from engine.engine import Conn, Engine, Origin, StaleEvent, UnknownTask
+from engine.engine import Engine, Origin, StaleEvent, UnknownTask
+from engine.journal import Conn
 from workflows.core import Event, IllegalTransition
 
 log = logging.getLogger("payment.jobs")

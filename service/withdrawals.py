@@ -5,7 +5,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from engine.engine import Conn, Engine, Origin
+from engine.engine import Engine, Origin
+from engine.journal import Conn
 from service.models import BadRequest, WithdrawalRequest
 from workflows.money import format_minor
 
