@@ -25,6 +25,9 @@ CREATE TABLE IF NOT EXISTS order_queues (
     currency         char(3) NOT NULL,
     status           queue_status NOT NULL DEFAULT 'ACTIVE',
     cancel_requested boolean NOT NULL DEFAULT false,
+    -- set when someone must look (e.g. a provider contradicts a final state)
+    needs_attention  boolean NOT NULL DEFAULT false,
+    attention_reason text,
     trace_id         text,
     created_at       timestamptz NOT NULL DEFAULT now(),
     updated_at       timestamptz NOT NULL DEFAULT now(),
@@ -125,3 +128,34 @@ CREATE TABLE IF NOT EXISTS webhook_inbox (
     outcome      text,
     UNIQUE (provider, webhook_id)
 );
+
+-- Durable timers. Kept out of procrastinate_jobs on purpose: its fetch query
+-- scans every not-yet-due job, so 15-minute timers parked there would slow
+-- every worker's pickup. Here they wait on a due_at index; the timer pump
+-- moves only due rows (SKIP LOCKED, a bounded batch) into procrastinate.
+CREATE TABLE IF NOT EXISTS timers (
+    id         bigserial PRIMARY KEY,
+    task_id    uuid NOT NULL REFERENCES order_tasks (id),
+    kind       text NOT NULL,
+    due_at     timestamptz NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS timers_due ON timers (due_at);
+
+-- Jobs that exhausted their attempts (or failed for good). The task's money
+-- stays where it is until the job is replayed after a fix.
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id            bigserial PRIMARY KEY,
+    job_id        bigint NOT NULL UNIQUE,
+    task_name     text NOT NULL,
+    args          jsonb NOT NULL,
+    task_id       uuid,
+    queue_id      uuid,
+    attempts      integer NOT NULL,
+    error         text NOT NULL,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    replayed_at   timestamptz,
+    replayed_by   text,
+    replay_job_id bigint
+);
+CREATE INDEX IF NOT EXISTS dead_letters_open ON dead_letters (created_at) WHERE replayed_at IS NULL;

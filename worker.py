@@ -17,11 +17,16 @@ import socket
 from engine.config import Settings
 from engine.db import apply_schema
 from engine.embedded import database_url
+from engine.timers import run_pump
 from service.wiring import open_services
 
 
 async def run(settings: Settings, concurrency: int, name: str, graceful_timeout: float) -> None:
     services = await open_services(settings, pool_size=concurrency + 2)
+    stop_pump = asyncio.Event()
+    pump = asyncio.create_task(
+        run_pump(services.pool, services.app, settings.timer_pump_interval_s, stop_pump)
+    )
     try:
         await services.app.run_worker_async(
             name=name,
@@ -34,6 +39,8 @@ async def run(settings: Settings, concurrency: int, name: str, graceful_timeout:
             delete_jobs="successful",
         )
     finally:
+        stop_pump.set()
+        await pump
         await services.close()
 
 

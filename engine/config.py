@@ -94,6 +94,7 @@ class Settings(_Strict):
     max_cascade: int = 32
     activity_max_retries: int = 8
     fetch_interval_s: float = 0.5
+    timer_pump_interval_s: float = 0.2
     heartbeat_s: float = 2.0
     stalled_after_s: float = 10.0
 
@@ -113,6 +114,7 @@ class Settings(_Strict):
             "webhook_tolerance_s": "WEBHOOK_TOLERANCE_S",
             "activity_max_retries": "ACTIVITY_MAX_RETRIES",
             "fetch_interval_s": "WORKER_FETCH_INTERVAL_S",
+            "timer_pump_interval_s": "TIMER_PUMP_INTERVAL_S",
             "heartbeat_s": "WORKER_HEARTBEAT_S",
             "stalled_after_s": "WORKER_STALLED_AFTER_S",
         }

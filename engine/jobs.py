@@ -22,6 +22,7 @@ import procrastinate
 from psycopg_pool import AsyncConnectionPool
 
 from activities.outcomes import AmbiguousOutcome
+from engine import timers
 from engine.activity import Activity, ActivityContext
 from engine.engine import Engine, Origin, StaleEvent, UnknownTask
 from engine.journal import Conn
@@ -55,10 +56,7 @@ class ProcrastinateScheduler:
         )
 
     async def defer_timer(self, conn: Conn, task_id: str, kind: str, due_at: datetime) -> None:
-        task = self._app.tasks["timer"]
-        await task.configure(connection=conn, schedule_at=due_at).defer_async(
-            task_id=task_id, kind=kind, due_at=due_at.isoformat()
-        )
+        await timers.schedule(conn, task_id, kind, due_at)
 
     async def defer_webhook(self, conn: Conn, inbox_id: int) -> None:
         await self._app.tasks["webhook"].configure(connection=conn).defer_async(inbox_id=inbox_id)
