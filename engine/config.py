@@ -92,7 +92,8 @@ class Settings(_Strict):
     webhook_tolerance_s: int = 300
     max_body_bytes: int = 64 * 1024
     max_cascade: int = 32
-    activity_max_retries: int = 8
+    activity_max_retries: int = Field(8, ge=0)
+    activity_retry_base_s: int = Field(2, ge=1)  # waits base**1, base**2, ... seconds
     fetch_interval_s: float = 0.5
     timer_pump_interval_s: float = 0.2
     heartbeat_s: float = 2.0
@@ -113,6 +114,7 @@ class Settings(_Strict):
             "ledger_timeout_s": "LEDGER_TIMEOUT_S",
             "webhook_tolerance_s": "WEBHOOK_TOLERANCE_S",
             "activity_max_retries": "ACTIVITY_MAX_RETRIES",
+            "activity_retry_base_s": "ACTIVITY_RETRY_BASE_S",
             "fetch_interval_s": "WORKER_FETCH_INTERVAL_S",
             "timer_pump_interval_s": "TIMER_PUMP_INTERVAL_S",
             "heartbeat_s": "WORKER_HEARTBEAT_S",

@@ -88,6 +88,9 @@ class Stack:
             "WORKER_FETCH_INTERVAL_S": "0.2",
             "WORKER_HEARTBEAT_S": "1",
             "WORKER_STALLED_AFTER_S": "3",
+            "ACTIVITY_MAX_RETRIES": "4",
+            "ACTIVITY_RETRY_BASE_S": "1",
+            "TIMER_PUMP_INTERVAL_S": "0.1",
             "PYTHONUNBUFFERED": "1",
             **self.extra_env,
         }

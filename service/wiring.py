@@ -51,7 +51,11 @@ def translate_webhook(row: dict[str, Any]) -> tuple[str, Event]:
 async def open_services(settings: Settings, *, pool_size: int = 10) -> Services:
     providers = settings.providers()
     pool = await open_pool(settings.database_url, max_size=pool_size)
-    app = build_app(settings.database_url, retries=settings.activity_max_retries)
+    app = build_app(
+        settings.database_url,
+        retries=settings.activity_max_retries,
+        retry_base_s=settings.activity_retry_base_s,
+    )
     await app.open_async()
     scheduler = ProcrastinateScheduler(app)
 
