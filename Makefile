@@ -8,6 +8,7 @@ STAMP  := $(VENV)/.installed
 export API_TOKENS   ?= dev-api-token
 export LEDGER_URL   ?= http://127.0.0.1:8090/ledger
 export LEDGER_TOKEN ?= dev-ledger-token
+export OPS_TOKENS   ?= dev-ops-token
 
 .PHONY: setup demo run sandbox migrate test lint bench clean
 

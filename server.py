@@ -19,6 +19,7 @@ from engine.db import apply_schema
 from engine.embedded import database_url
 from service.api import ROUTES, bad_request_handler
 from service.models import BadRequest
+from service.ops_api import CONTROL_ROUTES
 from service.wiring import open_services
 
 
@@ -31,7 +32,10 @@ def build_app(settings: Settings) -> Starlette:
         finally:
             await app.state.services.close()
 
-    routes = [Route(path, handler, methods=methods) for path, handler, methods in ROUTES]
+    routes = [
+        Route(path, handler, methods=methods)
+        for path, handler, methods in [*ROUTES, *CONTROL_ROUTES]
+    ]
     return Starlette(
         routes=routes,
         lifespan=lifespan,

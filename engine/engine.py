@@ -40,6 +40,10 @@ class UnknownTask(Exception):
     pass
 
 
+class QueueFinished(Exception):
+    """The queue already reached a final status; nothing was changed."""
+
+
 class Scheduler(Protocol):
     async def defer_activity(
         self, conn: Conn, task_id: str, activity: str, version: int
@@ -101,13 +105,17 @@ class Engine:
         """Request cancellation of a whole queue: each open task gets a Cancel event."""
         async with conn.transaction():
             cur = await conn.execute(
-                "UPDATE order_queues SET cancel_requested = true, updated_at = now()"
-                " WHERE id = %s RETURNING *",
-                (queue_id,),
+                "SELECT * FROM order_queues WHERE id = %s FOR UPDATE", (queue_id,)
             )
             queue = await cur.fetchone()
             if queue is None:
                 raise UnknownTask(queue_id)
+            if queue["status"] != "ACTIVE":
+                raise QueueFinished(f"queue {queue_id} is already {queue['status']}")
+            await conn.execute(
+                "UPDATE order_queues SET cancel_requested = true, updated_at = now() WHERE id = %s",
+                (queue_id,),
+            )
             rows = await (
                 await conn.execute(
                     "SELECT id FROM order_tasks WHERE queue_id = %s AND status::text <> ALL(%s)"
@@ -116,8 +124,8 @@ class Engine:
                 )
             ).fetchall()
             event = self.definition.cancel_event(origin.actor, reason)
-            for row in rows:
-                await self._apply_locked(conn, queue, str(row["id"]), event, None, origin, 0)
+            for row in rows:  # depth 1: the queue rule runs once, below, not per task
+                await self._apply_locked(conn, queue, str(row["id"]), event, None, origin, 1)
             await self._run_queue_rule(conn, queue_id, origin)
 
     async def activate(self, conn: Conn, queue_id: str, origin: Origin) -> None:
@@ -229,6 +237,11 @@ class Engine:
         conn: Conn, queue: dict[str, Any], task_id: str, status: str, alert: Alert, origin: Origin
     ) -> None:
         payload = {"kind": alert.kind, "detail": alert.detail}
+        await conn.execute(
+            "UPDATE order_queues SET needs_attention = true, attention_reason = %s,"
+            " updated_at = now() WHERE id = %s",
+            (f"{alert.kind}: {alert.detail}", queue["id"]),
+        )
         subject = f"order.task.{alert.kind.replace('_', '.')}"
         await journal(
             conn,

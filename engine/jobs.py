@@ -107,6 +107,12 @@ async def run_activity(runtime: Runtime, task_id: str, name: str, version: int) 
             )
         except StaleEvent:
             return "stale"
+        except Exception:
+            # A failed attempt for a task that moved on meanwhile (say, a freeze
+            # refused because a cancel voided the hold) no longer matters.
+            if spec.guarded and (await _load(conn, task_id))[0]["version"] != current:
+                return "stale"
+            raise
         return "applied"
 
 

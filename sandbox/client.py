@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from sandbox.stack import API_TOKEN, LEDGER_TOKEN, Stack, wait_until
+from sandbox.stack import API_TOKEN, LEDGER_TOKEN, OPS_TOKEN, Stack, wait_until
 
 FINAL_QUEUE = {"COMPLETED", "FAILED", "CANCELLED"}
 
@@ -17,6 +17,9 @@ class StackClient:
         self.stack = stack
         self.api = httpx.Client(
             base_url=stack.api_url, headers={"Authorization": f"Bearer {API_TOKEN}"}, timeout=10
+        )
+        self.ops = httpx.Client(
+            base_url=stack.api_url, headers={"Authorization": f"Bearer {OPS_TOKEN}"}, timeout=10
         )
         self.sandbox = httpx.Client(
             base_url=stack.sandbox_url,
@@ -79,6 +82,11 @@ class StackClient:
             "/ledger/_admin/faults",
             json={"error_rate": error_rate, "latency_ms": latency_ms, "seed": seed},
         ).raise_for_status()
+
+    def send_webhook(self, provider: str, reference: str, status: str, **extra: Any) -> None:
+        """Make the sandbox provider (re)send a signed webhook now."""
+        body = {"reference": reference, "status": status, **extra}
+        self.sandbox.post(f"/providers/_admin/{provider}/webhook", json=body).raise_for_status()
 
     def ledger_ops(self) -> dict[str, list[str]]:
         """Money-moving ledger operations per hold key, in order."""

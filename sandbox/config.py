@@ -37,6 +37,7 @@ BEHAVIOURS = frozenset(
         "timeout",
         "never_answers",
         "polling_only",
+        "blackout",
     }
 )
 # Provider names appear in URL paths; "_admin" and friends must stay reserved.

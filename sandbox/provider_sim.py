@@ -146,7 +146,7 @@ class Simulator:
         self.orders[(provider.name, reference)] = order
         if behaviour in FOLLOW_UPS:
             self._spawn(self._follow_up(provider, order))
-        if behaviour == "error_5xx_after_create":
+        if behaviour in ("error_5xx_after_create", "blackout"):
             return CreateAnswer(503, _error("unavailable", "provider error (order was created)"))
         return CreateAnswer(201, order.to_json())
 

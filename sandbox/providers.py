@@ -78,6 +78,8 @@ class ProviderApi:
         provider = self._provider(request)
         if isinstance(provider, Response):
             return provider
+        if provider.behaviour == "blackout":
+            return error(503, "unavailable", "provider status is unavailable")
         order = self.sim.orders.get((provider.name, request.path_params["reference"]))
         if order is None:
             return error(404, "not_found", "no order for this reference")

@@ -25,6 +25,7 @@ from activities.standard_webhooks import new_secret
 ROOT = Path(__file__).resolve().parent.parent
 API_TOKEN = "dev-api-token"  # noqa: S105 - sandbox credential
 LEDGER_TOKEN = "dev-ledger-token"  # noqa: S105 - sandbox credential
+OPS_TOKEN = "dev-ops-token"  # noqa: S105 - sandbox credential
 
 
 def free_port() -> int:
@@ -83,6 +84,7 @@ class Stack:
             "DATABASE_URL": self.database_url,
             "PROVIDERS_FILE": str(self.workdir / "providers.toml"),
             "API_TOKENS": API_TOKEN,
+            "OPS_TOKENS": OPS_TOKEN,
             "LEDGER_URL": f"{self.sandbox_url}/ledger",
             "LEDGER_TOKEN": LEDGER_TOKEN,
             "WORKER_FETCH_INTERVAL_S": "0.2",

@@ -38,15 +38,25 @@ def migrated_url(database_url: str) -> str:
 
 
 # The providers every end-to-end test can use; each test sets the behaviours it needs.
-PROVIDERS = ["alpha", "beta", "gamma", "delta"]
 FAST_TIMING = {"recheck_base_s": 0.3, "recheck_max_attempts": 3, "webhook_sla_s": 60.0}
+TIMINGS: dict[str, dict[str, float]] = {
+    "alpha": FAST_TIMING,
+    "beta": FAST_TIMING,
+    "gamma": FAST_TIMING,
+    "delta": FAST_TIMING,
+    # status-polling fallback for a provider that never sends webhooks
+    "poller": {**FAST_TIMING, "poll_interval_s": 0.3, "status_timeout_s": 20.0},
+    # a 15-minute webhook SLA compressed to one second
+    "sla": {**FAST_TIMING, "webhook_sla_s": 1.0},
+}
+PROVIDERS = list(TIMINGS)
 
 
 @pytest.fixture(scope="session")
 def stack(migrated_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from sandbox.stack import ProviderSpec, Stack
 
-    specs = [ProviderSpec(name, timing=FAST_TIMING) for name in PROVIDERS]
+    specs = [ProviderSpec(name, timing=timing) for name, timing in TIMINGS.items()]
     workdir = tmp_path_factory.mktemp("stack")
     running = Stack(migrated_url, workdir, specs).start()
     try:

@@ -1,0 +1,189 @@
+"""The ops API: its own bearer tokens (OPS_TOKENS), separate from cascade-core's.
+
+Manual checks, cancellation, dead letters and withdrawals needing attention.
+Every decision is a typed event in the audit trail with the operator's name.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from engine import deadletters
+from engine.engine import Origin, QueueFinished, UnknownTask
+from service.api import check_bearer, read_body, services
+from service.models import BadRequest, parse_json
+from service.withdrawals import find_queue_id, withdrawal_view
+from workflows.core import IllegalTransition
+from workflows.withdrawal_events import Cancel, ManualResolved
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    operator: str = Field(min_length=1, max_length=100)
+    reason: str = Field(min_length=1, max_length=500)
+
+
+class Resolution(_Body):
+    outcome: Literal["positive", "negative"]
+
+
+class Cancellation(_Body):
+    pass
+
+
+class Replay(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    operator: str = Field(min_length=1, max_length=100)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+async def _body(request: Request, model: type[M]) -> M:
+    svc = services(request)
+    payload = parse_json(await read_body(request, svc.settings.max_body_bytes))
+    try:
+        return model.model_validate(payload)
+    except ValidationError as exc:
+        details = [
+            {"field": ".".join(str(p) for p in e["loc"]) or "body", "message": e["msg"]}
+            for e in exc.errors(include_url=False, include_input=False)
+        ]
+        raise BadRequest(422, "invalid_request", "request is invalid", details) from None
+
+
+def _ops(request: Request) -> None:
+    check_bearer(request, services(request).settings.ops_tokens)
+
+
+async def manual_checks(request: Request) -> JSONResponse:
+    _ops(request)
+    async with services(request).pool.connection() as conn:
+        rows = await (
+            await conn.execute(
+                "SELECT t.id::text AS task_id, t.provider, t.provider_ref, t.last_reason,"
+                " t.updated_at, q.id::text AS queue_id, q.order_id, q.amount_minor, q.currency"
+                " FROM order_tasks t JOIN order_queues q ON q.id = t.queue_id"
+                " WHERE t.status = 'MANUAL_CHECK' AND t.target IS NULL ORDER BY t.updated_at"
+            )
+        ).fetchall()
+    return JSONResponse({"tasks": [_jsonable(r) for r in rows]})
+
+
+async def _apply_to_task(request: Request, event: Any, actor: str) -> JSONResponse:
+    svc = services(request)
+    try:
+        task_id = str(uuid.UUID(request.path_params["task_id"]))
+    except ValueError:
+        raise BadRequest(404, "not_found", "no such task") from None
+    async with svc.pool.connection() as conn:
+        try:
+            await svc.engine.apply(conn, task_id, event, origin=Origin(actor=actor))
+        except UnknownTask:
+            raise BadRequest(404, "not_found", "no such task") from None
+        except IllegalTransition as exc:
+            raise BadRequest(409, "not_allowed", str(exc)) from None
+        queue_id = await (
+            await conn.execute("SELECT queue_id::text FROM order_tasks WHERE id = %s", (task_id,))
+        ).fetchone()
+        assert queue_id is not None
+        return JSONResponse(await withdrawal_view(conn, queue_id["queue_id"]))
+
+
+async def resolve_task(request: Request) -> JSONResponse:
+    _ops(request)
+    body = await _body(request, Resolution)
+    event = ManualResolved(body.outcome == "positive", body.operator, body.reason)
+    return await _apply_to_task(request, event, f"ops:{body.operator}")
+
+
+async def cancel_task(request: Request) -> JSONResponse:
+    _ops(request)
+    body = await _body(request, Cancellation)
+    return await _apply_to_task(request, Cancel(body.operator, body.reason), f"ops:{body.operator}")
+
+
+async def cancel_withdrawal(request: Request, actor: str, reason: str) -> JSONResponse:
+    svc = services(request)
+    async with svc.pool.connection() as conn:
+        queue_id = await find_queue_id(conn, request.path_params["ident"])
+        if queue_id is None:
+            raise BadRequest(404, "not_found", "no such withdrawal")
+        try:
+            await svc.engine.cancel_queue(conn, queue_id, Origin(actor=actor), reason)
+        except QueueFinished as exc:
+            raise BadRequest(409, "already_final", str(exc)) from None
+        return JSONResponse(await withdrawal_view(conn, queue_id), status_code=202)
+
+
+async def ops_cancel_withdrawal(request: Request) -> JSONResponse:
+    _ops(request)
+    body = await _body(request, Cancellation)
+    return await cancel_withdrawal(request, f"ops:{body.operator}", body.reason)
+
+
+class CoreCancellation(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    reason: str = Field("requested by cascade-core", min_length=1, max_length=500)
+
+
+async def core_cancel_withdrawal(request: Request) -> JSONResponse:
+    """cascade-core's cancel: the same safe rule, authorised by the API token."""
+    check_bearer(request, services(request).settings.api_tokens)
+    body = await _body(request, CoreCancellation)
+    return await cancel_withdrawal(request, "cascade-core", body.reason)
+
+
+async def dead_letters(request: Request) -> JSONResponse:
+    _ops(request)
+    async with services(request).pool.connection() as conn:
+        return JSONResponse({"dead_letters": await deadletters.list_open(conn)})
+
+
+async def replay_dead_letter(request: Request) -> JSONResponse:
+    _ops(request)
+    body = await _body(request, Replay)
+    svc = services(request)
+    try:
+        dead_letter_id = int(request.path_params["dead_letter_id"])
+    except ValueError:
+        raise BadRequest(404, "not_found", "no such dead letter") from None
+    async with svc.pool.connection() as conn:
+        try:
+            job_id = await deadletters.replay(conn, svc.app, dead_letter_id, body.operator)
+        except deadletters.NotReplayable as exc:
+            raise BadRequest(404, "not_found", str(exc)) from None
+    return JSONResponse({"replay_job_id": job_id}, status_code=202)
+
+
+async def attention(request: Request) -> JSONResponse:
+    _ops(request)
+    async with services(request).pool.connection() as conn:
+        rows = await (
+            await conn.execute(
+                "SELECT id::text, order_id, status, attention_reason, updated_at"
+                " FROM order_queues WHERE needs_attention ORDER BY updated_at"
+            )
+        ).fetchall()
+    return JSONResponse({"withdrawals": [_jsonable(r) for r in rows]})
+
+
+def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()}
+
+
+CONTROL_ROUTES: list[tuple[str, Any, list[str]]] = [
+    ("/v1/withdrawals/{ident}/cancel", core_cancel_withdrawal, ["POST"]),
+    ("/ops/v1/manual-checks", manual_checks, ["GET"]),
+    ("/ops/v1/tasks/{task_id}/resolve", resolve_task, ["POST"]),
+    ("/ops/v1/tasks/{task_id}/cancel", cancel_task, ["POST"]),
+    ("/ops/v1/withdrawals/{ident}/cancel", ops_cancel_withdrawal, ["POST"]),
+    ("/ops/v1/dead-letters", dead_letters, ["GET"]),
+    ("/ops/v1/dead-letters/{dead_letter_id}/replay", replay_dead_letter, ["POST"]),
+    ("/ops/v1/attention", attention, ["GET"]),
+]
