@@ -12,8 +12,9 @@ idempotent calls).
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -22,7 +23,7 @@ import procrastinate
 from psycopg_pool import AsyncConnectionPool
 
 from activities.outcomes import AmbiguousOutcome
-from engine import timers
+from engine import deadletters, timers
 from engine.activity import Activity, ActivityContext
 from engine.engine import Engine, Origin, StaleEvent, UnknownTask
 from engine.journal import Conn
@@ -123,25 +124,39 @@ def build_app(conninfo: str, *, retries: int = 8, retry_base_s: int = 2) -> proc
         max_attempts=retries, exponential_wait=retry_base_s, retry_exceptions={AmbiguousOutcome}
     )
 
+    @contextlib.asynccontextmanager
+    async def dead_letter_on_final_failure(
+        context: procrastinate.JobContext,
+    ) -> AsyncIterator[Runtime]:
+        runtime = _runtime(context)
+        try:
+            yield runtime
+        except Exception as exc:
+            if retry.get_retry_decision(exception=exc, job=context.job) is None:
+                await deadletters.record(runtime.pool, context.job, exc)
+            raise
+
     @app.task(name="activity", queue="activities", retry=retry, pass_context=True)
     async def activity(
         context: procrastinate.JobContext, task_id: str, activity: str, version: int
     ) -> None:
-        outcome = await run_activity(_runtime(context), task_id, activity, version)
+        async with dead_letter_on_final_failure(context) as runtime:
+            outcome = await run_activity(runtime, task_id, activity, version)
         log.info("activity %s on task %s: %s", activity, task_id, outcome)
 
     @app.task(name="timer", queue="timers", retry=retry, pass_context=True)
     async def timer(
         context: procrastinate.JobContext, task_id: str, kind: str, due_at: str
     ) -> None:
-        runtime = _runtime(context)
-        event = runtime.engine.definition.timer_event(kind, datetime.fromisoformat(due_at))
-        async with runtime.pool.connection() as conn:
-            await runtime.engine.apply(conn, task_id, event, origin=Origin(actor="timer"))
+        async with dead_letter_on_final_failure(context) as runtime:
+            event = runtime.engine.definition.timer_event(kind, datetime.fromisoformat(due_at))
+            async with runtime.pool.connection() as conn:
+                await runtime.engine.apply(conn, task_id, event, origin=Origin(actor="timer"))
 
     @app.task(name="webhook", queue="webhooks", retry=retry, pass_context=True)
     async def webhook(context: procrastinate.JobContext, inbox_id: int) -> None:
-        await apply_webhook(_runtime(context), inbox_id)
+        async with dead_letter_on_final_failure(context) as runtime:
+            await apply_webhook(runtime, inbox_id)
 
     @app.periodic(cron="* * * * * */5")  # 6th field is seconds: every 5 s
     @app.task(
