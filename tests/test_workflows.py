@@ -1448,7 +1448,7 @@ def test_format_minor(minor: int, currency: str, text: str) -> None:
     assert format_minor(minor, currency) == text
 
 
-@settings(derandomize=True, max_examples=300)
+@settings(derandomize=True, database=None, max_examples=300)
 @given(
     minor=st.integers(min_value=0, max_value=MAX_MINOR),
     currency=st.sampled_from(["EUR", "JPY", "KWD", "CLP", "BHD", "USD"]),
@@ -1460,7 +1460,7 @@ def test_format_then_parse_round_trips(minor: int, currency: str) -> None:
     assert parse_amount(text, currency) == minor
 
 
-@settings(derandomize=True, max_examples=200)
+@settings(derandomize=True, database=None, max_examples=200)
 @given(whole=st.integers(0, 10**12), frac=st.integers(0, 99))
 def test_parse_then_format_normalises_to_currency_decimals(whole: int, frac: int) -> None:
     text = f"{whole}.{frac:02d}"
