@@ -275,6 +275,7 @@ class WithdrawalQueueMachine(RuleBasedStateMachine):
         self.queue = Queue([TaskState(S.PENDING)] * 3, [1, 2, 3])
         self.started = False
         self.final: Queue | None = None
+        self.last_now = T0
 
     @initialize(
         positions=st.permutations([1, 2, 3]),
@@ -367,6 +368,15 @@ class WithdrawalQueueMachine(RuleBasedStateMachine):
     # Invariants -----------------------------------------------------------------------------
     def outstanding(self) -> tuple[int, int, int]:
         return len(self.queue.jobs), len(self.queue.timers), len(self.queue.alerts)
+
+    @invariant()
+    def time_only_moves_forward(self) -> None:
+        assert self.queue.now >= self.last_now
+        self.last_now = self.queue.now
+
+    @invariant()
+    def only_provider_conflicts_are_alerted(self) -> None:
+        assert all(alert.kind == "provider_conflict" for _, alert in self.queue.alerts)
 
     @invariant()
     def at_most_one_live_task(self) -> None:
