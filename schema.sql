@@ -42,6 +42,9 @@ CREATE TABLE IF NOT EXISTS order_tasks (
     position         integer NOT NULL CHECK (position >= 0),
     provider         text NOT NULL,
     version          integer NOT NULL DEFAULT 0,
+    -- the version at which the activity the task awaits was requested; a job
+    -- result carrying another token is stale (engine/engine.py)
+    activity_token   integer,
     status           task_status NOT NULL DEFAULT 'PENDING',
     funds            funds_status NOT NULL DEFAULT 'NONE',
     target           task_status,

@@ -68,8 +68,10 @@ class WithdrawalActivities:
         return FundsFrozen() if result == FreezeResult.FROZEN else FundsInsufficient()
 
     async def create_order(self, ctx: ActivityContext) -> Event:
-        # Durably note that the order may exist from now on, before it leaves.
-        await ctx.record(OrderSubmitting())
+        if not ctx.task["order_submitted"]:
+            # First note durably that the order may exist from now on; the
+            # transition defers this activity again, which then sends it.
+            return OrderSubmitting()
         adapter = self._adapters[ctx.task["provider"]]
         request = OrderRequest(str(ctx.task["id"]), _amount(ctx), str(ctx.queue["currency"]))
         result = await adapter.create_order(request, ctx.headers)

@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from workflows.core import Event
 
 
-@dataclass
+@dataclass(frozen=True)
 class ActivityContext:
-    """What an activity sees: the task and queue rows, and a way to record progress."""
+    """What an activity sees: the task and queue rows as of the job's version."""
 
     task: dict[str, Any]
     queue: dict[str, Any]
     headers: dict[str, str]  # propagated on outgoing calls (trace context)
-    record: Callable[[Event], Awaitable[None]] = field(repr=False)
 
 
 ActivityFn = Callable[[ActivityContext], Awaitable[Event]]

@@ -1,11 +1,12 @@
 """The engine: carries out a workflow's decisions, one transaction per event.
 
 `apply()` locks the queue row, then the task row (always in that order, so two
-transitions of one withdrawal never deadlock), checks the expected version,
-asks the definition to `decide`, and writes — in the caller's transaction — the
-new state (version + 1, checked again in the UPDATE), an audit row, an outbox
-row, the jobs and timers the decision asked for, and the queue rule's outcome.
-The engine knows nothing about withdrawals: it runs any WorkflowDefinition.
+transitions of one withdrawal never deadlock), checks that an activity's result
+is still awaited (its token), asks the definition to `decide`, and writes, in
+the caller's transaction: the new state (version + 1, checked again in the
+UPDATE), an audit row, an outbox row, the jobs and timers the decision asked
+for, and the queue rule's outcome. The engine knows nothing about withdrawals:
+it runs any WorkflowDefinition.
 """
 
 from __future__ import annotations
@@ -45,9 +46,7 @@ class QueueFinished(Exception):
 
 
 class Scheduler(Protocol):
-    async def defer_activity(
-        self, conn: Conn, task_id: str, activity: str, version: int
-    ) -> None: ...
+    async def defer_activity(self, conn: Conn, task_id: str, activity: str, token: int) -> None: ...
 
     async def defer_timer(self, conn: Conn, task_id: str, kind: str, due_at: datetime) -> None: ...
 
@@ -92,14 +91,17 @@ class Engine:
         task_id: str,
         event: Event,
         *,
-        expected_version: int | None = None,
+        result_of: int | None = None,
+        strict: bool = True,
         origin: Origin = Origin(),
     ) -> Applied:
+        """Apply `event`. `result_of` is the token of the activity that produced it:
+        with `strict`, the result is stale (and dropped) unless that activity is still
+        the task's pending one; either way, applying it consumes the token."""
         async with conn.transaction():
             queue = await self._lock_queue(conn, task_id)
-            return await self._apply_locked(
-                conn, queue, task_id, event, expected_version, origin, 0
-            )
+            result = _Result(result_of, strict) if result_of is not None else None
+            return await self._apply_locked(conn, queue, task_id, event, result, origin, 0)
 
     async def cancel_queue(self, conn: Conn, queue_id: str, origin: Origin, reason: str) -> None:
         """Request cancellation of a whole queue: each open task gets a Cancel event."""
@@ -150,7 +152,7 @@ class Engine:
         queue: dict[str, Any],
         task_id: str,
         event: Event,
-        expected_version: int | None,
+        result: _Result | None,
         origin: Origin,
         depth: int,
     ) -> Applied:
@@ -158,9 +160,12 @@ class Engine:
         row = await cur.fetchone()
         if row is None:
             raise UnknownTask(task_id)
-        if expected_version is not None and row["version"] != expected_version:
-            raise StaleEvent(
-                f"task {task_id} is at v{row['version']}, event was for v{expected_version}"
+        pending = row["activity_token"]
+        if result is not None and result.strict and pending != result.token:
+            raise StaleEvent(f"task {task_id} no longer awaits activity #{result.token}")
+        if result is not None and pending == result.token:
+            await conn.execute(
+                "UPDATE order_tasks SET activity_token = NULL WHERE id = %s", (task_id,)
             )
         definition = self.definition
         state = definition.load(row, self.context_for(row))
@@ -180,7 +185,7 @@ class Engine:
                 )
                 version, to_status = followed.version, followed.to_status
             elif isinstance(command, RunActivity):
-                await self.scheduler.defer_activity(conn, task_id, command.activity, version)
+                await self._issue_activity(conn, task_id, command.activity, version)
             elif isinstance(command, StartTimer):
                 await self.scheduler.defer_timer(conn, task_id, command.kind, command.due_at)
             elif isinstance(command, Alert):
@@ -188,6 +193,14 @@ class Engine:
         if depth == 0 and from_status != to_status:
             await self._run_queue_rule(conn, str(queue["id"]), origin)
         return Applied(task_id, from_status, to_status, version, changed)
+
+    async def _issue_activity(self, conn: Conn, task_id: str, activity: str, token: int) -> None:
+        # The token names the one activity whose result the task now awaits. Events
+        # that don't supersede it (a cancel request, a pending status) leave it be.
+        await conn.execute(
+            "UPDATE order_tasks SET activity_token = %s WHERE id = %s", (token, task_id)
+        )
+        await self.scheduler.defer_activity(conn, task_id, activity, token)
 
     async def _write_state(self, conn: Conn, row: dict[str, Any], values: dict[str, Any]) -> int:
         assignments = sql.SQL(", ").join(
@@ -290,6 +303,12 @@ class Engine:
             await self._apply_locked(
                 conn, queue, task_id, self.definition.start_event(), None, origin, 1
             )
+
+
+@dataclass(frozen=True)
+class _Result:
+    token: int
+    strict: bool
 
 
 @dataclass(frozen=True)

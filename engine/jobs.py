@@ -1,12 +1,12 @@
 """Procrastinate jobs: every step of every workflow runs as one of these.
 
-- `activity(task_id, activity, version)`: run a side effect, then apply its event.
+- `activity(task_id, activity, token)`: run a side effect, then apply its event.
 - `timer(task_id, kind, due_at)`: deliver a durable timer's event.
 - `webhook(inbox_id)`: apply a verified, stored provider webhook.
 - `retry_stalled` (periodic): put the jobs of dead workers back in the queue.
 
 A job only ever reads its arguments and the database, so any worker on any
-host can run it, and running it twice is harmless (version checks and
+host can run it, and running it twice is harmless (activity tokens and
 idempotent calls).
 """
 
@@ -50,10 +50,10 @@ class ProcrastinateScheduler:
     def __init__(self, app: procrastinate.App) -> None:
         self._app = app
 
-    async def defer_activity(self, conn: Conn, task_id: str, activity: str, version: int) -> None:
+    async def defer_activity(self, conn: Conn, task_id: str, activity: str, token: int) -> None:
         task = self._app.tasks["activity"]
         await task.configure(connection=conn).defer_async(
-            task_id=task_id, activity=activity, version=version
+            task_id=task_id, activity=activity, token=token
         )
 
     async def defer_timer(self, conn: Conn, task_id: str, kind: str, due_at: datetime) -> None:
@@ -86,32 +86,23 @@ def _trace_headers(queue: dict[str, Any]) -> dict[str, str]:
     return {"traceparent": f"00-{trace_id}-{'0' * 15}1-01"} if trace_id else {}
 
 
-async def run_activity(runtime: Runtime, task_id: str, name: str, version: int) -> str:
+async def run_activity(runtime: Runtime, task_id: str, name: str, token: int) -> str:
     """Run one activity; returns what happened (for logs and tests)."""
     async with runtime.pool.connection() as conn:
         task, queue = await _load(conn, task_id)
-        if task["version"] != version:
+        if task["activity_token"] != token:
             return "stale"
         spec = runtime.activities[name]
-        current = version
-
-        async def record(event: Event) -> None:
-            nonlocal current
-            applied = await runtime.engine.apply(conn, task_id, event, expected_version=current)
-            current = applied.version
-
-        ctx = ActivityContext(task, queue, _trace_headers(queue), record)
+        ctx = ActivityContext(task, queue, _trace_headers(queue))
         try:
             event = await spec.run(ctx)
-            await runtime.engine.apply(
-                conn, task_id, event, expected_version=current if spec.guarded else None
-            )
+            await runtime.engine.apply(conn, task_id, event, result_of=token, strict=spec.guarded)
         except StaleEvent:
             return "stale"
         except Exception:
             # A failed attempt for a task that moved on meanwhile (say, a freeze
             # refused because a cancel voided the hold) no longer matters.
-            if spec.guarded and (await _load(conn, task_id))[0]["version"] != current:
+            if spec.guarded and (await _load(conn, task_id))[0]["activity_token"] != token:
                 return "stale"
             raise
         return "applied"
@@ -138,10 +129,10 @@ def build_app(conninfo: str, *, retries: int = 8, retry_base_s: int = 2) -> proc
 
     @app.task(name="activity", queue="activities", retry=retry, pass_context=True)
     async def activity(
-        context: procrastinate.JobContext, task_id: str, activity: str, version: int
+        context: procrastinate.JobContext, task_id: str, activity: str, token: int
     ) -> None:
         async with dead_letter_on_final_failure(context) as runtime:
-            outcome = await run_activity(runtime, task_id, activity, version)
+            outcome = await run_activity(runtime, task_id, activity, token)
         log.info("activity %s on task %s: %s", activity, task_id, outcome)
 
     @app.task(name="timer", queue="timers", retry=retry, pass_context=True)

@@ -6,6 +6,7 @@ database is created for the session and dropped at the end.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -17,16 +18,25 @@ from psycopg.conninfo import make_conninfo
 from engine.embedded import database_url as server_url
 
 
-@pytest.fixture(scope="session")
-def database_url() -> Iterator[str]:
+@contextlib.contextmanager
+def fresh_database(suffix: str = "") -> Iterator[str]:
+    """A new, empty database on the server for as long as the block lasts."""
     admin = server_url()
-    name = f"ps_test_{os.getpid()}"
+    name = f"ps_test_{os.getpid()}{suffix}"
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
         conn.execute(f'CREATE DATABASE "{name}"')
-    yield make_conninfo(admin, dbname=name)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    try:
+        yield make_conninfo(admin, dbname=name)
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    with fresh_database() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

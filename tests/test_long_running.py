@@ -260,3 +260,29 @@ def test_poison_job_reaches_dead_letters_and_is_replayed(
     assert client.ledger_ops()[task_id] == ["freeze", "commit"]
     again = client.ops.post(f"/ops/v1/dead-letters/{letter['id']}/replay", json={"operator": "ana"})
     assert again.status_code == 404
+
+
+def test_cancel_while_the_create_call_is_in_flight_still_finishes(
+    client: StackClient, migrated_url: str
+) -> None:
+    """The cancel must not orphan the create call's answer (the task would hang)."""
+    client.set_provider("alpha", behaviour="timeout")  # hangs past the 1.5 s client timeout
+    queue_id = client.submit(["alpha", "beta"]).json()["id"]
+    task_id = client.withdrawal(queue_id)["tasks"][0]["id"]
+
+    def create_in_flight() -> bool:
+        with psycopg.connect(migrated_url) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM procrastinate_jobs j JOIN order_tasks t"
+                " ON t.id::text = j.args->>'task_id' WHERE j.status = 'doing'"
+                " AND t.id = %s AND j.args->>'activity' = 'create_order'"
+                " AND t.order_submitted AND t.status = 'CREATING'",
+                (task_id,),
+            ).fetchone()
+        return row == (1,)
+
+    wait_until(create_in_flight, 10, "the create call to be in flight")
+    assert client.api.post(f"/v1/withdrawals/{queue_id}/cancel", json={}).status_code == 202
+    final = client.wait_final(queue_id, timeout=30)
+    assert (final["status"], statuses(final)) == ("CANCELLED", ["FAILED", "CANCELLED"])
+    assert client.ledger_ops()[task_id] == ["freeze", "rollback"]

@@ -117,7 +117,9 @@ def _insufficient(state: TaskState, _e: Event, _now: datetime) -> Decision:
 
 
 def _submitting(state: TaskState, _e: Event, _now: datetime) -> Decision:
-    return replace(state, order_submitted=True), []
+    # Committed before the create call leaves; the call itself is the next job,
+    # so a worker dying mid-call is retried at this version and resends it.
+    return replace(state, order_submitted=True), [RunActivity(CREATE)]
 
 
 def _accepted(state: TaskState, event: Event, now: datetime) -> Decision:
