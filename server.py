@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
 from collections.abc import AsyncIterator
 
 import uvicorn
 from starlette.applications import Starlette
 from starlette.routing import Route
 
+from engine import logs
 from engine.config import Settings
 from engine.db import apply_schema
 from engine.embedded import database_url
@@ -48,11 +48,13 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.setup()
     url = database_url(keep_running=True)
     apply_schema(url)
     settings = Settings.from_env(url)
-    uvicorn.run(build_app(settings), host=args.host, port=args.port, log_level="info")
+    uvicorn.run(
+        build_app(settings), host=args.host, port=args.port, log_config=logs.UVICORN_LOG_CONFIG
+    )
 
 
 if __name__ == "__main__":

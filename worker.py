@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import socket
 
+from engine import logs
 from engine.config import Settings
 from engine.db import apply_schema
 from engine.embedded import database_url
@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--name", default=f"{socket.gethostname()}-{os.getpid()}")
     parser.add_argument("--graceful-timeout", type=float, default=30.0)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.setup()
     url = database_url(keep_running=True)
     apply_schema(url)
     settings = Settings.from_env(url)

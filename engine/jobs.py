@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,7 +24,7 @@ import procrastinate
 from psycopg_pool import AsyncConnectionPool
 
 from activities.outcomes import AmbiguousOutcome
-from engine import deadletters, timers
+from engine import deadletters, logs, timers
 from engine.activity import Activity, ActivityContext
 from engine.engine import Engine, Origin, StaleEvent, UnknownTask
 from engine.journal import Conn
@@ -81,9 +82,32 @@ async def _load(conn: Conn, task_id: str) -> tuple[dict[str, Any], dict[str, Any
     return row["task"], row["queue"]
 
 
+_IDS_OF_JOB = """
+SELECT t.id::text AS task_id, q.id::text AS queue_id, q.order_id, q.trace_id
+FROM order_tasks t JOIN order_queues q ON q.id = t.queue_id
+WHERE t.id = %(task_id)s::uuid
+   OR t.id = (SELECT reference::uuid FROM webhook_inbox
+              WHERE id = %(inbox_id)s AND reference ~ '^[0-9a-f-]{36}$')
+"""
+
+
+async def _bind_log_ids(runtime: Runtime, kwargs: dict[str, Any]) -> None:
+    """Every log line of this job (procrastinate's too) carries the withdrawal's ids."""
+    logs.bind(task_id=kwargs.get("task_id"))
+    async with runtime.pool.connection() as conn:
+        row = await (
+            await conn.execute(
+                _IDS_OF_JOB, {"task_id": kwargs.get("task_id"), "inbox_id": kwargs.get("inbox_id")}
+            )
+        ).fetchone()
+    if row is not None:
+        logs.bind(**row)
+
+
 def _trace_headers(queue: dict[str, Any]) -> dict[str, str]:
     trace_id = queue.get("trace_id")
-    return {"traceparent": f"00-{trace_id}-{'0' * 15}1-01"} if trace_id else {}
+    # W3C trace context: the withdrawal's trace, a fresh span id for this call.
+    return {"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"} if trace_id else {}
 
 
 async def run_activity(runtime: Runtime, task_id: str, name: str, token: int) -> str:
@@ -120,6 +144,7 @@ def build_app(conninfo: str, *, retries: int = 8, retry_base_s: int = 2) -> proc
         context: procrastinate.JobContext,
     ) -> AsyncIterator[Runtime]:
         runtime = _runtime(context)
+        await _bind_log_ids(runtime, context.job.task_kwargs)
         try:
             yield runtime
         except Exception as exc:

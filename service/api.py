@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hmac
+import logging
 import re
+import secrets
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -13,12 +15,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from activities.standard_webhooks import WebhookRejected
+from engine import logs
 from service.models import BadRequest, parse_withdrawal
 from service.openapi import OPENAPI
 from service.wiring import Services
 from service.withdrawals import events_view, find_queue_id, submit, withdrawal_view
 
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+log = logging.getLogger("payment.api")
 
 
 def services(request: Request) -> Services:
@@ -55,9 +60,10 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def trace_id_of(request: Request) -> str | None:
+def trace_id_of(request: Request) -> str:
+    """The caller's W3C trace id, or a new one: every withdrawal gets a trace."""
     match = _TRACEPARENT.match(request.headers.get("traceparent", ""))
-    return match.group(1) if match else None
+    return match.group(1) if match else secrets.token_hex(16)
 
 
 async def create_withdrawal(request: Request) -> JSONResponse:
@@ -65,9 +71,12 @@ async def create_withdrawal(request: Request) -> JSONResponse:
     check_bearer(request, svc.settings.api_tokens)
     body = await read_body(request, svc.settings.max_body_bytes)
     withdrawal = parse_withdrawal(body, set(svc.providers), svc.settings.max_cascade)
+    logs.bind(order_id=withdrawal.order_id, trace_id=trace_id_of(request))
     async with svc.pool.connection() as conn:
-        queue_id, created = await submit(conn, svc.engine, withdrawal, trace_id_of(request))
+        queue_id, created = await submit(conn, svc.engine, withdrawal, logs.current()["trace_id"])
         view = await withdrawal_view(conn, queue_id)
+    logs.bind(queue_id=queue_id)
+    log.info("withdrawal %s", "submitted" if created else "replayed")
     return JSONResponse(view, status_code=201 if created else 200)
 
 
@@ -78,6 +87,7 @@ async def _queue_or_404(request: Request) -> tuple[Services, str]:
         queue_id = await find_queue_id(conn, request.path_params["ident"])
     if queue_id is None:
         raise BadRequest(404, "not_found", "no such withdrawal")
+    logs.bind(queue_id=queue_id)
     return svc, queue_id
 
 
@@ -106,7 +116,9 @@ async def receive_webhook(request: Request) -> JSONResponse:
         )
     except WebhookRejected as exc:
         status = 400 if exc.reason in {"unparseable_body", "missing_data", "bad_payload"} else 401
+        log.warning("webhook from %s rejected: %s", provider, exc.reason)
         raise BadRequest(status, "webhook_rejected", exc.reason) from None
+    logs.bind(task_id=notice.reference if _UUID.match(notice.reference) else None)
     async with svc.pool.connection() as conn, conn.transaction():
         cur = await conn.execute(
             "INSERT INTO webhook_inbox (provider, webhook_id, reference, body)"
