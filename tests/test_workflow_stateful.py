@@ -5,10 +5,15 @@ The model mirrors engine/engine.py and engine/jobs.py without a database:
 - a state that changed is stored (dump/load round trip) and its version bumped;
 - after a top-level event changed a task's status, the queue rule runs and its
   Stop/Start events are applied to the chosen tasks;
-- `RunActivity` becomes a job carrying the task version it was deferred at. A job
-  that finds the task at another version does nothing; results of attempts
-  (freeze, create_order, check_status) apply only at the version they were made
-  for; ledger facts (commit, release) always apply, and a misfit fails the job;
+- `RunActivity` becomes a job carrying an activity token (the task version it
+  was issued at), which becomes the task's awaited token. A job whose token is no
+  longer awaited does nothing; results of attempts (freeze, create_order,
+  check_status) are dropped unless their token is still awaited; ledger facts
+  (commit, release) always apply, and a misfit fails the job. Applying a result
+  consumes its token. A job runs in two steps (start, result) so that other events
+  can come in between;
+- create_order first returns OrderSubmitting (the definition then issues the
+  create call again) and, once the row says order_submitted, sends the order;
 - `StartTimer` becomes a pending timer, delivered later (possibly twice, or a
   superseded one).
 """
@@ -105,9 +110,9 @@ FINAL_QUEUE = {QueueStatus.COMPLETED, QueueStatus.FAILED, QueueStatus.CANCELLED}
 class Job:
     task: int
     activity: str
-    version: int  # the task version the job was deferred at
-    running: bool = False  # passed its version check; the call may have been made
-    recorded: int | None = None  # create_order: version after order_submitting
+    token: int  # the task version the activity was issued at
+    running: bool = False  # passed its token check; the call may have been made
+    sends: bool = False  # create_order: the row said order_submitted, so it sends
 
 
 @dataclass(frozen=True)
@@ -122,6 +127,7 @@ class Queue:
     tasks: list[TaskState]
     positions: list[int]
     versions: list[int] = field(default_factory=lambda: [1, 1, 1])
+    tokens: list[int | None] = field(default_factory=lambda: [None, None, None])
     status: QueueStatus = QueueStatus.ACTIVE
     cancel_requested: bool = False
     jobs: list[Job] = field(default_factory=list)
@@ -142,10 +148,26 @@ def new_queue(positions: list[int] | None = None, timings: list[Timing] | None =
 
 
 # The engine, in memory -------------------------------------------------------------------
-def apply(queue: Queue, task: int, event: Event, depth: int = 0) -> None:
-    """Engine._apply_locked: IllegalTransition propagates (the transaction rolls back)."""
+def apply(
+    queue: Queue,
+    task: int,
+    event: Event,
+    depth: int = 0,
+    result_of: tuple[int, bool] | None = None,
+) -> bool:
+    """Engine._apply_locked. `result_of` is (token, strict) for an activity result.
+
+    Returns False for a stale result. IllegalTransition propagates before anything
+    is written (the engine rolls its transaction back).
+    """
+    if result_of is not None:
+        token, strict = result_of
+        if strict and queue.tokens[task] != token:
+            return False
     state = queue.tasks[task]
     new, commands = decide(state, event, queue.now)
+    if result_of is not None and queue.tokens[task] == result_of[0]:
+        queue.tokens[task] = None  # the awaited result has come
     if new != state:
         stored = WITHDRAWAL.load(WITHDRAWAL.dump(new), state.timing)
         assert stored == new
@@ -156,6 +178,7 @@ def apply(queue: Queue, task: int, event: Event, depth: int = 0) -> None:
             assert depth < MAX_FOLLOW_UPS, "follow-up chain too long"
             apply(queue, task, command.event, depth + 1)
         elif isinstance(command, RunActivity):
+            queue.tokens[task] = queue.versions[task]
             queue.jobs.append(Job(task, command.activity, queue.versions[task]))
             if command.activity == "commit":
                 queue.commits.append(task)
@@ -165,6 +188,7 @@ def apply(queue: Queue, task: int, event: Event, depth: int = 0) -> None:
             queue.timers.append(PendingTimer(task, Timer(command.kind), command.due_at))
     if depth == 0 and queue.tasks[task].status != state.status:
         run_queue_rule(queue)
+    return True
 
 
 def run_queue_rule(queue: Queue) -> None:
@@ -190,31 +214,35 @@ def cancel_queue(queue: Queue) -> None:
 
 
 def run_job(queue: Queue, index: int, outcome: int) -> str:
-    """One step of a job (jobs.run_activity); ledger and create calls take two steps."""
+    """One step of jobs.run_activity: first the token check, then the result."""
     job = queue.jobs[index]
-    current = queue.versions[job.task]
-    if not job.running and current != job.version:
-        del queue.jobs[index]
-        return "stale"
+    if not job.running:
+        if queue.tokens[job.task] != job.token:
+            del queue.jobs[index]
+            return "stale"
+        job.running = True  # the call is made from here on
+        job.sends = queue.tasks[job.task].order_submitted
+        return "started"
     if job.activity in LEDGER_FACTS:
-        if not job.running:
-            job.running = True  # the ledger call is made
-            return "called"
-        apply(queue, job.task, LEDGER_FACTS[job.activity])  # a fact: no version check
-        del queue.jobs[index]
-        return "applied"
-    if job.activity == "create_order" and not job.running:
-        apply(queue, job.task, OrderSubmitting())  # ctx.record, at the job's version
-        job.running, job.recorded = True, queue.versions[job.task]
-        return "submitted"
-    expected = job.recorded if job.activity == "create_order" else job.version
-    if current != expected:
-        del queue.jobs[index]
-        return "stale"
-    results = ATTEMPT_RESULTS[job.activity]
-    apply(queue, job.task, results[outcome % len(results)])  # must fit its own version
+        event, strict = LEDGER_FACTS[job.activity], False  # a fact: always applied
+    elif job.activity == "create_order" and not job.sends:
+        event, strict = OrderSubmitting(), True
+    else:
+        results = ATTEMPT_RESULTS[job.activity]
+        event, strict = results[outcome % len(results)], True
+    applied = apply(queue, job.task, event, result_of=(job.token, strict))
     del queue.jobs[index]
-    return "applied"
+    return "applied" if applied else "stale"
+
+
+def finish_next_job(queue: Queue, outcome: int = 0) -> str:
+    """Run the oldest job to its end."""
+    job = queue.jobs[0]
+    step = run_job(queue, 0, outcome)
+    if step == "started":
+        assert queue.jobs[0] is job
+        step = run_job(queue, 0, outcome)
+    return step
 
 
 def deadline(state: TaskState, kind: Timer) -> datetime | None:
@@ -228,13 +256,11 @@ def deadline(state: TaskState, kind: Timer) -> datetime | None:
 
 def has_way_forward(queue: Queue, task: int) -> bool:
     """Some job or timer still outstanding can move the task without outside help."""
-    state, version = queue.tasks[task], queue.versions[task]
+    state = queue.tasks[task]
     for job in queue.jobs:
-        if job.task != task:
-            continue
-        if not job.running and job.version == version:
-            return True
-        if job.running and (job.activity in LEDGER_FACTS or job.recorded == version):
+        if job.task == task and (
+            job.token == queue.tokens[task] or (job.running and job.activity in LEDGER_FACTS)
+        ):
             return True
     return state.target is None and any(
         t.task == task and t.due_at == deadline(state, t.kind) for t in queue.timers
@@ -245,7 +271,7 @@ def settle(queue: Queue, limit: int = 60) -> None:
     """Let every outstanding job and timer run with its first outcome, earliest first."""
     for _ in range(limit):
         if queue.jobs:
-            run_job(queue, 0, 0)
+            finish_next_job(queue)
         elif queue.timers:
             timer = min(queue.timers, key=lambda t: t.due_at)
             queue.timers.remove(timer)
@@ -318,7 +344,7 @@ class WithdrawalQueueMachine(RuleBasedStateMachine):
     @rule(pick=st.integers(0, 20))
     def redeliver_a_job(self, pick: int) -> None:
         job = self.queue.jobs[pick % len(self.queue.jobs)]
-        self.queue.jobs.append(Job(job.task, job.activity, job.version))
+        self.queue.jobs.append(Job(job.task, job.activity, job.token))
 
     # Timers ---------------------------------------------------------------------------------
     @precondition(lambda self: self.queue.timers)
@@ -440,11 +466,10 @@ class WithdrawalQueueMachine(RuleBasedStateMachine):
 
     @invariant()
     def live_task_can_move_on_its_own(self) -> None:
-        # Exempt: MANUAL_CHECK waits for a person; cancel_requested strands a task
-        # (known bug, see the xfail scenarios below).
+        # Exempt: a MANUAL_CHECK task with nothing asked for waits for a person.
         for task in live(self.queue):
             state = self.queue.tasks[task]
-            if (state.status == S.MANUAL_CHECK and state.target is None) or state.cancel_requested:
+            if state.status == S.MANUAL_CHECK and state.target is None:
                 continue
             assert has_way_forward(self.queue, task), (state, self.queue.jobs, self.queue.timers)
 
@@ -467,11 +492,8 @@ def test_happy_path_completes_and_stops_the_rest() -> None:
 def test_declines_cascade_to_the_next_provider_by_position() -> None:
     queue = new_queue(positions=[3, 1, 2])
     assert queue.tasks[1].status == S.CREATING
-    run_job(queue, 0, 0)  # freeze: frozen
-    run_job(queue, 0, 0)  # create_order: submitting
-    run_job(queue, 0, 2)  # create_order: declined
-    run_job(queue, 0, 0)  # release: called
-    run_job(queue, 0, 0)  # release: FundsReleased
+    for outcome in (0, 0, 2, 0):  # frozen, submitting, declined, released
+        assert finish_next_job(queue, outcome) == "applied"
     assert queue.tasks[1].status == S.SKIPPED
     assert queue.tasks[2].status == S.CREATING  # position 2 is next
     settle(queue)
@@ -481,7 +503,7 @@ def test_declines_cascade_to_the_next_provider_by_position() -> None:
 
 def test_cancel_before_any_order_cancels_the_queue() -> None:
     queue = new_queue()
-    cancel_queue(queue)  # the freeze is still queued
+    cancel_queue(queue)  # the freeze is still queued: superseded by the release
     settle(queue)
     assert queue.status == QueueStatus.CANCELLED
     assert [t.status for t in queue.tasks] == [S.CANCELLED] * 3
@@ -489,43 +511,69 @@ def test_cancel_before_any_order_cancels_the_queue() -> None:
     assert queue.commits == []
 
 
+def test_result_of_a_superseded_attempt_is_dropped() -> None:
+    queue = new_queue()
+    run_job(queue, 0, 0)  # the freeze call is made
+    cancel_queue(queue)  # before order_submitted: release instead
+    assert finish_next_job(queue, 0) == "stale"  # FundsFrozen is no longer awaited
+    assert queue.tasks[0].funds == Funds.NONE
+
+
+def test_redelivered_ledger_job_fails_without_changing_anything() -> None:
+    queue = new_queue()
+    _commit_queued(queue)
+    twin = Job(0, "commit", queue.jobs[0].token)
+    run_job(queue, 0, 0)
+    queue.jobs.append(twin)
+    run_job(queue, 1, 0)  # both calls made before either result is applied
+    assert finish_next_job(queue) == "applied"
+    before = copy.deepcopy(queue)
+    with pytest.raises(IllegalTransition):
+        run_job(queue, 0, 0)  # FundsCommitted again, on a SUCCEEDED task
+    assert queue == before
+    assert queue.commits == [0]
+
+
 def _declined_release_queued(queue: Queue) -> None:
     for outcome in (0, 0, 2):  # frozen, submitting, declined
-        run_job(queue, 0, outcome)
+        finish_next_job(queue, outcome)
 
 
 def _commit_queued(queue: Queue) -> None:
     for outcome in (0, 0, 0):  # frozen, submitting, accepted
-        run_job(queue, 0, outcome)
+        finish_next_job(queue, outcome)
     apply(queue, 0, ProviderSucceeded(REF))
 
 
 def _create_in_flight(queue: Queue) -> None:
-    run_job(queue, 0, 0)  # frozen
-    run_job(queue, 0, 0)  # order_submitting recorded; the create call is on its way
+    finish_next_job(queue)  # frozen
+    finish_next_job(queue)  # order_submitting recorded
+    run_job(queue, 0, 0)  # the create call is on its way
+
+
+def _fire_the_only_timer(queue: Queue) -> None:
+    [timer] = queue.timers
+    queue.timers.clear()
+    queue.now = timer.due_at
+    apply(queue, 0, TimerFired(timer.kind, timer.due_at))
 
 
 def _recheck_in_flight(queue: Queue) -> None:
     for outcome in (0, 0, 3):  # frozen, submitting, ambiguous
-        run_job(queue, 0, outcome)
-    [timer] = queue.timers
-    queue.timers.clear()
-    queue.now = timer.due_at
-    apply(queue, 0, TimerFired(timer.kind, timer.due_at))  # check_status queued
+        finish_next_job(queue, outcome)
+    _fire_the_only_timer(queue)  # check_status issued
+    run_job(queue, 0, 0)  # and called
 
 
-def _status_check_after_sla_in_flight(queue: Queue) -> None:
+def _status_check_after_sla_queued(queue: Queue) -> None:
     for outcome in (0, 0, 0):  # frozen, submitting, accepted
-        run_job(queue, 0, outcome)
-    [timer] = queue.timers
-    queue.timers.clear()
-    queue.now = timer.due_at
-    apply(queue, 0, TimerFired(timer.kind, timer.due_at))  # check_status queued
+        finish_next_job(queue, outcome)
+    _fire_the_only_timer(queue)  # webhook SLA: check_status issued
 
 
 def _manual_commit_queued(queue: Queue) -> None:
-    _status_check_after_sla_in_flight(queue)
-    run_job(queue, 0, 3)  # check_status: pending after the SLA
+    _status_check_after_sla_queued(queue)
+    finish_next_job(queue, 3)  # check_status: still pending after the SLA
     assert queue.tasks[0].status == S.MANUAL_CHECK
     apply(queue, 0, ManualResolved(True, "alice", "bank statement"))
 
@@ -534,34 +582,28 @@ def _cancel_task(queue: Queue) -> None:
     apply(queue, 0, Cancel("ops", "skip provider"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: Cancel on a task with an order at the provider sets cancel_requested; the "
-        "state change bumps the version, so the outstanding job (commit, release, the "
-        "create answer, a status check) is dropped as stale and nothing moves the task "
-        "again: it stays non-terminal (funds FROZEN) and the queue stays ACTIVE"
-    ),
-)
 @pytest.mark.parametrize(
     ("prepare", "cancel"),
     [
         pytest.param(_declined_release_queued, cancel_queue, id="release-after-decline"),
         pytest.param(_commit_queued, cancel_queue, id="commit-after-success"),
         pytest.param(_manual_commit_queued, _cancel_task, id="commit-after-manual-positive"),
-        pytest.param(_create_in_flight, cancel_queue, id="create-answer"),
+        pytest.param(_create_in_flight, cancel_queue, id="create-call"),
         pytest.param(_recheck_in_flight, cancel_queue, id="recheck-status-check"),
-        pytest.param(_status_check_after_sla_in_flight, _cancel_task, id="sla-status-check"),
+        pytest.param(_status_check_after_sla_queued, _cancel_task, id="sla-status-check"),
     ],
 )
 def test_cancel_never_strands_a_task_with_an_order(
     prepare: Callable[[Queue], None], cancel: Callable[[Queue], None]
 ) -> None:
+    # Regression: with version guards, the cancel_requested write made the awaited
+    # job stale, leaving the task non-terminal with funds FROZEN and the queue ACTIVE.
     queue = new_queue()
     prepare(queue)
     assert has_way_forward(queue, 0)
     cancel(queue)
     assert queue.tasks[0].cancel_requested
+    assert has_way_forward(queue, 0)
     settle(queue)
     waiting_for_operator = any(t.status == S.MANUAL_CHECK and t.target is None for t in queue.tasks)
     assert queue.status != QueueStatus.ACTIVE or waiting_for_operator, (
@@ -569,3 +611,4 @@ def test_cancel_never_strands_a_task_with_an_order(
         queue.jobs,
         queue.timers,
     )
+    assert all(t.funds != Funds.FROZEN for t in queue.tasks if t.status in TERMINAL)
