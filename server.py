@@ -18,6 +18,7 @@ from engine.config import Settings
 from engine.db import apply_schema
 from engine.embedded import database_url
 from service.api import ROUTES, bad_request_handler
+from service.metrics_api import metrics_endpoint
 from service.models import BadRequest
 from service.ops_api import CONTROL_ROUTES
 from service.wiring import open_services
@@ -36,6 +37,7 @@ def build_app(settings: Settings) -> Starlette:
         Route(path, handler, methods=methods)
         for path, handler, methods in [*ROUTES, *CONTROL_ROUTES]
     ]
+    routes.append(Route("/metrics", metrics_endpoint, methods=["GET"]))
     return Starlette(
         routes=routes,
         lifespan=lifespan,

@@ -13,6 +13,8 @@ import asyncio
 import os
 import socket
 
+import prometheus_client
+
 from engine import logs
 from engine.config import Settings
 from engine.db import apply_schema
@@ -51,11 +53,20 @@ def main() -> None:
     )
     parser.add_argument("--name", default=f"{socket.gethostname()}-{os.getpid()}")
     parser.add_argument("--graceful-timeout", type=float, default=30.0)
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(os.environ.get("WORKER_METRICS_PORT", "0")),
+        help="serve this worker's /metrics on this port (0: off)",
+    )
     args = parser.parse_args()
     logs.setup()
     url = database_url(keep_running=True)
     apply_schema(url)
     settings = Settings.from_env(url)
+    if args.metrics_port:
+        addr = os.environ.get("METRICS_ADDR", "127.0.0.1")
+        prometheus_client.start_http_server(args.metrics_port, addr=addr)
     asyncio.run(run(settings, args.concurrency, args.name, args.graceful_timeout))
 
 

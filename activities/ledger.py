@@ -6,6 +6,7 @@ cannot interpret raises AmbiguousOutcome so the job retries the same call.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -13,6 +14,7 @@ import httpx
 
 from activities.http import call
 from activities.outcomes import AmbiguousOutcome, HttpAnswer
+from engine import metrics
 
 
 class FreezeResult(StrEnum):
@@ -62,10 +64,25 @@ class LedgerClient:
             raise LedgerRefused("rollback", answer.status, answer.error_code)
 
     async def _post(self, path: str, body: dict[str, str], extra: dict[str, str]) -> HttpAnswer:
-        answer = await call(
-            self._client, "POST", self._base + path, json=body, headers={**self._headers, **extra}
-        )
+        operation = path.rsplit("/", 1)[-1]
+        started = time.perf_counter()
+        try:
+            answer = await call(
+                self._client,
+                "POST",
+                self._base + path,
+                json=body,
+                headers={**self._headers, **extra},
+            )
+        except AmbiguousOutcome:
+            metrics.LEDGER_ERRORS.labels(operation, "ambiguous").inc()
+            raise
+        finally:
+            metrics.LEDGER_LATENCY.labels(operation).observe(time.perf_counter() - started)
         if answer.status in (401, 403, 429):
             # Misconfiguration or throttling is not the hold's fate: retry, don't decide.
+            metrics.LEDGER_ERRORS.labels(operation, f"http_{answer.status}").inc()
             raise AmbiguousOutcome(f"ledger_http_{answer.status}")
+        if answer.status != 200:
+            metrics.LEDGER_ERRORS.labels(operation, answer.error_code or "refused").inc()
         return answer

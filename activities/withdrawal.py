@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from activities.ledger import FreezeResult, Hold, LedgerClient
 from activities.outcomes import Verdict
 from activities.providers import OrderRequest, OrderStatus, ProviderAdapter, StatusResult
+from engine import metrics
 from engine.activity import Activity, ActivityContext
 from workflows.core import Event
 from workflows.money import format_minor
@@ -75,6 +76,7 @@ class WithdrawalActivities:
         adapter = self._adapters[ctx.task["provider"]]
         request = OrderRequest(str(ctx.task["id"]), _amount(ctx), str(ctx.queue["currency"]))
         result = await adapter.create_order(request, ctx.headers)
+        metrics.PROVIDER_OUTCOMES.labels(adapter.name, "create", result.verdict).inc()
         if result.verdict == Verdict.ACCEPTED:
             assert result.provider_ref is not None
             return OrderAccepted(result.provider_ref, paid=result.paid)
@@ -84,7 +86,9 @@ class WithdrawalActivities:
 
     async def check_status(self, ctx: ActivityContext) -> Event:
         adapter = self._adapters[ctx.task["provider"]]
-        return status_event(await adapter.get_status(str(ctx.task["id"]), ctx.headers))
+        result = await adapter.get_status(str(ctx.task["id"]), ctx.headers)
+        metrics.PROVIDER_OUTCOMES.labels(adapter.name, "status", result.status).inc()
+        return status_event(result)
 
     async def commit(self, ctx: ActivityContext) -> Event:
         await self._ledger.commit(str(ctx.task["id"]), ctx.headers)

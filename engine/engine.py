@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from psycopg import sql
 
+from engine import metrics
 from engine.journal import Conn, Entry, journal
 from workflows.core import (
     Alert,
@@ -98,13 +99,18 @@ class Engine:
         """Apply `event`. `result_of` is the token of the activity that produced it:
         with `strict`, the result is stale (and dropped) unless that activity is still
         the task's pending one; either way, applying it consumes the token."""
-        async with conn.transaction():
-            queue = await self._lock_queue(conn, task_id)
-            result = _Result(result_of, strict) if result_of is not None else None
-            return await self._apply_locked(conn, queue, task_id, event, result, origin, 0)
+        with metrics.transaction_scope():
+            async with conn.transaction():
+                queue = await self._lock_queue(conn, task_id)
+                result = _Result(result_of, strict) if result_of is not None else None
+                return await self._apply_locked(conn, queue, task_id, event, result, origin, 0)
 
     async def cancel_queue(self, conn: Conn, queue_id: str, origin: Origin, reason: str) -> None:
         """Request cancellation of a whole queue: each open task gets a Cancel event."""
+        with metrics.transaction_scope():
+            await self._cancel_queue(conn, queue_id, origin, reason)
+
+    async def _cancel_queue(self, conn: Conn, queue_id: str, origin: Origin, reason: str) -> None:
         async with conn.transaction():
             cur = await conn.execute(
                 "SELECT * FROM order_queues WHERE id = %s FOR UPDATE", (queue_id,)
@@ -176,6 +182,7 @@ class Engine:
         if changed:
             version = await self._write_state(conn, row, definition.dump(new_state))
             await self._record(conn, queue, task_id, from_status, to_status, event, origin, version)
+            _observe_transition(from_status, to_status, row["updated_at"], self.clock())
         for command in commands:
             if isinstance(command, FollowUp):
                 if depth >= MAX_FOLLOW_UPS:
@@ -284,6 +291,8 @@ class Engine:
                 conn, queue, task_id, self.definition.stop_event(), None, origin, 1
             )
         if decision.status is not None:
+            status = decision.status
+            metrics.on_commit(lambda: metrics.WITHDRAWAL_OUTCOMES.labels(status).inc())
             await conn.execute(
                 "UPDATE order_queues SET status = %s, updated_at = now(), finished_at = now()"
                 " WHERE id = %s",
@@ -303,6 +312,16 @@ class Engine:
             await self._apply_locked(
                 conn, queue, task_id, self.definition.start_event(), None, origin, 1
             )
+
+
+def _observe_transition(from_status: str, to_status: str, since: datetime, now: datetime) -> None:
+    seconds = max((now - since).total_seconds(), 0.0)
+
+    def observe() -> None:
+        metrics.TRANSITIONS.labels(from_status, to_status).inc()
+        metrics.TASK_TIME_IN_STATE.labels(from_status).observe(seconds)
+
+    metrics.on_commit(observe)
 
 
 @dataclass(frozen=True)

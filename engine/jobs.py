@@ -17,14 +17,14 @@ import logging
 import secrets
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import procrastinate
 from psycopg_pool import AsyncConnectionPool
 
 from activities.outcomes import AmbiguousOutcome
-from engine import deadletters, logs, timers
+from engine import deadletters, logs, metrics, timers
 from engine.activity import Activity, ActivityContext
 from engine.engine import Engine, Origin, StaleEvent, UnknownTask
 from engine.journal import Conn
@@ -165,7 +165,9 @@ def build_app(conninfo: str, *, retries: int = 8, retry_base_s: int = 2) -> proc
         context: procrastinate.JobContext, task_id: str, kind: str, due_at: str
     ) -> None:
         async with dead_letter_on_final_failure(context) as runtime:
-            event = runtime.engine.definition.timer_event(kind, datetime.fromisoformat(due_at))
+            due = datetime.fromisoformat(due_at)
+            metrics.TIMER_LATENESS.observe(max((datetime.now(UTC) - due).total_seconds(), 0.0))
+            event = runtime.engine.definition.timer_event(kind, due)
             async with runtime.pool.connection() as conn:
                 await runtime.engine.apply(conn, task_id, event, origin=Origin(actor="timer"))
 

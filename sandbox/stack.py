@@ -69,6 +69,7 @@ class Stack:
     worker_procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     secrets: dict[str, str] = field(default_factory=dict)
     stopped: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    worker_metrics_ports: list[int] = field(default_factory=list)
 
     @property
     def api_url(self) -> str:
@@ -153,7 +154,16 @@ class Stack:
         return self
 
     def start_worker(self) -> subprocess.Popen[bytes]:
-        proc = self._spawn(f"worker-{len(self.worker_procs)}", "worker.py", "--concurrency", "4")
+        port = free_port()
+        self.worker_metrics_ports.append(port)
+        proc = self._spawn(
+            f"worker-{len(self.worker_procs)}",
+            "worker.py",
+            "--concurrency",
+            "4",
+            "--metrics-port",
+            str(port),
+        )
         self.worker_procs.append(proc)
         return proc
 

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from activities.standard_webhooks import WebhookRejected
-from engine import logs
+from engine import logs, metrics
 from service.models import BadRequest, parse_withdrawal
 from service.openapi import OPENAPI
 from service.wiring import Services
@@ -117,6 +117,7 @@ async def receive_webhook(request: Request) -> JSONResponse:
     except WebhookRejected as exc:
         status = 400 if exc.reason in {"unparseable_body", "missing_data", "bad_payload"} else 401
         log.warning("webhook from %s rejected: %s", provider, exc.reason)
+        metrics.WEBHOOK_VERIFICATIONS.labels(provider, exc.reason).inc()
         raise BadRequest(status, "webhook_rejected", exc.reason) from None
     logs.bind(task_id=notice.reference if _UUID.match(notice.reference) else None)
     async with svc.pool.connection() as conn, conn.transaction():
@@ -129,6 +130,7 @@ async def receive_webhook(request: Request) -> JSONResponse:
         row = await cur.fetchone()
         if row is not None:
             await svc.scheduler.defer_webhook(conn, int(row["id"]))
+    metrics.WEBHOOK_VERIFICATIONS.labels(provider, "accepted" if row else "duplicate").inc()
     return JSONResponse(
         {"status": "accepted" if row else "duplicate"}, status_code=202 if row else 200
     )

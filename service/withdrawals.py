@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from engine import metrics
 from engine.engine import Engine, Origin
 from engine.journal import Conn
 from service.models import BadRequest, WithdrawalRequest
@@ -23,6 +24,13 @@ async def submit(
     conn: Conn, engine: Engine, request: WithdrawalRequest, trace_id: str | None
 ) -> tuple[str, bool]:
     """Create the withdrawal (or find its identical twin). Returns (queue id, created)."""
+    with metrics.transaction_scope():
+        return await _submit(conn, engine, request, trace_id)
+
+
+async def _submit(
+    conn: Conn, engine: Engine, request: WithdrawalRequest, trace_id: str | None
+) -> tuple[str, bool]:
     fingerprint = request.fingerprint()
     queue_id = str(uuid.uuid4())
     async with conn.transaction():

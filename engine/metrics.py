@@ -1,0 +1,90 @@
+"""Prometheus metrics.
+
+Counters and histograms are per process: every API and worker process serves
+its own `/metrics` (workers on `WORKER_METRICS_PORT` + their index), and
+Prometheus sums across instances, which stays correct with N workers on N
+hosts. State that lives in the database (DLQ size, outbox lag, tasks per state)
+is computed from SQL by the API server only, so it is never counted N times.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator
+
+from prometheus_client import Counter, Gauge, Histogram
+
+TIME_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 900, 1800, 3600)
+FAST_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+TASK_TIME_IN_STATE = Histogram(
+    "task_time_in_state_seconds",
+    "Time a task spent in a state before leaving it",
+    ["state"],
+    buckets=TIME_BUCKETS,
+)
+TRANSITIONS = Counter(
+    "task_transitions_total", "Task state transitions", ["from_state", "to_state"]
+)
+WITHDRAWAL_OUTCOMES = Counter(
+    "withdrawal_outcomes_total", "Withdrawals reaching a final status", ["status"]
+)
+PROVIDER_OUTCOMES = Counter(
+    "provider_outcomes_total",
+    "Provider answers, classified at the edge",
+    ["provider", "call", "outcome"],
+)
+WEBHOOK_VERIFICATIONS = Counter(
+    "webhook_verifications_total",
+    "Provider webhooks by verification result",
+    ["provider", "result"],
+)
+TIMER_LATENESS = Histogram(
+    "timer_lateness_seconds", "Timer fired time minus due time", buckets=FAST_BUCKETS
+)
+LEDGER_LATENCY = Histogram(
+    "ledger_call_seconds", "Ledger call latency", ["operation"], buckets=FAST_BUCKETS
+)
+LEDGER_ERRORS = Counter("ledger_errors_total", "Ledger calls that failed", ["operation", "kind"])
+CORE_NOTIFICATIONS = Counter(
+    "core_notifications_total", "Outcome callbacks to cascade-core", ["result"]
+)
+OUTBOX_PUBLISHED = Counter("outbox_published_total", "Outbox events published to JetStream")
+
+# Database-derived, refreshed by the API server at scrape time.
+DLQ_SIZE = Gauge("dlq_size", "Dead letters not yet replayed")
+OUTBOX_LAG = Gauge("outbox_lag_seconds", "Age of the oldest unpublished outbox event")
+OUTBOX_BACKLOG = Gauge("outbox_unpublished", "Outbox events not yet published")
+TASKS_IN_STATE = Gauge("tasks_in_state", "Tasks currently in each state", ["state"])
+MANUAL_CHECKS = Gauge("manual_check_queue", "Tasks awaiting a manual check")
+
+
+# Observations made inside a transaction are only real once it commits.
+_pending: contextvars.ContextVar[list[Callable[[], None]] | None] = contextvars.ContextVar(
+    "metrics_pending", default=None
+)
+
+
+def on_commit(observe: Callable[[], None]) -> None:
+    """Record now if no transaction scope is open, else when the scope commits."""
+    pending = _pending.get()
+    if pending is None:
+        observe()
+    else:
+        pending.append(observe)
+
+
+@contextlib.contextmanager
+def transaction_scope() -> Iterator[None]:
+    """Wrap a transaction: its observations count only if the block succeeds."""
+    if _pending.get() is not None:  # nested: the outermost scope decides
+        yield
+        return
+    token = _pending.set([])
+    try:
+        yield
+        for observe in _pending.get() or []:
+            observe()
+    finally:
+        _pending.reset(token)

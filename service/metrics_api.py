@@ -1,0 +1,35 @@
+"""`GET /metrics`: this process's counters plus the gauges that live in the database."""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.requests import Request
+from starlette.responses import Response
+
+from engine import metrics
+from service.api import services
+
+_DB_GAUGES = """
+SELECT
+    (SELECT count(*) FROM dead_letters WHERE replayed_at IS NULL) AS dlq,
+    (SELECT count(*) FROM outbox WHERE published_at IS NULL) AS backlog,
+    (SELECT coalesce(extract(epoch FROM now() - min(created_at)), 0)
+       FROM outbox WHERE published_at IS NULL) AS lag,
+    (SELECT count(*) FROM order_tasks WHERE status = 'MANUAL_CHECK') AS manual
+"""
+_STATES = "SELECT status::text AS state, count(*) AS n FROM order_tasks GROUP BY 1"
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    async with services(request).pool.connection() as conn:
+        gauges = await (await conn.execute(_DB_GAUGES)).fetchone()
+        states = await (await conn.execute(_STATES)).fetchall()
+    assert gauges is not None
+    metrics.DLQ_SIZE.set(gauges["dlq"])
+    metrics.OUTBOX_BACKLOG.set(gauges["backlog"])
+    metrics.OUTBOX_LAG.set(float(gauges["lag"]))
+    metrics.MANUAL_CHECKS.set(gauges["manual"])
+    metrics.TASKS_IN_STATE.clear()
+    for row in states:
+        metrics.TASKS_IN_STATE.labels(row["state"]).set(row["n"])
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
