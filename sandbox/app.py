@@ -1,4 +1,4 @@
-"""The sandbox ASGI app: ledger under /ledger, providers under /providers."""
+"""The sandbox ASGI app: ledger under /ledger, providers under /providers, core under /core."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
 from sandbox.config import SandboxConfig
+from sandbox.core import CoreSim
 from sandbox.ledger import Ledger
 from sandbox.provider_sim import Simulator
 from sandbox.providers import ProviderApi
@@ -53,6 +54,7 @@ def build_app(config: SandboxConfig, database_url: str) -> Starlette:
             Route("/healthz", healthz, methods=["GET"]),
             Mount("/ledger", routes=ledger.routes()),
             Mount("/providers", routes=providers.routes()),
+            Mount("/core", routes=CoreSim(config.ledger_token).routes()),
         ],
         middleware=[Middleware(AccessLog)],
         exception_handlers={HTTPException: http_exception},

@@ -728,6 +728,12 @@ SETTLEMENT_MISFITS = [
     pytest.param(SUBMITTED, FundsReleased(), "funds_released", id="creating-released-no-target"),
     pytest.param(AMBIGUOUS, FundsReleased(), "funds_released", id="negative-eval-no-target"),
     pytest.param(RECHECKING, FundsReleased(), "funds_released", id="rechecking-no-target"),
+    pytest.param(
+        replace(AMBIGUOUS, target=TaskStatus.SKIPPED, funds=Funds.FROZEN),
+        NothingToRelease(),
+        "nothing_to_release",
+        id="nothing-to-release-while-frozen",
+    ),
 ]
 
 
@@ -741,6 +747,14 @@ def test_ledger_result_or_resolution_that_does_not_fit_is_illegal(
     assert raised.value.event == name
     assert raised.value.status == state.status
     assert state == before
+
+
+def test_second_cancel_before_the_order_left_asks_for_nothing_new() -> None:
+    creating = TaskState(TaskStatus.CREATING, funds=Funds.FROZEN)
+    cancelling, first = decide(creating, Cancel("ana", "x"), NOW)
+    assert cancelling.target == TaskStatus.CANCELLED and first
+    again, second = decide(cancelling, Cancel("ana", "again"), NOW)
+    assert (again, second) == (cancelling, [])
 
 
 def test_states_are_frozen() -> None:

@@ -175,6 +175,8 @@ def _early_result(state: TaskState, event: Event, now: datetime) -> Decision:
 
 
 def _cancel_creating(state: TaskState, event: Event, now: datetime) -> Decision:
+    if state.target is not None:  # already settling (e.g. a second cancel): nothing new
+        return state, []
     if state.order_submitted:
         return _mark_cancel(state, event, now)
     # The freeze may be in flight: release anyway. The ledger voids an unknown
@@ -268,7 +270,8 @@ def _released(state: TaskState, _e: Event, _now: datetime) -> Decision:
 
 
 def _nothing_released(state: TaskState, _e: Event, _now: datetime) -> Decision:
-    assert state.target is not None and state.funds == Funds.NONE
+    if state.target is None or state.funds != Funds.NONE:
+        raise IllegalTransition(state.status, "nothing_to_release")
     return replace(state, status=state.target, target=None), []
 
 
