@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+from collections.abc import Sequence
 from dataclasses import FrozenInstanceError, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -202,9 +203,9 @@ def row(
     state: TaskState,
     event: Event,
     expected: TaskState,
-    commands: list[Command] | None = None,
+    commands: Sequence[Command] | None = None,
 ) -> Any:
-    return pytest.param(state, event, expected, commands or [], id=name)
+    return pytest.param(state, event, expected, list(commands or []), id=name)
 
 
 def unchanged(name: str, state: TaskState, event: Event) -> Any:
