@@ -9,6 +9,8 @@ export API_TOKENS   ?= dev-api-token
 export LEDGER_URL   ?= http://127.0.0.1:8090/ledger
 export LEDGER_TOKEN ?= dev-ledger-token
 export OPS_TOKENS   ?= dev-ops-token
+export CORE_CALLBACK_URL   ?= http://127.0.0.1:8090/core
+export CORE_CALLBACK_TOKEN ?= dev-ledger-token
 
 .PHONY: setup demo run sandbox migrate test lint bench clean
 

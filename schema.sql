@@ -28,6 +28,7 @@ CREATE TABLE IF NOT EXISTS order_queues (
     -- set when someone must look (e.g. a provider contradicts a final state)
     needs_attention  boolean NOT NULL DEFAULT false,
     attention_reason text,
+    core_notified_at timestamptz,  -- cascade-core acknowledged the final outcome
     trace_id         text,
     created_at       timestamptz NOT NULL DEFAULT now(),
     updated_at       timestamptz NOT NULL DEFAULT now(),

@@ -89,6 +89,8 @@ class Settings(_Strict):
     ledger_url: str = "http://127.0.0.1:8090/ledger"
     ledger_token: SecretStr = SecretStr("")
     ledger_timeout_s: float = 5.0
+    core_callback_url: str | None = None  # None: outcome callbacks are off
+    core_callback_token: SecretStr = SecretStr("")
     webhook_tolerance_s: int = 300
     max_body_bytes: int = 64 * 1024
     max_cascade: int = 32
@@ -112,6 +114,8 @@ class Settings(_Strict):
             "ledger_url": "LEDGER_URL",
             "ledger_token": "LEDGER_TOKEN",
             "ledger_timeout_s": "LEDGER_TIMEOUT_S",
+            "core_callback_url": "CORE_CALLBACK_URL",
+            "core_callback_token": "CORE_CALLBACK_TOKEN",
             "webhook_tolerance_s": "WEBHOOK_TOLERANCE_S",
             "activity_max_retries": "ACTIVITY_MAX_RETRIES",
             "activity_retry_base_s": "ACTIVITY_RETRY_BASE_S",

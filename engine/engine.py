@@ -51,6 +51,8 @@ class Scheduler(Protocol):
 
     async def defer_timer(self, conn: Conn, task_id: str, kind: str, due_at: datetime) -> None: ...
 
+    async def defer_notification(self, conn: Conn, queue_id: str) -> None: ...
+
 
 @dataclass(frozen=True)
 class Applied:
@@ -293,6 +295,7 @@ class Engine:
         if decision.status is not None:
             status = decision.status
             metrics.on_commit(lambda: metrics.WITHDRAWAL_OUTCOMES.labels(status).inc())
+            await self.scheduler.defer_notification(conn, queue_id)
             await conn.execute(
                 "UPDATE order_queues SET status = %s, updated_at = now(), finished_at = now()"
                 " WHERE id = %s",

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -42,6 +42,8 @@ class Runtime:
     pool: AsyncConnectionPool[Conn]
     activities: Mapping[str, Activity]
     translate_webhook: WebhookTranslator
+    # The queue's final outcome -> cascade-core (None: notifications are off).
+    notify: Callable[[dict[str, Any], dict[str, str]], Awaitable[None]] | None = None
     stalled_after_s: float = 10.0
 
 
@@ -59,6 +61,9 @@ class ProcrastinateScheduler:
 
     async def defer_timer(self, conn: Conn, task_id: str, kind: str, due_at: datetime) -> None:
         await timers.schedule(conn, task_id, kind, due_at)
+
+    async def defer_notification(self, conn: Conn, queue_id: str) -> None:
+        await self._app.tasks["notify"].configure(connection=conn).defer_async(queue_id=queue_id)
 
     async def defer_webhook(self, conn: Conn, inbox_id: int) -> None:
         await self._app.tasks["webhook"].configure(connection=conn).defer_async(inbox_id=inbox_id)
@@ -176,6 +181,11 @@ def build_app(conninfo: str, *, retries: int = 8, retry_base_s: int = 2) -> proc
         async with dead_letter_on_final_failure(context) as runtime:
             await apply_webhook(runtime, inbox_id)
 
+    @app.task(name="notify", queue="notifications", retry=retry, pass_context=True)
+    async def notify(context: procrastinate.JobContext, queue_id: str) -> None:
+        async with dead_letter_on_final_failure(context) as runtime:
+            await notify_outcome(runtime, queue_id)
+
     @app.periodic(cron="* * * * * */5")  # 6th field is seconds: every 5 s
     @app.task(
         name="retry_stalled", queue="maintenance", queueing_lock="retry_stalled", pass_context=True
@@ -188,6 +198,32 @@ def build_app(conninfo: str, *, retries: int = 8, retry_base_s: int = 2) -> proc
             await manager.retry_job(job)
 
     return app
+
+
+_OUTCOME = """
+SELECT q.id::text AS withdrawal_id, q.order_id, q.merchant_id, q.status::text AS status,
+       q.amount_minor, q.currency, q.finished_at, q.trace_id,
+       t.provider, t.provider_ref
+FROM order_queues q LEFT JOIN order_tasks t ON t.queue_id = q.id AND t.status = 'SUCCEEDED'
+WHERE q.id = %s
+"""
+
+
+async def notify_outcome(runtime: Runtime, queue_id: str) -> str:
+    """Send the final outcome to cascade-core, then note that it was delivered."""
+    if runtime.notify is None:
+        return "disabled"
+    async with runtime.pool.connection() as conn:
+        row = await (await conn.execute(_OUTCOME, (queue_id,))).fetchone()
+        if row is None:
+            raise UnknownTask(queue_id)
+        await runtime.notify(row, _trace_headers(row))
+        await conn.execute(
+            "UPDATE order_queues SET core_notified_at = now() WHERE id = %s AND"
+            " core_notified_at IS NULL",
+            (queue_id,),
+        )
+    return "delivered"
 
 
 async def apply_webhook(runtime: Runtime, inbox_id: int) -> str:

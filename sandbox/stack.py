@@ -88,6 +88,8 @@ class Stack:
             "OPS_TOKENS": OPS_TOKEN,
             "LEDGER_URL": f"{self.sandbox_url}/ledger",
             "LEDGER_TOKEN": LEDGER_TOKEN,
+            "CORE_CALLBACK_URL": f"{self.sandbox_url}/core",
+            "CORE_CALLBACK_TOKEN": LEDGER_TOKEN,
             "WORKER_FETCH_INTERVAL_S": "0.2",
             "WORKER_HEARTBEAT_S": "1",
             "WORKER_STALLED_AFTER_S": "3",

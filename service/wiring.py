@@ -11,6 +11,7 @@ import httpx
 import procrastinate
 
 from activities.ledger import LedgerClient
+from activities.notifier import CoreNotifier
 from activities.providers import HttpProviderAdapter, OrderStatus, ProviderAdapter, StatusResult
 from activities.withdrawal import WithdrawalActivities, status_event
 from engine.config import ProviderConfig, Settings
@@ -70,11 +71,16 @@ async def open_services(settings: Settings, *, pool_size: int = 10) -> Services:
         name: HttpProviderAdapter(config, http) for name, config in providers.items()
     }
     ledger = LedgerClient(http, settings.ledger_url, settings.ledger_token.get_secret_value())
+    notifier = None
+    if settings.core_callback_url:
+        token = settings.core_callback_token.get_secret_value()
+        notifier = CoreNotifier(http, settings.core_callback_url, token).notify
     runtime = Runtime(
         engine=engine,
         pool=pool,
         activities=WithdrawalActivities(ledger, adapters).registry(),
         translate_webhook=translate_webhook,
         stalled_after_s=settings.stalled_after_s,
+        notify=notifier,
     )
     return Services(settings, providers, pool, app, scheduler, engine, http, adapters, runtime)

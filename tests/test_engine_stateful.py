@@ -203,6 +203,9 @@ class RecordingScheduler:
     async def defer_timer(self, conn: Conn, task_id: str, kind: str, due_at: datetime) -> None:
         await timers.schedule(conn, task_id, kind, due_at)
 
+    async def defer_notification(self, conn: Conn, queue_id: str) -> None:
+        pass  # cascade-core's callback is not part of this model
+
 
 LOOP = asyncio.new_event_loop()
 

@@ -1,0 +1,68 @@
+"""Tells cascade-core each withdrawal's final outcome (an HTTP callback).
+
+Idempotent: the withdrawal id is the Idempotency-Key, so a retried or replayed
+callback is recorded once by cascade-core. A 2xx is delivered; 5xx, timeouts
+and 429 are ambiguous and retried by the job; any other 4xx is final (the job
+dead-letters, visible to ops). Counted in core_notifications_total by result.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from activities.http import call
+from activities.outcomes import AmbiguousOutcome
+from engine import metrics
+from workflows.money import format_minor
+
+
+class NotificationRefused(Exception):
+    """cascade-core refused the callback for good (a 4xx other than 429)."""
+
+
+def outcome_body(row: dict[str, Any]) -> dict[str, Any]:
+    currency = str(row["currency"]).strip()
+    finished = row["finished_at"]
+    return {
+        "withdrawal_id": row["withdrawal_id"],
+        "order_id": row["order_id"],
+        "merchant_id": row["merchant_id"],
+        "status": row["status"],
+        "amount": format_minor(int(row["amount_minor"]), currency),
+        "currency": currency,
+        "provider": row["provider"],
+        "provider_reference": row["provider_ref"],
+        "finished_at": finished.isoformat() if finished else None,
+    }
+
+
+class CoreNotifier:
+    def __init__(self, client: httpx.AsyncClient, url: str, token: str) -> None:
+        self._client = client
+        self._url = url.rstrip("/") + "/v1/withdrawal-outcomes"
+        self._headers = {"Authorization": f"Bearer {token}"}
+
+    async def notify(self, row: dict[str, Any], headers: dict[str, str]) -> None:
+        outcome = outcome_body(row)
+        key = {"Idempotency-Key": outcome["withdrawal_id"]}
+        try:
+            answer = await call(
+                self._client,
+                "POST",
+                self._url,
+                json=outcome,
+                headers={**self._headers, **headers, **key},
+            )
+        except AmbiguousOutcome:
+            metrics.CORE_NOTIFICATIONS.labels("retry").inc()
+            raise
+        if 200 <= answer.status < 300:
+            metrics.CORE_NOTIFICATIONS.labels("delivered").inc()
+            return
+        if answer.status == 429:
+            metrics.CORE_NOTIFICATIONS.labels("retry").inc()
+            raise AmbiguousOutcome("core_http_429")
+        metrics.CORE_NOTIFICATIONS.labels("refused").inc()
+        raise NotificationRefused(f"cascade-core answered {answer.status} {answer.error_code}")
