@@ -15,6 +15,7 @@ import socket
 
 import prometheus_client
 
+from activities.outbox_relay import OutboxRelay
 from engine import logs
 from engine.config import Settings
 from engine.db import apply_schema
@@ -26,9 +27,21 @@ from service.wiring import open_services
 async def run(settings: Settings, concurrency: int, name: str, graceful_timeout: float) -> None:
     services = await open_services(settings, pool_size=concurrency + 2)
     stop_pump = asyncio.Event()
-    pump = asyncio.create_task(
-        run_pump(services.pool, services.app, settings.timer_pump_interval_s, stop_pump)
-    )
+    background = [
+        asyncio.create_task(
+            run_pump(services.pool, services.app, settings.timer_pump_interval_s, stop_pump)
+        )
+    ]
+    if settings.nats_url:
+        relay = OutboxRelay(
+            services.pool,
+            settings.database_url,
+            settings.nats_url,
+            batch=settings.outbox_batch,
+            retention_s=settings.outbox_retention_s,
+            pause_s=settings.outbox_relay_pause_s,
+        )
+        background.append(asyncio.create_task(relay.run(stop_pump)))
     try:
         await services.app.run_worker_async(
             name=name,
@@ -42,7 +55,7 @@ async def run(settings: Settings, concurrency: int, name: str, graceful_timeout:
         )
     finally:
         stop_pump.set()
-        await pump
+        await asyncio.gather(*background)
         await services.close()
 
 

@@ -89,6 +89,10 @@ class Settings(_Strict):
     ledger_url: str = "http://127.0.0.1:8090/ledger"
     ledger_token: SecretStr = SecretStr("")
     ledger_timeout_s: float = 5.0
+    nats_url: str | None = None  # None: the JetStream bridge does not run
+    outbox_batch: int = Field(200, ge=1)
+    outbox_retention_s: float = Field(7 * 86400, gt=0)
+    outbox_relay_pause_s: float = Field(0.0, ge=0)  # test knob: pause between publishes
     core_callback_url: str | None = None  # None: outcome callbacks are off
     core_callback_token: SecretStr = SecretStr("")
     webhook_tolerance_s: int = 300
@@ -115,6 +119,10 @@ class Settings(_Strict):
             "ledger_token": "LEDGER_TOKEN",
             "ledger_timeout_s": "LEDGER_TIMEOUT_S",
             "core_callback_url": "CORE_CALLBACK_URL",
+            "nats_url": "NATS_URL",
+            "outbox_batch": "OUTBOX_BATCH",
+            "outbox_retention_s": "OUTBOX_RETENTION_S",
+            "outbox_relay_pause_s": "OUTBOX_RELAY_PAUSE_S",
             "core_callback_token": "CORE_CALLBACK_TOKEN",
             "webhook_tolerance_s": "WEBHOOK_TOLERANCE_S",
             "activity_max_retries": "ACTIVITY_MAX_RETRIES",

@@ -92,12 +92,14 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_embedded_nats(port: int | None = None) -> tuple[subprocess.Popen[bytes], str]:
+def start_embedded_nats(
+    port: int | None = None, store: Path | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
     """Start nats-server with JetStream; the caller owns (and stops) the process."""
     port = port or _free_port()
-    store = data_dir() / "nats"
-    store.mkdir(exist_ok=True)
-    log = open(data_dir() / "nats.log", "ab")  # noqa: SIM115 - lives as long as the server
+    store = store or data_dir() / "nats"
+    store.mkdir(parents=True, exist_ok=True)
+    log = open(store.parent / "nats.log", "ab")  # noqa: SIM115 - lives as long as the server
     proc = subprocess.Popen(  # noqa: S603 - our own binary, fixed arguments
         [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store)],
         stdout=log,

