@@ -163,3 +163,99 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     replay_job_id bigint
 );
 CREATE INDEX IF NOT EXISTS dead_letters_open ON dead_letters (created_at) WHERE replayed_at IS NULL;
+
+-- ---------------------------------------------------------------------------
+-- Ops forensics: views to query by hand (docs/ops.md has the runbook).
+-- ---------------------------------------------------------------------------
+
+-- Every event of every withdrawal, with its ids; ORDER BY event_id for a timeline.
+CREATE OR REPLACE VIEW v_withdrawal_timeline AS
+SELECT e.id AS event_id, q.order_id, q.id AS queue_id, e.task_id, t.provider, t.position,
+       e.from_state, e.to_state, e.event_type, e.actor, e.payload, e.trace_id, e.occurred_at
+FROM order_task_events e
+JOIN order_queues q ON q.id = e.queue_id
+LEFT JOIN order_tasks t ON t.id = e.task_id;
+
+-- Open tasks past the point where a timer or job should have moved them.
+CREATE OR REPLACE FUNCTION stuck_tasks(grace interval DEFAULT interval '1 minute')
+RETURNS TABLE (order_id text, queue_id uuid, task_id uuid, provider text, status text,
+               target text, reason text, overdue_since timestamptz, updated_at timestamptz)
+LANGUAGE sql STABLE AS $$
+    SELECT q.order_id, q.id, t.id, t.provider, t.status::text, t.target::text, s.reason,
+           s.since, t.updated_at
+    FROM order_tasks t
+    JOIN order_queues q ON q.id = t.queue_id
+    CROSS JOIN LATERAL (VALUES
+        ('settling: ledger call not finished', CASE WHEN t.target IS NOT NULL THEN t.updated_at END),
+        ('webhook SLA passed', CASE WHEN t.status = 'EXECUTING' AND NOT t.sla_expired
+                                    THEN t.webhook_deadline END),
+        ('status timeout passed', CASE WHEN t.status = 'EXECUTING' THEN t.status_deadline END),
+        ('recheck or poll overdue', t.next_check_at),
+        ('no progress while creating', CASE WHEN t.status IN ('CREATING', 'NEGATIVE_EVAL')
+                                            THEN t.updated_at END)
+    ) AS s(reason, since)
+    WHERE t.status IN ('CREATING', 'EXECUTING', 'NEGATIVE_EVAL', 'RECHECKING')
+      AND s.since IS NOT NULL AND s.since < now() - grace
+$$;
+CREATE OR REPLACE VIEW v_stuck_tasks AS SELECT * FROM stuck_tasks();
+
+-- Tasks waiting for a person, oldest first.
+CREATE OR REPLACE VIEW v_manual_check_queue AS
+SELECT q.order_id, q.id AS queue_id, t.id AS task_id, t.provider, t.provider_ref,
+       q.amount_minor, q.currency, t.last_reason, t.updated_at AS waiting_since,
+       now() - t.updated_at AS waiting_for
+FROM order_tasks t JOIN order_queues q ON q.id = t.queue_id
+WHERE t.status = 'MANUAL_CHECK' AND t.target IS NULL;
+
+-- Finished attempts per provider and hour: how each provider is doing.
+CREATE OR REPLACE VIEW v_provider_success_hourly AS
+SELECT t.provider, date_trunc('hour', t.updated_at) AS hour,
+       count(*) AS attempts,
+       count(*) FILTER (WHERE t.status = 'SUCCEEDED') AS succeeded,
+       count(*) FILTER (WHERE t.status = 'FAILED') AS failed,
+       count(*) FILTER (WHERE t.status = 'SKIPPED') AS skipped,
+       round(count(*) FILTER (WHERE t.status = 'SUCCEEDED')::numeric / count(*), 4) AS success_rate
+FROM order_tasks t
+WHERE t.status IN ('SUCCEEDED', 'FAILED', 'SKIPPED')
+GROUP BY 1, 2;
+
+-- Dead letters not yet replayed, with the withdrawal they belong to.
+CREATE OR REPLACE VIEW v_dead_letters AS
+SELECT d.id AS dead_letter_id, q.order_id, d.queue_id, d.task_id, t.status::text AS task_status,
+       t.funds::text AS funds, d.task_name, d.args, d.attempts, d.error, d.created_at
+FROM dead_letters d
+LEFT JOIN order_tasks t ON t.id = d.task_id
+LEFT JOIN order_queues q ON q.id = d.queue_id
+WHERE d.replayed_at IS NULL;
+
+-- The ledger's view of each hold, as last fetched by `python -m service.ops reconcile`.
+CREATE TABLE IF NOT EXISTS ledger_holds (
+    key          text PRIMARY KEY,
+    provider     text,
+    currency     text,
+    amount       text,
+    status       text NOT NULL,
+    fetched_at   timestamptz NOT NULL DEFAULT now()
+);
+
+-- Where our books and the ledger's disagree. A task with a ledger call in flight
+-- (activity_token set) may legitimately be ahead or behind, so it is left out.
+CREATE OR REPLACE VIEW v_ledger_drift AS
+WITH ours AS (
+    SELECT t.id::text AS key, q.order_id, t.queue_id, t.status::text AS task_status,
+           t.funds::text AS funds
+    FROM order_tasks t JOIN order_queues q ON q.id = t.queue_id
+    WHERE t.activity_token IS NULL
+)
+SELECT coalesce(o.key, l.key) AS key, o.order_id, o.queue_id, o.task_status, o.funds,
+       l.status AS ledger_status,
+       CASE WHEN o.key IS NULL THEN 'hold unknown to payment-service'
+            ELSE 'funds ' || o.funds || ' but ledger ' || coalesce(l.status, 'has no hold') END
+           AS drift
+FROM ours o FULL JOIN ledger_holds l ON l.key = o.key
+WHERE (o.key IS NULL AND l.status <> 'void')
+   OR (o.key IS NOT NULL AND NOT (
+        (o.funds = 'NONE' AND coalesce(l.status, 'void') = 'void')
+     OR (o.funds = 'FROZEN' AND l.status = 'frozen')
+     OR (o.funds = 'COMMITTED' AND l.status = 'committed')
+     OR (o.funds = 'RELEASED' AND l.status IN ('released', 'void'))));

@@ -1,0 +1,172 @@
+"""`python -m service.ops`: the on-call command line, straight against PostgreSQL.
+
+timeline ORDER        every event of a withdrawal (order_id or id)
+stuck [--grace S]     open tasks past the point a timer or job should have moved them
+manual                tasks awaiting a manual check
+resolve TASK positive|negative --operator NAME --reason TEXT
+dlq                   dead letters not yet replayed
+replay ID --operator NAME
+reconcile             fetch the ledger's holds, report drift (exit 1 if any)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+
+from engine import deadletters
+from engine.config import Settings
+from engine.embedded import database_url
+from engine.engine import Origin, UnknownTask
+from service.wiring import Services, open_services
+from service.withdrawals import find_queue_id
+from workflows.core import IllegalTransition
+from workflows.withdrawal_events import ManualResolved
+
+
+def _print(rows: Sequence[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(list(rows), default=str, indent=2))
+        return
+    if not rows:
+        print("(none)")
+        return
+    columns = list(rows[0])
+    text = [[_cell(r[c]) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(t[i]) for t in text)) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
+    for t in text:
+        print("  ".join(v.ljust(w) for v, w in zip(t, widths, strict=True)))
+
+
+def _cell(value: Any) -> str:
+    text = json.dumps(value, default=str) if isinstance(value, dict | list) else str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+async def _query(svc: Services, sql: str, *args: Any) -> list[dict[str, Any]]:
+    async with svc.pool.connection() as conn:
+        return await (await conn.execute(sql, args)).fetchall()
+
+
+async def timeline(svc: Services, ident: str) -> list[dict[str, Any]]:
+    async with svc.pool.connection() as conn:
+        queue_id = await find_queue_id(conn, ident)
+    if queue_id is None:
+        raise SystemExit(f"no withdrawal {ident!r}")
+    return await _query(
+        svc,
+        "SELECT event_id, occurred_at, provider, from_state, to_state, event_type, actor"
+        " FROM v_withdrawal_timeline WHERE queue_id = %s ORDER BY event_id",
+        queue_id,
+    )
+
+
+async def reconcile(svc: Services) -> list[dict[str, Any]]:
+    """Snapshot the ledger's holds into ledger_holds, then read v_ledger_drift."""
+    settings = svc.settings
+    headers = {"Authorization": f"Bearer {settings.ledger_token.get_secret_value()}"}
+    response = await svc.http.get(f"{settings.ledger_url.rstrip('/')}/v1/holds", headers=headers)
+    response.raise_for_status()
+    holds = response.json()["holds"]
+    async with svc.pool.connection() as conn, conn.transaction():
+        await conn.execute("DELETE FROM ledger_holds")
+        async with conn.cursor() as cur:
+            await cur.executemany(
+                "INSERT INTO ledger_holds (key, provider, currency, amount, status)"
+                " VALUES (%s, %s, %s, %s, %s)",
+                [
+                    (
+                        h["key"],
+                        h.get("provider"),
+                        h.get("currency"),
+                        h.get("amount"),
+                        "void" if h.get("amount") is None else h["status"],
+                    )
+                    for h in holds
+                ],
+            )
+        drift = await conn.execute("SELECT * FROM v_ledger_drift ORDER BY key")
+        return await drift.fetchall()
+
+
+async def run(args: argparse.Namespace) -> int:
+    svc = await open_services(Settings.from_env(database_url(keep_running=True)), pool_size=2)
+    try:
+        rows: list[dict[str, Any]]
+        match args.command:
+            case "timeline":
+                rows = await timeline(svc, args.order)
+            case "stuck":
+                rows = await _query(
+                    svc, "SELECT * FROM stuck_tasks(make_interval(secs => %s))", args.grace
+                )
+            case "manual":
+                rows = await _query(
+                    svc, "SELECT * FROM v_manual_check_queue ORDER BY waiting_since"
+                )
+            case "dlq":
+                rows = await _query(svc, "SELECT * FROM v_dead_letters ORDER BY dead_letter_id")
+            case "resolve":
+                event = ManualResolved(args.outcome == "positive", args.operator, args.reason)
+                async with svc.pool.connection() as conn:
+                    applied = await svc.engine.apply(
+                        conn, args.task, event, origin=Origin(actor=f"ops:{args.operator}")
+                    )
+                rows = [
+                    {"task_id": args.task, "from": applied.from_status, "to": applied.to_status}
+                ]
+            case "replay":
+                async with svc.pool.connection() as conn:
+                    job = await deadletters.replay(conn, svc.app, args.id, args.operator)
+                rows = [{"dead_letter_id": args.id, "replay_job_id": job}]
+            case _:  # reconcile
+                rows = await reconcile(svc)
+                _print(rows, args.json)
+                print(f"ledger drift: {len(rows)}", file=sys.stderr)
+                return 1 if rows else 0
+        _print(rows, args.json)
+        return 0
+    finally:
+        await svc.close()
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m service.ops",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("timeline").add_argument("order")
+    sub.add_parser("stuck").add_argument("--grace", type=float, default=60.0)
+    sub.add_parser("manual")
+    resolve = sub.add_parser("resolve")
+    resolve.add_argument("task")
+    resolve.add_argument("outcome", choices=["positive", "negative"])
+    resolve.add_argument("--operator", required=True)
+    resolve.add_argument("--reason", required=True)
+    sub.add_parser("dlq")
+    replay = sub.add_parser("replay")
+    replay.add_argument("id", type=int)
+    replay.add_argument("--operator", required=True)
+    sub.add_parser("reconcile")
+    return p
+
+
+def main() -> None:
+    try:
+        sys.exit(asyncio.run(run(parser().parse_args())))
+    except (httpx.HTTPError, deadletters.NotReplayable, IllegalTransition, UnknownTask) as exc:
+        sys.exit(f"error: {exc}")
+
+
+if __name__ == "__main__":
+    main()
