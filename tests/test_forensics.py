@@ -1,0 +1,154 @@
+"""SQL forensics views and the ops command line, on real scenarios."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from sandbox.client import StackClient
+from sandbox.stack import ROOT, wait_until
+
+
+def query(url: str, sql: str, *args: Any) -> list[dict[str, Any]]:
+    with psycopg.connect(url, row_factory=dict_row) as conn:
+        return conn.execute(sql, args).fetchall()
+
+
+def ops(client: StackClient, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "service.ops", "--json", *args],
+        cwd=ROOT,
+        env=client.stack.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_timeline_view_and_command(client: StackClient, migrated_url: str) -> None:
+    client.set_provider("alpha", behaviour="decline")
+    view = client.wait_final(client.submit(["alpha", "beta"]).json()["id"])
+    rows = query(
+        migrated_url,
+        "SELECT * FROM v_withdrawal_timeline WHERE queue_id = %s ORDER BY event_id",
+        view["id"],
+    )
+    assert len(rows) == len(client.events(view["id"]))
+    assert (rows[0]["provider"], rows[0]["from_state"], rows[0]["to_state"]) == (
+        "alpha",
+        "PENDING",
+        "CREATING",
+    )
+    assert rows[-1]["event_type"] == "queue_completed"
+    printed = ops(client, "timeline", view["order_id"])
+    assert printed.returncode == 0, printed.stderr
+    assert [r["event_id"] for r in json.loads(printed.stdout)] == [r["event_id"] for r in rows]
+
+
+def test_stuck_and_dead_letter_views(client: StackClient, migrated_url: str) -> None:
+    client.set_provider("alpha", behaviour="never_answers")
+    queue_id = client.submit(["alpha"]).json()["id"]
+    client.wait_task_status(queue_id, 0, "EXECUTING")
+    task_id = client.withdrawal(queue_id)["tasks"][0]["id"]
+    client.set_ledger_faults(error_rate=1.0)
+    try:
+        client.send_webhook("alpha", task_id, "succeeded")  # the commit cannot get through
+        dead = wait_until(
+            lambda: query(migrated_url, "SELECT * FROM v_dead_letters WHERE task_id = %s", task_id),
+            30,
+            "the commit to be dead-lettered",
+            every=0.2,
+        )
+        assert (dead[0]["task_status"], dead[0]["funds"]) == ("EXECUTING", "FROZEN")
+        stuck = query(
+            migrated_url, "SELECT * FROM stuck_tasks('0 seconds') WHERE task_id = %s", task_id
+        )
+        assert [r["reason"] for r in stuck] == ["settling: ledger call not finished"]
+        assert query(migrated_url, "SELECT * FROM v_stuck_tasks WHERE task_id = %s", task_id) == []
+        listed = ops(client, "dlq")
+        assert task_id in listed.stdout
+    finally:
+        client.set_ledger_faults()
+    replayed = ops(client, "replay", str(dead[0]["dead_letter_id"]), "--operator", "ana")
+    assert replayed.returncode == 0, replayed.stderr
+    assert client.wait_final(queue_id)["status"] == "COMPLETED"
+    assert query(migrated_url, "SELECT * FROM v_dead_letters WHERE task_id = %s", task_id) == []
+
+
+def test_manual_check_queue_and_resolve_command(client: StackClient, migrated_url: str) -> None:
+    client.set_provider("alpha", behaviour="blackout")
+    queue_id = client.submit(["alpha", "beta"]).json()["id"]
+    client.wait_task_status(queue_id, 0, "MANUAL_CHECK", timeout=30)
+    task_id = client.withdrawal(queue_id)["tasks"][0]["id"]
+    waiting = query(
+        migrated_url, "SELECT * FROM v_manual_check_queue WHERE queue_id = %s", queue_id
+    )
+    assert [r["task_id"] for r in waiting] == [uuid.UUID(task_id)]
+    done = ops(client, "resolve", task_id, "negative", "--operator", "ana", "--reason", "no order")
+    assert done.returncode == 0, done.stderr
+    assert client.wait_final(queue_id)["tasks"][1]["status"] == "SUCCEEDED"
+    again = ops(client, "resolve", task_id, "negative", "--operator", "ana", "--reason", "x")
+    assert again.returncode != 0 and "not allowed" in again.stderr
+
+
+def test_provider_success_rates_per_hour(client: StackClient, migrated_url: str) -> None:
+    def alpha() -> dict[str, int]:
+        rows = query(
+            migrated_url,
+            "SELECT sum(attempts)::int AS a, sum(succeeded)::int AS s,"
+            " sum(skipped)::int AS k FROM v_provider_success_hourly"
+            " WHERE provider = 'alpha'",
+        )
+        return {k: v or 0 for k, v in rows[0].items()}
+
+    before = alpha()
+    client.set_provider("alpha", behaviour="decline")
+    client.wait_final(client.submit(["alpha", "beta"]).json()["id"])
+    client.set_provider("alpha", behaviour="instant")
+    client.wait_final(client.submit(["alpha", "beta"]).json()["id"])
+    after = alpha()
+    assert {k: after[k] - before[k] for k in after} == {"a": 2, "s": 1, "k": 1}
+
+
+def test_reconcile_reports_zero_drift_then_finds_planted_drift(
+    client: StackClient, migrated_url: str
+) -> None:
+    client.set_provider("alpha", behaviour="never_answers")
+    queue_id = client.submit(["alpha"]).json()["id"]
+    client.wait_task_status(queue_id, 0, "EXECUTING")
+    wait_until(
+        lambda: query(
+            migrated_url,
+            "SELECT 1 FROM order_tasks WHERE queue_id = %s AND activity_token IS NULL",
+            queue_id,
+        ),
+        10,
+        "the task to settle",
+    )
+    clean = ops(client, "reconcile")
+    ours = [r for r in json.loads(clean.stdout or "[]") if r["queue_id"] is not None]
+    assert ours == [], ours  # every task of every scenario so far agrees with the ledger
+    orphan = str(uuid.uuid4())  # a hold the ledger has and we never asked for
+    client.sandbox.post(
+        f"/ledger/v1/holds/{orphan}/freeze",
+        json={"provider": "alpha", "currency": "EUR", "amount": "1.00"},
+    ).raise_for_status()
+    found = ops(client, "reconcile")
+    assert found.returncode == 1
+    assert [r["drift"] for r in json.loads(found.stdout) if r["key"] == orphan] == [
+        "hold unknown to payment-service"
+    ]
+    task_id = client.withdrawal(queue_id)["tasks"][0]["id"]
+    with psycopg.connect(migrated_url, row_factory=dict_row) as conn:  # our side drifts...
+        conn.execute("UPDATE order_tasks SET funds = 'RELEASED' WHERE id = %s", (task_id,))
+        drift = conn.execute(
+            "SELECT drift FROM v_ledger_drift WHERE key = %s", (task_id,)
+        ).fetchall()
+        conn.rollback()  # ...only inside this transaction
+    assert [r["drift"] for r in drift] == ["funds RELEASED but ledger frozen"]
