@@ -70,7 +70,7 @@ class Stack:
     worker_procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     secrets: dict[str, str] = field(default_factory=dict)
     stopped: list[subprocess.Popen[bytes]] = field(default_factory=list)
-    worker_metrics_ports: list[int] = field(default_factory=list)
+    worker_metrics_ports: dict[int, int] = field(default_factory=dict)
 
     @property
     def api_url(self) -> str:
@@ -159,7 +159,6 @@ class Stack:
 
     def start_worker(self) -> subprocess.Popen[bytes]:
         port = free_port()
-        self.worker_metrics_ports.append(port)
         proc = self._spawn(
             f"worker-{len(self.worker_procs)}",
             "worker.py",
@@ -169,7 +168,15 @@ class Stack:
             str(port),
         )
         self.worker_procs.append(proc)
+        self.worker_metrics_ports[proc.pid] = port
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: _healthy(url, "/metrics") or proc.poll() is not None, 30, "a worker")
         return proc
+
+    def metrics_urls(self) -> list[str]:
+        """/metrics of the API and of every live worker."""
+        live = [self.worker_metrics_ports[p.pid] for p in self.worker_procs if p.poll() is None]
+        return [f"{self.api_url}/metrics", *(f"http://127.0.0.1:{port}/metrics" for port in live)]
 
     def assert_running(self) -> None:
         """Fail fast (with the log's tail) when a process of the stack died on its own."""
@@ -196,8 +203,8 @@ class Stack:
                 proc.kill()
 
 
-def _healthy(url: str) -> bool:
+def _healthy(url: str, path: str = "/healthz") -> bool:
     try:
-        return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+        return httpx.get(f"{url}{path}", timeout=1).status_code == 200
     except httpx.HTTPError:
         return False

@@ -19,7 +19,7 @@ from engine import logs, metrics
 from service.models import BadRequest, parse_withdrawal
 from service.openapi import OPENAPI
 from service.wiring import Services
-from service.withdrawals import events_view, find_queue_id, submit, withdrawal_view
+from service.withdrawals import events_view, find_queue, submit, withdrawal_view
 
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -84,11 +84,11 @@ async def _queue_or_404(request: Request) -> tuple[Services, str]:
     svc = services(request)
     check_bearer(request, svc.settings.api_tokens)
     async with svc.pool.connection() as conn:
-        queue_id = await find_queue_id(conn, request.path_params["ident"])
-    if queue_id is None:
+        found = await find_queue(conn, request.path_params["ident"])
+    if found is None or found["queue_id"] is None:
         raise BadRequest(404, "not_found", "no such withdrawal")
-    logs.bind(queue_id=queue_id)
-    return svc, queue_id
+    logs.bind(**found)
+    return svc, found["queue_id"]
 
 
 async def get_withdrawal(request: Request) -> JSONResponse:

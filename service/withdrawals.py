@@ -67,17 +67,23 @@ async def _existing(conn: Conn, order_id: str, fingerprint: str) -> str:
     return str(row["id"])
 
 
-async def find_queue_id(conn: Conn, ident: str) -> str | None:
-    """Accept our queue id or cascade-core's order_id."""
+async def find_queue(conn: Conn, ident: str) -> dict[str, str | None] | None:
+    """Accept our queue id or cascade-core's order_id; returns the withdrawal's ids."""
     try:
         as_uuid: str | None = str(uuid.UUID(ident))
     except ValueError:
         as_uuid = None
     cur = await conn.execute(
-        "SELECT id FROM order_queues WHERE id = %s OR order_id = %s", (as_uuid, ident)
+        "SELECT id::text AS queue_id, order_id, trace_id FROM order_queues"
+        " WHERE id = %s OR order_id = %s",
+        (as_uuid, ident),
     )
-    row = await cur.fetchone()
-    return str(row["id"]) if row else None
+    return await cur.fetchone()
+
+
+async def find_queue_id(conn: Conn, ident: str) -> str | None:
+    found = await find_queue(conn, ident)
+    return found["queue_id"] if found else None
 
 
 async def withdrawal_view(conn: Conn, queue_id: str) -> dict[str, Any]:
