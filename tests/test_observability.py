@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +18,9 @@ from sandbox.stack import wait_until
 Sample = tuple[str, tuple[tuple[str, str], ...]]
 
 
-def scrape(client: StackClient) -> Counter[Sample]:
+def scrape(client: StackClient) -> defaultdict[Sample, float]:
     """Every sample of every process of the stack, summed (as Prometheus would)."""
-    totals: Counter[Sample] = Counter()
+    totals: defaultdict[Sample, float] = defaultdict(float)
     for url in client.stack.metrics_urls():
         text = httpx.get(url, timeout=5).text
         for family in text_string_to_metric_families(text):
@@ -29,7 +29,9 @@ def scrape(client: StackClient) -> Counter[Sample]:
     return totals
 
 
-def delta(after: Counter[Sample], before: Counter[Sample], name: str, **labels: str) -> float:
+def delta(
+    after: defaultdict[Sample, float], before: defaultdict[Sample, float], name: str, **labels: str
+) -> float:
     key = (name, tuple(sorted(labels.items())))
     return after[key] - before[key]
 
