@@ -29,6 +29,11 @@ CREATE TABLE IF NOT EXISTS order_queues (
     needs_attention  boolean NOT NULL DEFAULT false,
     attention_reason text,
     core_notified_at timestamptz,  -- cascade-core acknowledged the final outcome
+    -- the rollout gate's decision: 'cascade', or 'single_shot' (the old path:
+    -- the first provider only); requested_cascade keeps what cascade-core sent
+    policy           text NOT NULL DEFAULT 'cascade' CHECK (policy IN ('cascade', 'single_shot')),
+    policy_reason    text,
+    requested_cascade text[] NOT NULL DEFAULT '{}',
     trace_id         text,
     created_at       timestamptz NOT NULL DEFAULT now(),
     updated_at       timestamptz NOT NULL DEFAULT now(),

@@ -89,6 +89,8 @@ class Settings(_Strict):
     ledger_url: str = "http://127.0.0.1:8090/ledger"
     ledger_token: SecretStr = SecretStr("")
     ledger_timeout_s: float = 5.0
+    rollout_file: Path | None = None
+    rollout_cascade_percent: int | None = Field(None, ge=0, le=100)
     nats_url: str | None = None  # None: the JetStream bridge does not run
     outbox_batch: int = Field(200, ge=1)
     outbox_retention_s: float = Field(7 * 86400, gt=0)
@@ -120,6 +122,8 @@ class Settings(_Strict):
             "ledger_timeout_s": "LEDGER_TIMEOUT_S",
             "core_callback_url": "CORE_CALLBACK_URL",
             "nats_url": "NATS_URL",
+            "rollout_file": "ROLLOUT_FILE",
+            "rollout_cascade_percent": "ROLLOUT_CASCADE_PERCENT",
             "outbox_batch": "OUTBOX_BATCH",
             "outbox_retention_s": "OUTBOX_RETENTION_S",
             "outbox_relay_pause_s": "OUTBOX_RELAY_PAUSE_S",

@@ -73,7 +73,8 @@ async def create_withdrawal(request: Request) -> JSONResponse:
     withdrawal = parse_withdrawal(body, set(svc.providers), svc.settings.max_cascade)
     logs.bind(order_id=withdrawal.order_id, trace_id=trace_id_of(request))
     async with svc.pool.connection() as conn:
-        queue_id, created = await submit(conn, svc.engine, withdrawal, logs.current()["trace_id"])
+        trace_id = logs.current()["trace_id"]
+        queue_id, created = await submit(conn, svc.engine, withdrawal, trace_id, svc.gate)
         view = await withdrawal_view(conn, queue_id)
     logs.bind(queue_id=queue_id)
     log.info("withdrawal %s", "submitted" if created else "replayed")

@@ -18,6 +18,7 @@ from engine.config import ProviderConfig, Settings
 from engine.db import Pool, open_pool
 from engine.engine import Engine
 from engine.jobs import ProcrastinateScheduler, Runtime, build_app
+from service.rollout import RolloutGate
 from workflows.core import Event
 from workflows.withdrawal_definition import WITHDRAWAL
 from workflows.withdrawal_events import Timing
@@ -34,6 +35,7 @@ class Services:
     http: httpx.AsyncClient
     adapters: dict[str, ProviderAdapter]
     runtime: Runtime
+    gate: RolloutGate
 
     async def close(self) -> None:
         await self.app.close_async()
@@ -83,4 +85,7 @@ async def open_services(settings: Settings, *, pool_size: int = 10) -> Services:
         stalled_after_s=settings.stalled_after_s,
         notify=notifier,
     )
-    return Services(settings, providers, pool, app, scheduler, engine, http, adapters, runtime)
+    gate = RolloutGate.load(settings.rollout_file, settings.rollout_cascade_percent)
+    return Services(
+        settings, providers, pool, app, scheduler, engine, http, adapters, runtime, gate
+    )

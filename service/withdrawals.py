@@ -9,11 +9,13 @@ from engine import metrics
 from engine.engine import Engine, Origin
 from engine.journal import Conn
 from service.models import BadRequest, WithdrawalRequest
+from service.rollout import EVERYONE_ON_CASCADE, Policy, RolloutGate
 from workflows.money import format_minor
 
 _INSERT_QUEUE = """
-INSERT INTO order_queues (id, order_id, request_hash, merchant_id, amount_minor, currency, trace_id)
-VALUES (%s, %s, %s, %s, %s, %s, %s)
+INSERT INTO order_queues (id, order_id, request_hash, merchant_id, amount_minor, currency,
+                          trace_id, policy, policy_reason, requested_cascade)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT (order_id) DO NOTHING
 RETURNING id
 """
@@ -21,16 +23,27 @@ _INSERT_TASK = "INSERT INTO order_tasks (id, queue_id, position, provider) VALUE
 
 
 async def submit(
-    conn: Conn, engine: Engine, request: WithdrawalRequest, trace_id: str | None
+    conn: Conn,
+    engine: Engine,
+    request: WithdrawalRequest,
+    trace_id: str | None,
+    gate: RolloutGate = EVERYONE_ON_CASCADE,
 ) -> tuple[str, bool]:
     """Create the withdrawal (or find its identical twin). Returns (queue id, created)."""
     with metrics.transaction_scope():
-        return await _submit(conn, engine, request, trace_id)
+        return await _submit(conn, engine, request, trace_id, gate)
 
 
 async def _submit(
-    conn: Conn, engine: Engine, request: WithdrawalRequest, trace_id: str | None
+    conn: Conn,
+    engine: Engine,
+    request: WithdrawalRequest,
+    trace_id: str | None,
+    gate: RolloutGate,
 ) -> tuple[str, bool]:
+    rollout = gate.decide(request.merchant_id, request.order_id)
+    # Single-shot is the old path: one attempt, at the cheapest provider.
+    cascade = request.cascade if rollout.policy == Policy.CASCADE else request.cascade[:1]
     fingerprint = request.fingerprint()
     queue_id = str(uuid.uuid4())
     async with conn.transaction():
@@ -44,11 +57,14 @@ async def _submit(
                 request.amount_minor,
                 request.currency,
                 trace_id,
+                rollout.policy,
+                rollout.reason,
+                request.cascade,
             ),
         )
         if await cur.fetchone() is None:
             return await _existing(conn, request.order_id, fingerprint), False
-        for position, provider in enumerate(request.cascade):
+        for position, provider in enumerate(cascade):
             await conn.execute(_INSERT_TASK, (str(uuid.uuid4()), queue_id, position, provider))
         await engine.activate(conn, queue_id, Origin(actor="cascade-core", trace_id=trace_id))
     return queue_id, True
@@ -107,6 +123,9 @@ async def withdrawal_view(conn: Conn, queue_id: str) -> dict[str, Any]:
         "currency": queue["currency"].strip(),
         "status": queue["status"],
         "cancel_requested": queue["cancel_requested"],
+        "policy": queue["policy"],
+        "policy_reason": queue["policy_reason"],
+        "requested_cascade": queue["requested_cascade"],
         "created_at": queue["created_at"].isoformat(),
         "finished_at": queue["finished_at"].isoformat() if queue["finished_at"] else None,
         "tasks": [_task_view(t) for t in tasks],

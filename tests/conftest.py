@@ -104,7 +104,9 @@ def stack(
 
     specs = [ProviderSpec(name, timing=timing) for name, timing in TIMINGS.items()]
     workdir = tmp_path_factory.mktemp("stack")
-    extra = {"OUTBOX_BATCH": "20"}
+    rollout = workdir / "rollout.toml"
+    rollout.write_text('cascade_percent = 100\n[merchants]\nlegacy = "single_shot"\n')
+    extra = {"OUTBOX_BATCH": "20", "ROLLOUT_FILE": str(rollout)}
     running = Stack(migrated_url, workdir, specs, nats_url=nats_server.url, extra_env=extra)
     running.start()
     try:

@@ -1,0 +1,58 @@
+"""The rollout gate: single-shot (the old path) or the cascade, per withdrawal.
+
+The case study's own lesson: the cutover should have been gated. A merchant
+override wins; otherwise a stable hash of the order id puts the withdrawal in a
+percentage bucket, so a replay always gets the same answer. The decision and
+its reason are stored on the withdrawal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+
+class Policy(StrEnum):
+    CASCADE = "cascade"
+    SINGLE_SHOT = "single_shot"
+
+
+@dataclass(frozen=True)
+class Decision:
+    policy: Policy
+    reason: str
+
+
+@dataclass(frozen=True)
+class RolloutGate:
+    cascade_percent: int = 100
+    merchants: MappingProxyType[str, Policy] = field(default_factory=lambda: MappingProxyType({}))
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.cascade_percent <= 100:
+            raise ValueError("cascade_percent must be within 0..100")
+
+    def decide(self, merchant_id: str, order_id: str) -> Decision:
+        override = self.merchants.get(merchant_id)
+        if override is not None:
+            return Decision(override, f"merchant:{merchant_id}")
+        bucket = int.from_bytes(hashlib.sha256(order_id.encode()).digest()[:4], "big") % 100
+        policy = Policy.CASCADE if bucket < self.cascade_percent else Policy.SINGLE_SHOT
+        return Decision(policy, f"bucket:{bucket}<{self.cascade_percent}")
+
+    @classmethod
+    def load(cls, path: Path | None, percent: int | None) -> RolloutGate:
+        """`ROLLOUT_FILE` (TOML: cascade_percent, [merchants] id = "cascade"|"single_shot"),
+        with `ROLLOUT_CASCADE_PERCENT` overriding the percentage."""
+        raw: dict[str, Any] = tomllib.loads(path.read_text()) if path else {}
+        merchants = {m: Policy(p) for m, p in raw.get("merchants", {}).items()}
+        chosen = percent if percent is not None else int(raw.get("cascade_percent", 100))
+        return cls(chosen, MappingProxyType(merchants))
+
+
+EVERYONE_ON_CASCADE = RolloutGate()
