@@ -166,8 +166,10 @@ async def measure(
         await pump
     await pool.close()
     if label == "1M timers":
-        keep = [ln.strip() for ln in plan.splitlines() if "timers_due" in ln or "Time:" in ln]
-        print(f"  EXPLAIN (ANALYZE, BUFFERS) of the pump at 1M: {'; '.join(keep)}")
+        lines = [ln.strip() for ln in plan.splitlines()]
+        keep = [ln for ln in lines if "timers_due" in ln or "Time:" in ln]
+        keep.insert(1, next((ln for ln in lines if ln.startswith("Buffers:")), "no Buffers line"))
+        print("  EXPLAIN (ANALYZE, BUFFERS) of the pump at 1M:\n    " + "\n    ".join(keep))
     return row
 
 
