@@ -24,6 +24,7 @@ from types import MappingProxyType
 from typing import Any
 
 from activities.standard_webhooks import secret_key
+from sandbox.market import MarketError, MarketModel, parse_market
 from workflows.money import InvalidAmount, parse_amount
 
 BEHAVIOURS = frozenset(
@@ -38,6 +39,7 @@ BEHAVIOURS = frozenset(
         "never_answers",
         "polling_only",
         "blackout",
+        "market",
     }
 )
 # Provider names appear in URL paths; "_admin" and friends must stay reserved.
@@ -61,6 +63,7 @@ class ProviderConfig:
     hang_ms: int = DEFAULT_HANG_MS
     # currency -> strict decimal string, e.g. {"EUR": "100000.00"}
     balances: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    market: MarketModel | None = None  # for behaviour = "market"
 
     def __repr__(self) -> str:
         # Keep api_key and webhook_secret out of logs and tracebacks.
@@ -71,6 +74,7 @@ class ProviderConfig:
 class SandboxConfig:
     webhook_url: str
     ledger_token: str
+    market_seed: int = 1
     providers: Mapping[str, ProviderConfig] = field(default_factory=lambda: MappingProxyType({}))
 
     def __repr__(self) -> str:
@@ -97,9 +101,13 @@ def parse_config(data: Mapping[str, Any]) -> SandboxConfig:
     if not isinstance(raw_providers, dict):
         raise ConfigError("[providers] must be a table")
     providers = {name: parse_provider(name, raw) for name, raw in raw_providers.items()}
+    seed = data.get("market_seed", 1)
+    if not isinstance(seed, int):
+        raise ConfigError("market_seed must be an integer")
     return SandboxConfig(
         webhook_url=webhook_url.rstrip("/"),
         ledger_token=token,
+        market_seed=seed,
         providers=MappingProxyType(providers),
     )
 
@@ -118,6 +126,12 @@ def parse_provider(name: str, raw: object) -> ProviderConfig:
     behaviour = _string(raw, "behaviour", "instant")
     if behaviour not in BEHAVIOURS:
         raise ConfigError(f"{where}.behaviour must be one of {sorted(BEHAVIOURS)}")
+    try:
+        market = parse_market(raw["market"], where) if "market" in raw else None
+    except MarketError as exc:
+        raise ConfigError(str(exc)) from None
+    if behaviour == "market" and market is None:
+        raise ConfigError(f"{where}: behaviour market needs a [{where}.market] table")
     return ProviderConfig(
         name=name,
         api_key=api_key,
@@ -126,6 +140,7 @@ def parse_provider(name: str, raw: object) -> ProviderConfig:
         webhook_delay_ms=_millis(raw, "webhook_delay_ms", DEFAULT_WEBHOOK_DELAY_MS, where),
         hang_ms=_millis(raw, "hang_ms", DEFAULT_HANG_MS, where),
         balances=MappingProxyType(_balances(raw.get("balances", {}), where)),
+        market=market,
     )
 
 

@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import secrets
 import time
+import zlib
 from collections.abc import Coroutine
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -22,6 +24,7 @@ import httpx
 
 from activities.standard_webhooks import signed_headers
 from sandbox.config import ProviderConfig, SandboxConfig
+from sandbox.market import draw
 
 log = logging.getLogger("sandbox.providers")
 
@@ -105,9 +108,12 @@ class Simulator:
     deliveries: list[Delivery] = field(default_factory=list)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     client: httpx.AsyncClient | None = None
+    rng: random.Random = field(default_factory=random.Random)
+    started: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:
         self.providers = dict(self.config.providers)
+        self.rng = random.Random(self.config.market_seed)
 
     async def start(self) -> None:
         self.client = httpx.AsyncClient(timeout=WEBHOOK_TIMEOUT_S)
@@ -138,6 +144,8 @@ class Simulator:
         if existing is not None:
             return CreateAnswer(200, existing.to_json())
         behaviour = provider.behaviour
+        if behaviour == "market":
+            return await self._market_create(provider, reference, amount, currency)
         if behaviour in NO_ORDER:
             return await _no_order_answer(provider)
         status = "succeeded" if behaviour == "instant" else "pending"
@@ -149,6 +157,37 @@ class Simulator:
         if behaviour in ("error_5xx_after_create", "blackout"):
             return CreateAnswer(503, _error("unavailable", "provider error (order was created)"))
         return CreateAnswer(201, order.to_json())
+
+    async def _market_create(
+        self, provider: ProviderConfig, reference: str, amount: str, currency: str
+    ) -> CreateAnswer:
+        assert provider.market is not None
+        phase = (zlib.crc32(provider.name.encode()) % 628) / 100  # each provider its own wave
+        fate = draw(provider.market, self.rng, time.monotonic() - self.started, phase)
+        await asyncio.sleep(fate.answer_after_s)
+        existing = self.orders.get((provider.name, reference))
+        if existing is not None:  # a concurrent replay got here first
+            return CreateAnswer(200, existing.to_json())
+        if fate.outcome == "decline":
+            return CreateAnswer(422, _error("declined", "the provider declined the order"))
+        if fate.outcome == "ambiguous_no_order":
+            return CreateAnswer(503, _error("unavailable", "provider error"))
+        order = Order(
+            provider.name, reference, "ord_" + secrets.token_hex(8), amount, currency, "pending"
+        )
+        self.orders[(provider.name, reference)] = order
+        if fate.outcome != "never_answers":
+            self._spawn(self._settle(provider, order, fate.final_status, fate.settle_after_s))
+        if fate.outcome == "ambiguous_created":
+            return CreateAnswer(503, _error("unavailable", "provider error (order was created)"))
+        return CreateAnswer(201, order.to_json())
+
+    async def _settle(
+        self, provider: ProviderConfig, order: Order, final: str, after_s: float
+    ) -> None:
+        await asyncio.sleep(after_s)
+        order.status = final
+        await self.deliver(self.providers.get(provider.name, provider), order, final)
 
     async def _follow_up(self, provider: ProviderConfig, order: Order) -> None:
         final, webhook = FOLLOW_UPS[provider.behaviour]

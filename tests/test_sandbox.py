@@ -120,6 +120,14 @@ def write_config(path: Path, webhook_url: str) -> SandboxConfig:
             f"hang_ms = {HANG_MS}",
             'balances = { EUR = "100.00", JPY = "5000" }',
         ]
+        if name == "market":  # a market that always takes the order, quickly
+            lines += [
+                "[providers.market.market]",
+                "approval = 1.0",
+                "accept_latency_ms = [0, 1]",
+                "webhook_median_ms = 20",
+                "webhook_max_ms = 50",
+            ]
     path.write_text("\n".join(lines) + "\n")
     return load_config(path)
 

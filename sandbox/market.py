@@ -1,0 +1,102 @@
+"""A simulated provider market: what a `behaviour = "market"` provider does.
+
+Each provider has a fee, an approval probability that swings over time (the
+availability that changes minute to minute), latency distributions for its
+answer and for its webhook, and rates of ambiguous errors, orders that never
+get an answer, and orders accepted and then failed. Every draw comes from one
+seeded random generator, so a run can be repeated.
+
+```toml
+[providers.cheapo.market]
+fee_bps = 40
+approval = 0.18            # mean probability that the provider takes the order
+swing = 0.12               # +/- around the mean ...
+swing_period_s = 40        # ... over this (time-compressed) period
+ambiguous_rate = 0.03      # 5xx/timeouts; half of them did create the order
+never_answers_rate = 0.01
+accept_then_fail_rate = 0.08
+accept_latency_ms = [40, 400]
+webhook_median_ms = 1500   # lognormal, capped at webhook_max_ms (15 min, compressed)
+webhook_max_ms = 10000
+```
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import Any
+
+
+class MarketError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class MarketModel:
+    fee_bps: int = 50
+    approval: float = 0.5
+    swing: float = 0.0
+    swing_period_s: float = 60.0
+    ambiguous_rate: float = 0.0
+    never_answers_rate: float = 0.0
+    accept_then_fail_rate: float = 0.0
+    accept_latency_ms: tuple[int, int] = (20, 200)
+    webhook_median_ms: int = 1000
+    webhook_max_ms: int = 10_000
+
+    def approval_at(self, t: float, phase: float) -> float:
+        wave = math.sin(2 * math.pi * t / self.swing_period_s + phase)
+        return min(max(self.approval + self.swing * wave, 0.0), 1.0)
+
+
+@dataclass(frozen=True)
+class Draw:
+    """One create call's fate. `outcome` is one of: decline, ambiguous_no_order,
+    ambiguous_created, never_answers, accepted."""
+
+    answer_after_s: float
+    outcome: str
+    final_status: str  # for orders that exist: "succeeded" or "failed"
+    settle_after_s: float
+
+
+def draw(model: MarketModel, rng: random.Random, t: float, phase: float) -> Draw:
+    low, high = model.accept_latency_ms
+    answer = rng.uniform(low, high) / 1000
+    # lognormal with the configured median, sigma 0.9: a long tail, capped
+    settle = min(rng.lognormvariate(math.log(model.webhook_median_ms), 0.9), model.webhook_max_ms)
+    final = "failed" if rng.random() < model.accept_then_fail_rate else "succeeded"
+    roll = rng.random()
+    if roll < model.ambiguous_rate:
+        outcome = "ambiguous_created" if rng.random() < 0.5 else "ambiguous_no_order"
+    elif roll < model.ambiguous_rate + model.never_answers_rate:
+        outcome = "never_answers"
+    elif rng.random() < model.approval_at(t, phase):
+        outcome = "accepted"
+    else:
+        outcome = "decline"
+    return Draw(answer, outcome, final, settle / 1000)
+
+
+def parse_market(raw: Any, where: str) -> MarketModel:
+    if not isinstance(raw, dict):
+        raise MarketError(f"{where}.market must be a table")
+    known = set(MarketModel.__dataclass_fields__)
+    unknown = set(raw) - known
+    if unknown:
+        raise MarketError(f"{where}.market: unknown keys {sorted(unknown)}")
+    values = dict(raw)
+    if "accept_latency_ms" in values:
+        values["accept_latency_ms"] = tuple(values["accept_latency_ms"])
+    model = MarketModel(**values)
+    rates = (
+        model.approval,
+        model.ambiguous_rate,
+        model.never_answers_rate,
+        model.accept_then_fail_rate,
+    )
+    if not all(0 <= r <= 1 for r in rates) or model.swing_period_s <= 0:
+        raise MarketError(f"{where}.market: probabilities must be within 0..1")
+    return model
