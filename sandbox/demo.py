@@ -1,37 +1,36 @@
-"""`make demo`: a real stack on this machine, a batch of withdrawals, each one's outcome.
+"""`make demo`: the cascade's lift over single-shot, on a simulated provider market.
 
-Starts (embedded, unless DATABASE_URL is set) PostgreSQL, the sandbox ledger
-and providers, the API and two workers; submits withdrawals through the HTTP
-API across providers that confirm, decline, fail late or answer slowly; then
-prints every withdrawal's path and checks the ledger against the tasks.
+Starts PostgreSQL and nats-server (embedded, unless DATABASE_URL / NATS_URL are
+set), the sandbox (ledger, cascade-core callback, the market of
+config/market.toml), the API and two workers. It then submits a batch of
+withdrawals in pairs with the same amount and the same eligible cascade. One
+of each pair goes through the old single-shot path (merchant `legacy`, gated by
+the rollout gate) and the other through the cascade (merchant `modern`). When
+every withdrawal is final or waiting for a person, it prints a table per policy,
+reconciles the ledger, and writes an HTML report.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import sys
 import time
-import uuid
+import tomllib
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg.conninfo import make_conninfo
 
 from engine.db import apply_schema
-from engine.embedded import data_dir, database_url
+from engine.embedded import PROJECT_ROOT, data_dir, database_url, start_embedded_nats
+from sandbox import demo_report
 from sandbox.client import StackClient, expected_ledger_ops
 from sandbox.stack import ProviderSpec, Stack
 
-TIMING = {"recheck_base_s": 0.5, "recheck_max_attempts": 3, "webhook_sla_s": 20.0}
-MARKET = [
-    ProviderSpec("cheapo", behaviour="decline", timing=TIMING),
-    ProviderSpec("swiftpay", behaviour="accept_then_fail", webhook_delay_ms=600, timing=TIMING),
-    ProviderSpec("flaky", behaviour="error_5xx_after_create", webhook_delay_ms=300, timing=TIMING),
-    ProviderSpec("lowbal", behaviour="instant", balance="25.00", timing=TIMING),
-    ProviderSpec("steady", behaviour="delayed_webhook", webhook_delay_ms=800, timing=TIMING),
-    ProviderSpec("instant", behaviour="instant", timing=TIMING),
-]
+MARKET_FILE = PROJECT_ROOT / "config" / "market.toml"
 
 
 def fresh_database(server_url: str, name: str) -> str:
@@ -43,58 +42,175 @@ def fresh_database(server_url: str, name: str) -> str:
     return url
 
 
-def cascade_for(rng: random.Random) -> list[str]:
-    names = [p.name for p in MARKET]
-    cut = rng.randint(2, len(names))
-    return names[:cut] if rng.random() < 0.7 else rng.sample(names, cut)
+def market_specs(market: dict[str, Any]) -> list[ProviderSpec]:
+    timing = {
+        "webhook_sla_s": market["webhook_sla_s"],
+        "recheck_base_s": 0.5,
+        "recheck_max_attempts": 4,
+        "recheck_cap_s": 4.0,
+    }
+    return [
+        ProviderSpec(name, behaviour="market", market=spec["market"], timing=timing)
+        for name, spec in market["providers"].items()
+    ]
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--count", type=int, default=20)
-    parser.add_argument("--seed", type=int, default=42)
-    args = parser.parse_args()
+def eligible_cascade(market: dict[str, Any], rng: random.Random) -> list[str]:
+    """Which providers cascade-core finds eligible, cheapest first (never empty)."""
+    providers = market["providers"]
+    chosen = [n for n, p in providers.items() if rng.random() < p.get("eligibility", 0.5)]
+    chosen = chosen or [min(providers, key=lambda n: providers[n]["market"]["fee_bps"])]
+    return sorted(chosen, key=lambda n: providers[n]["market"]["fee_bps"])
+
+
+def progress(url: str, total: int, started: float) -> tuple[int, int]:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT count(*) FILTER (WHERE status <> 'ACTIVE'),"
+            " count(*) FILTER (WHERE status = 'ACTIVE' AND EXISTS (SELECT 1 FROM order_tasks t"
+            "   WHERE t.queue_id = q.id AND t.status = 'MANUAL_CHECK')) FROM order_queues q"
+        ).fetchone()
+    done, manual = (row[0], row[1]) if row else (0, 0)
+    settled = done + manual
+    bar = "#" * int(30 * settled / max(total, 1))
+    line = (
+        f"[{bar:<30}] {settled}/{total} settled ({done} final, {manual} manual)"
+        f"  {time.monotonic() - started:5.1f}s"
+    )
+    if sys.stdout.isatty():
+        print("\r" + line, end="", flush=True)
+    else:
+        print(line, flush=True)
+    return settled, done
+
+
+def submit_batch(
+    client: StackClient, market: dict[str, Any], count: int, spread_s: float, rng: random.Random
+) -> None:
+    pairs = max(count // 2, 1)
+    for i in range(pairs):
+        cascade = eligible_cascade(market, rng)
+        amount = f"{rng.randint(5, 500)}.{rng.randint(0, 99):02d}"
+        for merchant in ("legacy", "modern"):
+            response = client.api.post(
+                "/v1/withdrawals",
+                json={
+                    "order_id": f"demo-{merchant}-{i:04d}",
+                    "merchant_id": merchant,
+                    "amount": amount,
+                    "currency": "EUR",
+                    "cascade": cascade,
+                },
+            )
+            response.raise_for_status()
+        time.sleep(spread_s / pairs)
+
+
+def run(args: argparse.Namespace) -> int:
+    market = tomllib.loads(Path(args.market).read_text())
     rng = random.Random(args.seed)
-    url = fresh_database(database_url(), "payment_demo")
-    stack = Stack(url, Path(data_dir()) / "demo", MARKET).start()
-    client = StackClient(stack)
-    print(f"stack up: API {stack.api_url}, sandbox {stack.sandbox_url}, logs in {stack.workdir}")
+    url = fresh_database(database_url(), args.database)
+    nats_proc = None
+    nats_url = os.environ.get("NATS_URL")
+    if not nats_url:
+        nats_proc, nats_url = start_embedded_nats(store=Path(data_dir()) / "demo-nats")
+    workdir = Path(data_dir()) / "demo"
+    rollout = workdir / "rollout.toml"
+    workdir.mkdir(parents=True, exist_ok=True)
+    rollout.write_text('[merchants]\nlegacy = "single_shot"\nmodern = "cascade"\n')
+    stack = Stack(
+        url,
+        workdir,
+        market_specs(market),
+        workers=args.workers,
+        nats_url=nats_url,
+        market_seed=int(market.get("market_seed", 1)),
+        worker_concurrency=16,
+        extra_env={"ROLLOUT_FILE": str(rollout)},
+    )
     try:
-        return run_batch(client, args.count, rng)
+        stack.start()
+        print(
+            f"stack up: API {stack.api_url}, sandbox {stack.sandbox_url}, "
+            f"{args.workers} workers, logs in {workdir}"
+        )
+        return measure(stack, market, args, url, rng)
     finally:
         stack.stop()
+        if nats_proc is not None:
+            nats_proc.terminate()
 
 
-def run_batch(client: StackClient, count: int, rng: random.Random) -> int:
+def measure(
+    stack: Stack, market: dict[str, Any], args: argparse.Namespace, url: str, rng: random.Random
+) -> int:
+    client = StackClient(stack)
     started = time.monotonic()
-    submitted = []
-    for i in range(count):
-        amount = f"{rng.randint(5, 60)}.{rng.randint(0, 99):02d}"
-        order_id = f"demo-{i:03d}-{uuid.uuid4().hex[:6]}"
-        response = client.submit(cascade_for(rng), amount=amount, order_id=order_id)
-        response.raise_for_status()
-        submitted.append(response.json()["id"])
-    print(f"submitted {count} withdrawals; waiting for outcomes...\n")
-    drift = 0
-    outcomes: dict[str, int] = {}
-    ops = None
-    for queue_id in submitted:
-        view = client.wait_final(queue_id, timeout=120)
-        ops = client.ledger_ops()
-        path = " -> ".join(f"{t['provider']}:{t['status']}" for t in view["tasks"])
-        amount = f"{view['amount']} {view['currency']}"
-        print(f"{view['order_id']:<18} {amount:>12}  {view['status']:<10} {path}")
-        outcomes[view["status"]] = outcomes.get(view["status"], 0) + 1
-        for task in view["tasks"]:
-            seen = ops.get(task["id"], [])
-            drift += seen != expected_ledger_ops(task, "freeze" in seen)
-    elapsed = time.monotonic() - started
-    summary = ", ".join(f"{k}: {v}" for k, v in sorted(outcomes.items()))
-    print(f"\n{count} withdrawals in {elapsed:.1f} s ({summary})")
+    total = max(args.count // 2, 1) * 2
+    print(
+        f"submitting {total} withdrawals over {args.spread:.0f}s (half single-shot, half cascade)"
+    )
+    submit_batch(client, market, args.count, args.spread, rng)
+    deadline = time.monotonic() + args.timeout
+    while True:
+        settled, _ = progress(url, total, started)
+        if settled >= total or time.monotonic() > deadline:
+            break
+        time.sleep(0.5 if sys.stdout.isatty() else 5)
+    if sys.stdout.isatty():
+        print()  # end the progress bar's line
+    drift = reconcile(client, url)
+    stats, durations = demo_report.collect(url)
+    compression = float(market.get("time_compression", 1))
+    print()
+    print(demo_report.table(stats, compression))
     verdict = "OK, 0 discrepancies" if drift == 0 else f"{drift} DISCREPANCIES"
-    print(f"ledger reconciliation: {verdict}")
-    return 0 if drift == 0 else 1
+    print(f"\nledger reconciliation: {verdict}")
+    report = Path(args.report)
+    demo_report.write_html(
+        report,
+        stats,
+        durations,
+        compression,
+        drift,
+        {
+            "withdrawals": total,
+            "seed": args.seed,
+            "market": args.market,
+            "wall time": f"{time.monotonic() - started:.0f} s",
+            "time compression": f"1 s = {compression:.0f} s real",
+        },
+    )
+    print(f"report: {report}")
+    return 0 if drift == 0 and settled >= total else 1
+
+
+def reconcile(client: StackClient, url: str) -> int:
+    """Compare every task's funds with the ledger's holds (the sandbox's op log)."""
+    ops = client.ledger_ops()
+    with psycopg.connect(url) as conn:
+        tasks = conn.execute("SELECT id::text, funds::text FROM order_tasks").fetchall()
+    return sum(
+        ops.get(task_id, [])
+        != expected_ledger_ops({"funds": funds}, "freeze" in ops.get(task_id, []))
+        for task_id, funds in tasks
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--count", type=int, default=300, help="withdrawals (half per policy)")
+    parser.add_argument("--spread", type=float, default=60.0, help="seconds to submit over")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--timeout", type=float, default=180.0)
+    parser.add_argument("--market", default=str(MARKET_FILE))
+    parser.add_argument("--database", default="payment_demo")
+    parser.add_argument("--report", default=str(PROJECT_ROOT / "reports" / "demo-report.html"))
+    sys.exit(run(parser.parse_args()))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

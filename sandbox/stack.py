@@ -7,6 +7,7 @@ PostgreSQL; nothing is mocked. Each process logs to a file under `workdir`.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import signal
 import socket
@@ -53,6 +54,7 @@ class ProviderSpec:
     balance: str = "1000000.00"
     webhook_delay_ms: int = 100
     timing: dict[str, float] = field(default_factory=dict)
+    market: dict[str, Any] | None = None  # behaviour "market": see sandbox/market.py
 
 
 @dataclass
@@ -64,6 +66,8 @@ class Stack:
     currency: str = "EUR"
     extra_env: dict[str, str] = field(default_factory=dict)
     nats_url: str | None = None
+    market_seed: int = 1
+    worker_concurrency: int = 4
     api_port: int = field(default_factory=free_port)
     sandbox_port: int = field(default_factory=free_port)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
@@ -104,7 +108,11 @@ class Stack:
 
     def write_configs(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        sandbox = [f'webhook_url = "{self.api_url}"', f'ledger_token = "{LEDGER_TOKEN}"']
+        sandbox = [
+            f'webhook_url = "{self.api_url}"',
+            f'ledger_token = "{LEDGER_TOKEN}"',
+            f"market_seed = {self.market_seed}",
+        ]
         service: list[str] = []
         for spec in self.providers:
             secret = self.secrets.setdefault(spec.name, new_secret())
@@ -116,6 +124,7 @@ class Stack:
                 f"webhook_delay_ms = {spec.webhook_delay_ms}",
                 "hang_ms = 3000",
                 f'balances = {{ {self.currency} = "{spec.balance}" }}',
+                *_toml_table(f"providers.{spec.name}.market", spec.market),
             ]
             service += [
                 f"[providers.{spec.name}]",
@@ -163,7 +172,7 @@ class Stack:
             f"worker-{len(self.worker_procs)}",
             "worker.py",
             "--concurrency",
-            "4",
+            str(self.worker_concurrency),
             "--metrics-port",
             str(port),
         )
@@ -201,6 +210,12 @@ class Stack:
                 proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def _toml_table(name: str, values: dict[str, Any] | None) -> list[str]:
+    if values is None:
+        return []
+    return [f"[{name}]", *(f"{k} = {json.dumps(v)}" for k, v in values.items())]
 
 
 def _healthy(url: str, path: str = "/healthz") -> bool:
