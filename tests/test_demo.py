@@ -1,0 +1,74 @@
+"""A small `make demo`, end to end: its own stack, both policies, its invariants."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+from psycopg.conninfo import make_conninfo
+
+from engine.embedded import database_url
+from sandbox.stack import ROOT
+
+
+def test_small_demo_reconciles_and_settles_every_withdrawal(tmp_path: Path) -> None:
+    name = f"ps_test_{os.getpid()}_demo"
+    report = tmp_path / "report.html"
+    env = {k: v for k, v in os.environ.items() if k != "NATS_URL"}
+    env["PAYMENT_DATA_DIR"] = str(tmp_path / "data")  # its own nats store and logs
+    env["DATABASE_URL"] = database_url()
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sandbox.demo",
+            "--count",
+            "24",
+            "--spread",
+            "3",
+            "--database",
+            name,
+            "--report",
+            str(report),
+            "--timeout",
+            "120",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    try:
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert "ledger reconciliation: OK, 0 discrepancies" in done.stdout
+        rows = {
+            m.group(1): m.group(0)
+            for m in re.finditer(r"^(cascade|single_shot)\s.*$", done.stdout, re.M)
+        }
+        assert set(rows) == {"cascade", "single_shot"}
+        assert "Single-shot vs durable cascade" in report.read_text()
+        url = make_conninfo(database_url(), dbname=name)
+        with psycopg.connect(url) as conn:
+            unsettled = conn.execute(
+                "SELECT count(*) FROM order_queues q WHERE status = 'ACTIVE' AND NOT EXISTS"
+                " (SELECT 1 FROM order_tasks t WHERE t.queue_id = q.id"
+                "  AND t.status = 'MANUAL_CHECK')"
+            ).fetchone()
+            policies = conn.execute(
+                "SELECT policy, count(*) FROM order_queues GROUP BY 1 ORDER BY 1"
+            ).fetchall()
+            single_tasks = conn.execute(
+                "SELECT max(n) FROM (SELECT count(*) AS n FROM order_tasks t JOIN order_queues q"
+                " ON q.id = t.queue_id WHERE q.policy = 'single_shot' GROUP BY q.id) x"
+            ).fetchone()
+        assert unsettled == (0,)  # each withdrawal final or waiting in manual check
+        assert policies == [("cascade", 12), ("single_shot", 12)]
+        assert single_tasks == (1,)  # single-shot never tried a second provider
+    finally:
+        with psycopg.connect(database_url(), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
