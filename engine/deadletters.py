@@ -25,6 +25,13 @@ WHERE t.id = %(task_id)s::uuid
 """
 
 
+async def withdrawal_of_job(conn: Conn, kwargs: dict[str, Any]) -> dict[str, Any] | None:
+    """The queue row (plus task_id) a job's arguments point at, if any."""
+    params = {"task_id": kwargs.get("task_id"), "inbox_id": kwargs.get("inbox_id")}
+    row: dict[str, Any] | None = await (await conn.execute(_TASK_OF_JOB, params)).fetchone()
+    return row
+
+
 def _error_text(exc: BaseException) -> str:
     # Type and message only, bounded: exception messages here never carry secrets
     # (clients raise our own typed errors), and the stack trace goes to the log.
@@ -34,11 +41,7 @@ def _error_text(exc: BaseException) -> str:
 async def record(pool: Pool, job: procrastinate.jobs.Job, exc: BaseException) -> None:
     args: dict[str, Any] = dict(job.task_kwargs)
     async with pool.connection() as conn, conn.transaction():
-        queue = await (
-            await conn.execute(
-                _TASK_OF_JOB, {"task_id": args.get("task_id"), "inbox_id": args.get("inbox_id")}
-            )
-        ).fetchone()
+        queue = await withdrawal_of_job(conn, args)
         task_id = queue["task_id"] if queue else None
         inserted = await (
             await conn.execute(

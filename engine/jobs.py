@@ -87,26 +87,18 @@ async def _load(conn: Conn, task_id: str) -> tuple[dict[str, Any], dict[str, Any
     return row["task"], row["queue"]
 
 
-_IDS_OF_JOB = """
-SELECT t.id::text AS task_id, q.id::text AS queue_id, q.order_id, q.trace_id
-FROM order_tasks t JOIN order_queues q ON q.id = t.queue_id
-WHERE t.id = %(task_id)s::uuid
-   OR t.id = (SELECT reference::uuid FROM webhook_inbox
-              WHERE id = %(inbox_id)s AND reference ~ '^[0-9a-f-]{36}$')
-"""
-
-
 async def _bind_log_ids(runtime: Runtime, kwargs: dict[str, Any]) -> None:
     """Every log line of this job (procrastinate's too) carries the withdrawal's ids."""
     logs.bind(task_id=kwargs.get("task_id"))
     async with runtime.pool.connection() as conn:
-        row = await (
-            await conn.execute(
-                _IDS_OF_JOB, {"task_id": kwargs.get("task_id"), "inbox_id": kwargs.get("inbox_id")}
-            )
-        ).fetchone()
+        row = await deadletters.withdrawal_of_job(conn, kwargs)
     if row is not None:
-        logs.bind(**row)
+        logs.bind(
+            task_id=row["task_id"],
+            queue_id=str(row["id"]),
+            order_id=row["order_id"],
+            trace_id=row["trace_id"],
+        )
 
 
 def _trace_headers(queue: dict[str, Any]) -> dict[str, str]:

@@ -74,6 +74,15 @@ class WithdrawalRequest(BaseModel):
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def invalid(exc: ValidationError) -> BadRequest:
+    """A 422 that names each field that is wrong (never echoing the input)."""
+    details = [
+        {"field": ".".join(str(p) for p in err["loc"]) or "body", "message": err["msg"]}
+        for err in exc.errors(include_url=False, include_input=False)
+    ]
+    return BadRequest(422, "invalid_request", "request is invalid", details)
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
@@ -93,11 +102,7 @@ def parse_withdrawal(body: bytes, known_providers: set[str], max_cascade: int) -
     try:
         request = WithdrawalRequest.model_validate(payload)
     except ValidationError as exc:
-        details = [
-            {"field": ".".join(str(p) for p in err["loc"]) or "body", "message": err["msg"]}
-            for err in exc.errors(include_url=False, include_input=False)
-        ]
-        raise BadRequest(422, "invalid_request", "request is invalid", details) from None
+        raise invalid(exc) from None
     unknown = [p for p in request.cascade if p not in known_providers]
     if unknown or len(request.cascade) > max_cascade:
         message = f"unknown providers: {', '.join(unknown)}" if unknown else "cascade too long"

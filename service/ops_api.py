@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse
 from engine import deadletters
 from engine.engine import Origin, QueueFinished, UnknownTask
 from service.api import check_bearer, read_body, services
-from service.models import BadRequest, parse_json
+from service.models import BadRequest, invalid, parse_json
 from service.withdrawals import find_queue_id, withdrawal_view
 from workflows.core import IllegalTransition
 from workflows.withdrawal_events import Cancel, ManualResolved
@@ -50,11 +50,7 @@ async def _body(request: Request, model: type[M]) -> M:
     try:
         return model.model_validate(payload)
     except ValidationError as exc:
-        details = [
-            {"field": ".".join(str(p) for p in e["loc"]) or "body", "message": e["msg"]}
-            for e in exc.errors(include_url=False, include_input=False)
-        ]
-        raise BadRequest(422, "invalid_request", "request is invalid", details) from None
+        raise invalid(exc) from None
 
 
 def _ops(request: Request) -> None:
