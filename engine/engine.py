@@ -15,11 +15,20 @@ import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from psycopg import sql
 
 from engine import metrics
+from engine.contracts import (
+    SYSTEM,
+    Applied,
+    Origin,
+    QueueFinished,
+    Scheduler,
+    StaleEvent,
+    UnknownTask,
+)
 from engine.journal import Conn, Entry, journal
 from workflows.core import (
     Alert,
@@ -32,43 +41,6 @@ from workflows.core import (
 )
 
 MAX_FOLLOW_UPS = 8
-
-
-class StaleEvent(Exception):
-    """The task moved on since the event was produced; nothing was written."""
-
-
-class UnknownTask(Exception):
-    pass
-
-
-class QueueFinished(Exception):
-    """The queue already reached a final status; nothing was changed."""
-
-
-class Scheduler(Protocol):
-    async def defer_activity(self, conn: Conn, task_id: str, activity: str, token: int) -> None: ...
-
-    async def defer_timer(self, conn: Conn, task_id: str, kind: str, due_at: datetime) -> None: ...
-
-    async def defer_notification(self, conn: Conn, queue_id: str) -> None: ...
-
-
-@dataclass(frozen=True)
-class Applied:
-    task_id: str
-    from_status: str
-    to_status: str
-    version: int
-    changed: bool
-
-
-@dataclass(frozen=True)
-class Origin:
-    """Who caused an event, carried into the audit trail and outbox."""
-
-    actor: str = "system"
-    trace_id: str | None = None
 
 
 def event_payload(event: Event) -> dict[str, Any]:
@@ -96,7 +68,7 @@ class Engine:
         *,
         result_of: int | None = None,
         strict: bool = True,
-        origin: Origin = Origin(),
+        origin: Origin = SYSTEM,
     ) -> Applied:
         """Apply `event`. `result_of` is the token of the activity that produced it:
         with `strict`, the result is stale (and dropped) unless that activity is still

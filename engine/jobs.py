@@ -26,7 +26,8 @@ from psycopg_pool import AsyncConnectionPool
 from activities.outcomes import AmbiguousOutcome
 from engine import deadletters, logs, metrics, timers
 from engine.activity import Activity, ActivityContext
-from engine.engine import Engine, Origin, StaleEvent, UnknownTask
+from engine.contracts import Origin, StaleEvent, UnknownTask
+from engine.engine import Engine
 from engine.journal import Conn
 from workflows.core import Event, IllegalTransition
 

@@ -22,8 +22,8 @@ import httpx
 
 from engine import deadletters
 from engine.config import Settings
+from engine.contracts import Origin, UnknownTask
 from engine.embedded import database_url
-from engine.engine import Origin, UnknownTask
 from service.wiring import Services, open_services
 from service.withdrawals import find_queue_id
 from workflows.core import IllegalTransition

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from engine import deadletters
-from engine.engine import Origin, QueueFinished, UnknownTask
+from engine.contracts import Origin, QueueFinished, UnknownTask
 from service.api import check_bearer, read_body, services
 from service.models import BadRequest, invalid, parse_json
 from service.withdrawals import find_queue_id, withdrawal_view

@@ -6,7 +6,8 @@ import uuid
 from typing import Any
 
 from engine import metrics
-from engine.engine import Engine, Origin
+from engine.contracts import Origin
+from engine.engine import Engine
 from engine.journal import Conn
 from service.models import BadRequest, WithdrawalRequest
 from service.rollout import EVERYONE_ON_CASCADE, Policy, RolloutGate

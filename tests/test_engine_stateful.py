@@ -37,8 +37,9 @@ from activities.providers import OrderStatus, StatusResult
 from activities.withdrawal import status_event
 from engine import timers
 from engine.activity import Activity, ActivityContext
+from engine.contracts import Origin, QueueFinished
 from engine.db import apply_schema, open_pool
-from engine.engine import Engine, Origin, QueueFinished
+from engine.engine import Engine
 from engine.jobs import Runtime, apply_webhook, run_activity
 from engine.journal import Conn
 from service.models import WithdrawalRequest

@@ -1,0 +1,49 @@
+"""What the engine promises and expects: its errors, its scheduler, its results."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from engine.journal import Conn
+
+
+class StaleEvent(Exception):
+    """The task moved on since the event was produced; nothing was written."""
+
+
+class UnknownTask(Exception):
+    pass
+
+
+class QueueFinished(Exception):
+    """The queue already reached a final status; nothing was changed."""
+
+
+class Scheduler(Protocol):
+    async def defer_activity(self, conn: Conn, task_id: str, activity: str, token: int) -> None: ...
+
+    async def defer_timer(self, conn: Conn, task_id: str, kind: str, due_at: datetime) -> None: ...
+
+    async def defer_notification(self, conn: Conn, queue_id: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class Applied:
+    task_id: str
+    from_status: str
+    to_status: str
+    version: int
+    changed: bool
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Who caused an event, carried into the audit trail and outbox."""
+
+    actor: str = "system"
+    trace_id: str | None = None
+
+
+SYSTEM = Origin()  # the default origin: the service itself
