@@ -159,6 +159,8 @@ def measure(
         time.sleep(0.5 if sys.stdout.isatty() else 5)
     if sys.stdout.isatty():
         print()  # end the progress bar's line
+    if args.each:
+        print_each(url)
     drift = reconcile(client, url)
     stats, durations = demo_report.collect(url)
     compression = float(market.get("time_compression", 1))
@@ -185,6 +187,19 @@ def measure(
     return 0 if drift == 0 and settled >= total else 1
 
 
+def print_each(url: str) -> None:
+    """Every withdrawal's path through its cascade, one line each."""
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT q.order_id, q.policy, q.status::text,"
+            " string_agg(t.provider || ':' || t.status::text, ' -> ' ORDER BY t.position)"
+            " FROM order_queues q JOIN order_tasks t ON t.queue_id = q.id"
+            " GROUP BY q.id ORDER BY q.order_id"
+        ).fetchall()
+    for order_id, policy, status, path in rows:
+        print(f"{order_id:<20} {policy:<12} {status:<10} {path}")
+
+
 def reconcile(client: StackClient, url: str) -> int:
     """Compare every task's funds with the ledger's holds (the sandbox's op log)."""
     ops = client.ledger_ops()
@@ -208,6 +223,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=180.0)
     parser.add_argument("--market", default=str(MARKET_FILE))
     parser.add_argument("--database", default="payment_demo")
+    parser.add_argument("--each", action="store_true", help="print every withdrawal's path")
     parser.add_argument("--report", default=str(PROJECT_ROOT / "reports" / "demo-report.html"))
     sys.exit(run(parser.parse_args()))
 
