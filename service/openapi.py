@@ -58,11 +58,53 @@ def _ok(description: str) -> dict[str, Any]:
     }
 
 
+_IDENT = {"name": "ident", "in": "path", "required": True, "schema": {"type": "string"}}
+_OPERATOR = {"operator": {"type": "string"}, "reason": {"type": "string"}}
+
+
+def _body(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    schema = {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": properties,
+        "required": required,
+    }
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
+def _ops_get(summary: str) -> dict[str, Any]:
+    return {
+        "get": {
+            "summary": summary,
+            "security": [{"ops": []}],
+            "responses": {"200": _ok(summary), **_errors(401)},
+        }
+    }
+
+
+def _ops_post(summary: str, properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    return {
+        "post": {
+            "summary": summary,
+            "security": [{"ops": []}],
+            "requestBody": _body(properties, required),
+            "responses": {
+                "200": _ok("done"),
+                "202": _ok("accepted"),
+                **_errors(401, 404, 409, 422),
+            },
+        }
+    }
+
+
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {"title": "payment-service", "version": "0.1.0"},
     "components": {
-        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        "securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer", "description": "API_TOKENS"},
+            "ops": {"type": "http", "scheme": "bearer", "description": "OPS_TOKENS"},
+        },
         "schemas": {"Error": _ERROR, "WithdrawalRequest": _REQUEST},
     },
     "paths": {
@@ -137,6 +179,33 @@ OPENAPI: dict[str, Any] = {
                 },
             }
         },
+        "/v1/withdrawals/{ident}/cancel": {
+            "post": {
+                "summary": "Cancel a withdrawal (an order already at a provider runs to its end)",
+                "security": [{"bearer": []}],
+                "parameters": [_IDENT],
+                "requestBody": _body({"reason": {"type": "string"}}, []),
+                "responses": {"202": _ok("cancellation requested"), **_errors(401, 404, 409, 422)},
+            }
+        },
+        "/ops/v1/manual-checks": _ops_get("Tasks awaiting a manual check"),
+        "/ops/v1/dead-letters": _ops_get("Dead letters not yet replayed"),
+        "/ops/v1/attention": _ops_get("Withdrawals flagged for a person"),
+        "/ops/v1/tasks/{task_id}/resolve": _ops_post(
+            "Resolve a manual check",
+            {"outcome": {"enum": ["positive", "negative"]}, **_OPERATOR},
+            ["outcome", "operator", "reason"],
+        ),
+        "/ops/v1/tasks/{task_id}/cancel": _ops_post(
+            "Cancel one task (skip that provider)", _OPERATOR, ["operator", "reason"]
+        ),
+        "/ops/v1/withdrawals/{ident}/cancel": _ops_post(
+            "Cancel a withdrawal", _OPERATOR, ["operator", "reason"]
+        ),
+        "/ops/v1/dead-letters/{dead_letter_id}/replay": _ops_post(
+            "Replay a dead letter", {"operator": {"type": "string"}}, ["operator"]
+        ),
+        "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": _ok("text")}}},
         "/healthz": {"get": {"summary": "Liveness", "responses": {"200": _ok("alive")}}},
         "/readyz": {
             "get": {"summary": "Readiness", "responses": {"200": _ok("ready"), **_errors(503)}}

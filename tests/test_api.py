@@ -170,3 +170,13 @@ def test_replayed_webhook_is_a_no_op(client: StackClient, migrated_url: str) -> 
     assert rows == (1,)
     assert client.withdrawal(queue_id) == view
     assert client.ledger_ops()[task["id"]] == ["freeze", "commit"]
+
+
+def test_openapi_describes_every_route(stack: Any) -> None:
+    from service.api import ROUTES
+    from service.ops_api import CONTROL_ROUTES
+
+    document = httpx.get(f"{stack.api_url}/openapi.json").json()
+    routes = {path for path, _, _ in [*ROUTES, *CONTROL_ROUTES]} - {"/openapi.json"}
+    assert routes <= set(document["paths"])
+    assert document["openapi"].startswith("3.")
