@@ -26,7 +26,13 @@ WHERE t.id = %(task_id)s::uuid
 
 
 async def withdrawal_of_job(conn: Conn, kwargs: dict[str, Any]) -> dict[str, Any] | None:
-    """The queue row (plus task_id) a job's arguments point at, if any."""
+    """The queue row (plus task_id, if the job is about one task) a job points at."""
+    if kwargs.get("queue_id"):  # queue-level jobs, e.g. the outcome callback
+        query = "SELECT NULL::text AS task_id, q.* FROM order_queues q WHERE q.id = %s::uuid"
+        found: dict[str, Any] | None = await (
+            await conn.execute(query, (kwargs["queue_id"],))
+        ).fetchone()
+        return found
     params = {"task_id": kwargs.get("task_id"), "inbox_id": kwargs.get("inbox_id")}
     row: dict[str, Any] | None = await (await conn.execute(_TASK_OF_JOB, params)).fetchone()
     return row

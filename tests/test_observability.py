@@ -146,3 +146,22 @@ def test_core_notification_is_retried_and_recorded_once(client: StackClient) -> 
     assert {got[i]["body"]["status"] for i in ids} == {"COMPLETED"}
     assert all(got[i]["body"]["provider"] == "alpha" for i in ids)
     assert all(got[i]["deliveries"] == 1 for i in ids)  # recorded once: retries were refused
+
+
+def test_undeliverable_notification_is_dead_lettered_then_replayed(client: StackClient) -> None:
+    client.sandbox.put("/core/_admin/faults", json={"error_rate": 1.0})
+    try:
+        queue_id = client.submit(["alpha"]).json()["id"]
+        client.wait_final(queue_id)
+
+        def letter() -> dict[str, Any] | None:
+            letters = client.ops.get("/ops/v1/dead-letters").json()["dead_letters"]
+            return next((d for d in letters if d["queue_id"] == queue_id), None)
+
+        dead = wait_until(letter, 30, "the notification to be dead-lettered", every=0.2)
+        assert (dead["task_name"], dead["task_id"]) == ("notify", None)
+    finally:
+        client.sandbox.put("/core/_admin/faults", json={"error_rate": 0.0})
+    replay = client.ops.post(f"/ops/v1/dead-letters/{dead['id']}/replay", json={"operator": "ana"})
+    assert replay.status_code == 202
+    wait_until(lambda: queue_id in outcomes(client), 20, "the replayed notification")
