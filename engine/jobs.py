@@ -112,6 +112,12 @@ async def run_activity(runtime: Runtime, task_id: str, name: str, token: int) ->
     """Run one activity; returns what happened (for logs and tests)."""
     async with runtime.pool.connection() as conn:
         task, queue = await _load(conn, task_id)
+        logs.bind(
+            task_id=task_id,
+            queue_id=queue["id"],
+            order_id=queue["order_id"],
+            trace_id=queue["trace_id"],
+        )
         if task["activity_token"] != token:
             return "stale"
         spec = runtime.activities[name]
@@ -139,10 +145,11 @@ def build_app(conninfo: str, *, retries: int = 8, retry_base_s: int = 2) -> proc
 
     @contextlib.asynccontextmanager
     async def dead_letter_on_final_failure(
-        context: procrastinate.JobContext,
+        context: procrastinate.JobContext, bind_ids: bool = True
     ) -> AsyncIterator[Runtime]:
         runtime = _runtime(context)
-        await _bind_log_ids(runtime, context.job.task_kwargs)
+        if bind_ids:
+            await _bind_log_ids(runtime, context.job.task_kwargs)
         try:
             yield runtime
         except Exception as exc:
@@ -154,7 +161,8 @@ def build_app(conninfo: str, *, retries: int = 8, retry_base_s: int = 2) -> proc
     async def activity(
         context: procrastinate.JobContext, task_id: str, activity: str, token: int
     ) -> None:
-        async with dead_letter_on_final_failure(context) as runtime:
+        # run_activity loads the task and its withdrawal anyway, and binds the ids then.
+        async with dead_letter_on_final_failure(context, bind_ids=False) as runtime:
             outcome = await run_activity(runtime, task_id, activity, token)
         log.info("activity %s on task %s: %s", activity, task_id, outcome)
 
