@@ -86,7 +86,8 @@ def nats_server_binary() -> str:
     return found
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -96,7 +97,7 @@ def start_embedded_nats(
     port: int | None = None, store: Path | None = None
 ) -> tuple[subprocess.Popen[bytes], str]:
     """Start nats-server with JetStream; the caller owns (and stops) the process."""
-    port = port or _free_port()
+    port = port or free_port()
     store = store or data_dir() / "nats"
     store.mkdir(parents=True, exist_ok=True)
     log = open(store.parent / "nats.log", "ab")  # noqa: SIM115 - lives as long as the server

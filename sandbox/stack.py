@@ -10,7 +10,6 @@ import functools
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,17 +21,12 @@ from typing import Any
 import httpx
 
 from activities.standard_webhooks import new_secret
+from engine.embedded import PROJECT_ROOT, free_port
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = PROJECT_ROOT
 API_TOKEN = "dev-api-token"  # noqa: S105 - sandbox credential
 LEDGER_TOKEN = "dev-ledger-token"  # noqa: S105 - sandbox credential
 OPS_TOKEN = "dev-ops-token"  # noqa: S105 - sandbox credential
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, every: float = 0.05) -> Any:

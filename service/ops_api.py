@@ -57,18 +57,21 @@ def _ops(request: Request) -> None:
     check_bearer(request, services(request).settings.ops_tokens)
 
 
-async def manual_checks(request: Request) -> JSONResponse:
+async def _ops_list(request: Request, key: str, query: str) -> JSONResponse:
     _ops(request)
     async with services(request).pool.connection() as conn:
-        rows = await (
-            await conn.execute(
-                "SELECT t.id::text AS task_id, t.provider, t.provider_ref, t.last_reason,"
-                " t.updated_at, q.id::text AS queue_id, q.order_id, q.amount_minor, q.currency"
-                " FROM order_tasks t JOIN order_queues q ON q.id = t.queue_id"
-                " WHERE t.status = 'MANUAL_CHECK' AND t.target IS NULL ORDER BY t.updated_at"
-            )
-        ).fetchall()
-    return JSONResponse({"tasks": [_jsonable(r) for r in rows]})
+        rows = await (await conn.execute(query)).fetchall()
+    return JSONResponse({key: [_jsonable(r) for r in rows]})
+
+
+async def manual_checks(request: Request) -> JSONResponse:
+    # The same view ops query by hand (schema.sql), so both always agree.
+    return await _ops_list(
+        request,
+        "tasks",
+        "SELECT task_id::text, queue_id::text, order_id, provider, provider_ref, amount_minor,"
+        " currency, last_reason, waiting_since FROM v_manual_check_queue ORDER BY waiting_since",
+    )
 
 
 async def _apply_to_task(request: Request, event: Any, actor: str) -> JSONResponse:
@@ -158,15 +161,12 @@ async def replay_dead_letter(request: Request) -> JSONResponse:
 
 
 async def attention(request: Request) -> JSONResponse:
-    _ops(request)
-    async with services(request).pool.connection() as conn:
-        rows = await (
-            await conn.execute(
-                "SELECT id::text, order_id, status, attention_reason, updated_at"
-                " FROM order_queues WHERE needs_attention ORDER BY updated_at"
-            )
-        ).fetchall()
-    return JSONResponse({"withdrawals": [_jsonable(r) for r in rows]})
+    return await _ops_list(
+        request,
+        "withdrawals",
+        "SELECT id::text, order_id, status, attention_reason, updated_at"
+        " FROM order_queues WHERE needs_attention ORDER BY updated_at",
+    )
 
 
 def _jsonable(row: dict[str, Any]) -> dict[str, Any]:

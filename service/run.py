@@ -13,12 +13,9 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from engine.db import apply_schema
-from engine.embedded import database_url, start_embedded_nats
-
-ROOT = Path(__file__).resolve().parent.parent
+from engine.embedded import PROJECT_ROOT, database_url, start_embedded_nats
 
 
 def main() -> int:
@@ -35,7 +32,7 @@ def main() -> int:
     python = sys.executable
     commands = [[python, "server.py", "--port", str(args.port)]]
     commands += [[python, "worker.py"] for _ in range(args.workers)]
-    children += [subprocess.Popen(c, cwd=ROOT, env=env) for c in commands]  # noqa: S603
+    children += [subprocess.Popen(c, cwd=PROJECT_ROOT, env=env) for c in commands]  # noqa: S603
     print(f"API on http://127.0.0.1:{args.port}, {args.workers} worker(s); Ctrl-C stops")
     stopping = False
 

