@@ -17,9 +17,9 @@ from engine import logs
 from engine.config import Settings
 from engine.db import apply_schema
 from engine.embedded import database_url
-from service.api import ROUTES, bad_request_handler
+from service.api import ROUTES
+from service.edge import EXCEPTION_HANDLERS
 from service.metrics_api import metrics_endpoint
-from service.models import BadRequest
 from service.ops_api import CONTROL_ROUTES
 from service.wiring import open_services
 
@@ -27,7 +27,7 @@ from service.wiring import open_services
 def build_app(settings: Settings) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        app.state.services = await open_services(settings)
+        app.state.services = await open_services(settings, serving_requests=True)
         try:
             yield
         finally:
@@ -38,11 +38,10 @@ def build_app(settings: Settings) -> Starlette:
         for path, handler, methods in [*ROUTES, *CONTROL_ROUTES]
     ]
     routes.append(Route("/metrics", metrics_endpoint, methods=["GET"]))
-    return Starlette(
-        routes=routes,
-        lifespan=lifespan,
-        exception_handlers={BadRequest: bad_request_handler},
-    )
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS)
+    # `/webhooks/alpha/` is not a route: a 404 with the error object, never a redirect.
+    app.router.redirect_slashes = False
+    return app
 
 
 def main() -> None:

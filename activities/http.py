@@ -6,6 +6,7 @@ from typing import Any
 
 import httpx
 
+from activities import strict_json
 from activities.outcomes import AmbiguousOutcome, HttpAnswer
 
 
@@ -18,8 +19,8 @@ async def call(client: httpx.AsyncClient, method: str, url: str, **kwargs: Any) 
         raise AmbiguousOutcome(f"transport:{type(exc).__name__}") from None
     if response.status_code >= 500:
         raise AmbiguousOutcome(f"http_{response.status_code}")
-    try:
-        body = response.json()
+    try:  # strictly: whatever the answer says may be stored (a reason, an order id)
+        body = strict_json.loads(response.content)
     except ValueError:
         raise AmbiguousOutcome(f"unparseable_body_http_{response.status_code}") from None
     if not isinstance(body, dict):

@@ -6,7 +6,6 @@ ambiguous, following the provider's `classify` section in the providers file.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -14,7 +13,7 @@ from typing import Protocol
 
 import httpx
 
-from activities import standard_webhooks
+from activities import standard_webhooks, strict_json
 from activities.http import call
 from activities.outcomes import AmbiguousOutcome, HttpAnswer, Verdict
 from engine.config import ProviderConfig
@@ -73,6 +72,10 @@ class ProviderAdapter(Protocol):
 _KNOWN = {s.value for s in (OrderStatus.PENDING, OrderStatus.SUCCEEDED, OrderStatus.FAILED)}
 
 
+def _known_status(value: object) -> bool:
+    return isinstance(value, str) and value in _KNOWN  # a list is unhashable: check type first
+
+
 class HttpProviderAdapter:
     """The reference protocol. One instance per configured provider."""
 
@@ -105,7 +108,7 @@ class HttpProviderAdapter:
         if answer.status in rules.accepted_statuses:
             status = answer.body.get("status")
             ref = answer.body.get("id")
-            if status not in _KNOWN or not isinstance(ref, str):
+            if not _known_status(status) or not isinstance(ref, str):
                 return CreateResult(Verdict.AMBIGUOUS, reason="accepted_without_order")
             if status == OrderStatus.FAILED:
                 return CreateResult(Verdict.DECLINED, provider_ref=ref, reason="failed_at_create")
@@ -131,8 +134,11 @@ class HttpProviderAdapter:
         if answer.status == 404:
             return StatusResult(OrderStatus.NOT_FOUND)
         status, ref = answer.body.get("status"), answer.body.get("id")
-        if answer.status != 200 or status not in _KNOWN:
+        if answer.status != 200 or not _known_status(status):
             return StatusResult(OrderStatus.UNKNOWN, reason=f"status_http_{answer.status}")
+        if answer.body.get("reference", reference) != reference:
+            # An answer about some other order says nothing about ours.
+            return StatusResult(OrderStatus.UNKNOWN, reason="answer_for_another_order")
         return StatusResult(OrderStatus(str(status)), ref if isinstance(ref, str) else None)
 
     def verify_webhook(
@@ -146,18 +152,20 @@ class HttpProviderAdapter:
 
 
 def _parse_notice(webhook_id: str, body: bytes) -> WebhookNotice:
-    if b"\\u0000" in body:  # PostgreSQL jsonb cannot store NUL; refuse it here, not with a 5xx
-        raise standard_webhooks.WebhookRejected("bad_payload")
+    """Decode strictly (activities.strict_json) and check every field's type: a body
+    that passes is one PostgreSQL's jsonb stores as it is."""
     try:
-        parsed = json.loads(body)
-    except (ValueError, RecursionError):
+        parsed = strict_json.loads(body)
+    except strict_json.NotJson:
         raise standard_webhooks.WebhookRejected("unparseable_body") from None
+    except strict_json.NotStorable:
+        raise standard_webhooks.WebhookRejected("bad_payload") from None
     data = parsed.get("data") if isinstance(parsed, dict) else None
     if not isinstance(data, dict):
         raise standard_webhooks.WebhookRejected("missing_data")
     reference, status, ref = data.get("reference"), data.get("status"), data.get("id")
-    if not isinstance(reference, str) or status not in _KNOWN:
+    if not isinstance(reference, str) or not _known_status(status):
         raise standard_webhooks.WebhookRejected("bad_payload")
-    return WebhookNotice(
-        webhook_id, reference, OrderStatus(str(status)), ref if isinstance(ref, str) else None
-    )
+    if ref is not None and not isinstance(ref, str):
+        raise standard_webhooks.WebhookRejected("bad_payload")
+    return WebhookNotice(webhook_id, reference, OrderStatus(str(status)), ref)

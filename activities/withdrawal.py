@@ -32,19 +32,27 @@ def _amount(ctx: ActivityContext) -> str:
     return format_minor(int(ctx.queue["amount_minor"]), str(ctx.queue["currency"]))
 
 
-def status_event(result: StatusResult) -> Event:
-    """Map a provider status (from a status call or a webhook) to an event."""
+def status_event(result: StatusResult, speaker: str, *, solicited: bool = False) -> Event:
+    """Map a provider status (from a status call or a webhook) to an event.
+
+    `speaker` is the provider that said it; the task machine refuses an
+    observation from any provider but the task's own. `solicited`: the answer to
+    our own status call.
+    """
+    ref = result.provider_ref
     match result.status:
         case OrderStatus.SUCCEEDED:
-            return ProviderSucceeded(result.provider_ref)
+            return ProviderSucceeded(ref, speaker=speaker, solicited=solicited)
         case OrderStatus.FAILED:
-            return ProviderFailed(result.reason or "provider_failed")
+            return ProviderFailed(
+                result.reason or "provider_failed", ref, speaker=speaker, solicited=solicited
+            )
         case OrderStatus.PENDING:
-            return ProviderPending(result.provider_ref)
+            return ProviderPending(ref, speaker=speaker, solicited=solicited)
         case OrderStatus.NOT_FOUND:
-            return ProviderNotFound()
+            return ProviderNotFound(speaker=speaker, solicited=solicited)
         case _:
-            return StatusUnknown(result.reason or "unknown")
+            return StatusUnknown(result.reason or "unknown", speaker=speaker, solicited=solicited)
 
 
 class WithdrawalActivities:
@@ -88,7 +96,7 @@ class WithdrawalActivities:
         adapter = self._adapters[ctx.task["provider"]]
         result = await adapter.get_status(str(ctx.task["id"]), ctx.headers)
         metrics.PROVIDER_OUTCOMES.labels(adapter.name, "status", result.status).inc()
-        return status_event(result)
+        return status_event(result, adapter.name, solicited=True)
 
     async def commit(self, ctx: ActivityContext) -> Event:
         await self._ledger.commit(str(ctx.task["id"]), ctx.headers)

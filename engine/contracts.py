@@ -36,6 +36,7 @@ class Applied:
     to_status: str
     version: int
     changed: bool
+    alerts: tuple[str, ...] = ()  # kinds of the alerts the decision raised
 
 
 @dataclass(frozen=True)

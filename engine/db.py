@@ -16,13 +16,24 @@ _SCHEMA_LOCK = 7_303_001  # advisory lock id: N processes may start at once
 Pool = AsyncConnectionPool[AsyncConnection[DictRow]]
 
 
-async def open_pool(conninfo: str, *, min_size: int = 1, max_size: int = 10) -> Pool:
+async def open_pool(
+    conninfo: str,
+    *,
+    min_size: int = 1,
+    max_size: int = 10,
+    acquire_timeout_s: float = 30.0,
+    check: bool = False,
+) -> Pool:
+    """`check` tests each connection as it is handed out (one round trip), so that
+    after a database restart the first request gets a fresh connection, not a dead one."""
     pool: Pool = AsyncConnectionPool(
         conninfo,
         connection_class=AsyncConnection[DictRow],
         min_size=min_size,
         max_size=max_size,
+        timeout=acquire_timeout_s,
         kwargs={"row_factory": dict_row, "autocommit": True},
+        check=AsyncConnectionPool.check_connection if check else None,
         open=False,
     )
     await pool.open(wait=True, timeout=30)

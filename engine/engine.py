@@ -157,6 +157,7 @@ class Engine:
             version = await self._write_state(conn, row, definition.dump(new_state))
             await self._record(conn, queue, task_id, from_status, to_status, event, origin, version)
             _observe_transition(from_status, to_status, row["updated_at"], self.clock())
+        alerts: list[str] = []
         for command in commands:
             if isinstance(command, FollowUp):
                 if depth >= MAX_FOLLOW_UPS:
@@ -165,15 +166,17 @@ class Engine:
                     conn, queue, task_id, command.event, None, origin, depth + 1
                 )
                 version, to_status = followed.version, followed.to_status
+                alerts += followed.alerts
             elif isinstance(command, RunActivity):
                 await self._issue_activity(conn, task_id, command.activity, version)
             elif isinstance(command, StartTimer):
                 await self.scheduler.defer_timer(conn, task_id, command.kind, command.due_at)
             elif isinstance(command, Alert):
                 await self._alert(conn, queue, task_id, to_status, command, origin)
+                alerts.append(command.kind)
         if depth == 0 and from_status != to_status:
             await self._run_queue_rule(conn, str(queue["id"]), origin)
-        return Applied(task_id, from_status, to_status, version, changed)
+        return Applied(task_id, from_status, to_status, version, changed, tuple(alerts))
 
     async def _issue_activity(self, conn: Conn, task_id: str, activity: str, token: int) -> None:
         # The token names the one activity whose result the task now awaits. Events
@@ -231,6 +234,7 @@ class Engine:
         conn: Conn, queue: dict[str, Any], task_id: str, status: str, alert: Alert, origin: Origin
     ) -> None:
         payload = {"kind": alert.kind, "detail": alert.detail}
+        metrics.on_commit(lambda: metrics.ALERTS.labels(alert.kind).inc())
         await conn.execute(
             "UPDATE order_queues SET needs_attention = true, attention_reason = %s,"
             " updated_at = now() WHERE id = %s",

@@ -229,6 +229,11 @@ async def notify_outcome(runtime: Runtime, queue_id: str) -> str:
 
 async def apply_webhook(runtime: Runtime, inbox_id: int) -> str:
     """Apply a stored webhook exactly once; its outcome is written on the inbox row."""
+    with metrics.transaction_scope():  # the engine's observations count on our commit
+        return await _apply_webhook(runtime, inbox_id)
+
+
+async def _apply_webhook(runtime: Runtime, inbox_id: int) -> str:
     async with runtime.pool.connection() as conn, conn.transaction():
         cur = await conn.execute(
             "SELECT * FROM webhook_inbox WHERE id = %s FOR UPDATE", (inbox_id,)
@@ -244,7 +249,20 @@ async def apply_webhook(runtime: Runtime, inbox_id: int) -> str:
         return outcome
 
 
+# Alerts that mean the webhook was refused, in the order they are reported.
+_REFUSALS = ("wrong_provider", "provider_conflict")
+
+
 async def _apply_inbox_row(runtime: Runtime, conn: Conn, row: dict[str, Any]) -> str:
+    outcome = await _inbox_outcome(runtime, conn, row)
+    provider = str(row["provider"])
+    metrics.on_commit(lambda: metrics.WEBHOOK_OUTCOMES.labels(provider, outcome).inc())
+    if outcome in _REFUSALS:
+        log.warning("webhook %s from %s refused: %s", row["id"], provider, outcome)
+    return outcome
+
+
+async def _inbox_outcome(runtime: Runtime, conn: Conn, row: dict[str, Any]) -> str:
     try:
         task_id, event = runtime.translate_webhook(row)
         origin = Origin(actor=f"provider:{row['provider']}")
@@ -253,4 +271,7 @@ async def _apply_inbox_row(runtime: Runtime, conn: Conn, row: dict[str, Any]) ->
         return "unknown_task"
     except IllegalTransition:
         return "not_applicable"
+    refused = [kind for kind in _REFUSALS if kind in applied.alerts]
+    if refused:
+        return refused[0]
     return "applied" if applied.changed else "ignored"

@@ -50,6 +50,16 @@ LEDGER_ERRORS = Counter("ledger_errors_total", "Ledger calls that failed", ["ope
 CORE_NOTIFICATIONS = Counter(
     "core_notifications_total", "Outcome callbacks to cascade-core", ["result"]
 )
+ALERTS = Counter(
+    "workflow_alerts_total",
+    "Attention alerts raised by decisions (provider_conflict, wrong_provider, ...)",
+    ["kind"],
+)
+WEBHOOK_OUTCOMES = Counter(
+    "webhook_outcomes_total",
+    "Stored webhooks by what applying them did (applied, wrong_provider, ...)",
+    ["provider", "outcome"],
+)
 OUTBOX_PUBLISHED = Counter("outbox_published_total", "Outbox events published to JetStream")
 
 # Database-derived, refreshed by the API server at scrape time.

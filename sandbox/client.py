@@ -88,6 +88,12 @@ class StackClient:
         body = {"reference": reference, "status": status, **extra}
         self.sandbox.post(f"/providers/_admin/{provider}/webhook", json=body).raise_for_status()
 
+    def rename_provider_order(self, provider: str, reference: str, new_id: str) -> None:
+        """Make the sandbox provider answer with another order id for this reference."""
+        self.sandbox.patch(
+            f"/providers/_admin/{provider}/orders/{reference}", json={"id": new_id}
+        ).raise_for_status()
+
     def ledger_ops(self) -> dict[str, list[str]]:
         """Money-moving ledger operations per hold key, in order."""
         ops: dict[str, list[str]] = {}

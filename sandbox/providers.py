@@ -41,6 +41,7 @@ class ProviderApi:
             Route("/_admin/webhooks", admin(self.list_webhooks), methods=["GET"]),
             Route("/_admin/reset", admin(self.reset), methods=["POST"]),
             Route("/_admin/{name}/webhook", admin(self.send_webhook), methods=["POST"]),
+            Route("/_admin/{name}/orders/{reference}", admin(self.patch_order), methods=["PATCH"]),
             Route("/_admin/{name}", admin(self.put_provider), methods=["PUT"]),
             Route("/{name}/v1/orders", self.create_order, methods=["POST"]),
             Route("/{name}/v1/orders/{reference}", self.get_order, methods=["GET"]),
@@ -132,6 +133,18 @@ class ProviderApi:
                 "hang_ms": provider.hang_ms,
             }
         )
+
+    async def patch_order(self, request: Request) -> Response:
+        """Misbehave on purpose: give an order another id, as a confused provider might."""
+        key = (request.path_params["name"], request.path_params["reference"])
+        order = self.sim.orders.get(key)
+        if order is None:
+            return error(404, "not_found", "no order for this reference")
+        new_id = (await json_object(request)).get("id")
+        if not isinstance(new_id, str) or not 0 < len(new_id) <= 64:
+            return error(422, "invalid_request", "id must be a string of 1..64 characters")
+        order.id = new_id
+        return JSONResponse(order.admin_json())
 
     async def send_webhook(self, request: Request) -> Response:
         """(Re)send a signed webhook for an existing order now; waits for the delivery."""

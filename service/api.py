@@ -16,7 +16,8 @@ from starlette.responses import JSONResponse
 
 from activities.standard_webhooks import WebhookRejected
 from engine import logs, metrics
-from service.models import BadRequest, parse_withdrawal
+from service.edge import error_response, require_json
+from service.models import BadRequest, parse_withdrawal, withdrawal_ident
 from service.openapi import OPENAPI
 from service.wiring import Services
 from service.withdrawals import events_view, find_queue, submit, withdrawal_view
@@ -32,10 +33,6 @@ def services(request: Request) -> Services:
     return found
 
 
-def error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse(BadRequest(status, code, message).body(), status_code=status)
-
-
 def check_bearer(request: Request, tokens: Sequence[SecretStr]) -> None:
     header = request.headers.get("authorization", "")
     scheme, _, offered = header.partition(" ")
@@ -47,7 +44,8 @@ def check_bearer(request: Request, tokens: Sequence[SecretStr]) -> None:
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """Refuse oversized bodies before reading (and parsing) them."""
+    """Refuse other media types, and oversized bodies before reading (and parsing) them."""
+    require_json(request)
     declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > limit):
         raise BadRequest(413, "body_too_large", f"body exceeds {limit} bytes")
@@ -85,7 +83,7 @@ async def _queue_or_404(request: Request) -> tuple[Services, str]:
     svc = services(request)
     check_bearer(request, svc.settings.api_tokens)
     async with svc.pool.connection() as conn:
-        found = await find_queue(conn, request.path_params["ident"])
+        found = await find_queue(conn, withdrawal_ident(request))
     if found is None or found["queue_id"] is None:
         raise BadRequest(404, "not_found", "no such withdrawal")
     logs.bind(**found)
@@ -146,17 +144,12 @@ async def readyz(request: Request) -> JSONResponse:
         async with services(request).pool.connection(timeout=2) as conn:
             await conn.execute("SELECT 1 FROM order_queues LIMIT 1")
     except Exception:  # any failure means "not ready"; the detail goes to the log only
-        return error(503, "not_ready", "database unavailable")
+        return error_response(503, "not_ready", "database unavailable")
     return JSONResponse({"status": "ready"})
 
 
 async def openapi(_request: Request) -> JSONResponse:
     return JSONResponse(OPENAPI)
-
-
-def bad_request_handler(_request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, BadRequest)
-    return JSONResponse(exc.body(), status_code=exc.status)
 
 
 ROUTES: list[tuple[str, Any, list[str]]] = [

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from activities import strict_json
 from workflows.money import InvalidAmount, is_known_currency, parse_amount
 
 _ID = r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,63}$"
+IDENT = re.compile(_ID)  # an order_id; our withdrawal ids (UUIDs) match it too
 
 
 class BadRequest(Exception):
@@ -25,6 +28,15 @@ class BadRequest(Exception):
         if self.details is not None:
             error["details"] = self.details
         return {"error": error}
+
+
+def withdrawal_ident(request: Any) -> str:
+    """The `{ident}` path parameter: our id or cascade-core's order_id. Anything
+    else (a NUL, a space, 200 characters) cannot name a withdrawal: a 404."""
+    ident = str(request.path_params["ident"])
+    if not IDENT.fullmatch(ident):
+        raise BadRequest(404, "not_found", "no such withdrawal")
+    return ident
 
 
 class WithdrawalRequest(BaseModel):
@@ -83,15 +95,15 @@ def invalid(exc: ValidationError) -> BadRequest:
     return BadRequest(422, "invalid_request", "request is invalid", details)
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
 def parse_json(body: bytes) -> Any:
-    """Strict JSON: no NaN/Infinity, no pathological nesting, UTF-8 only."""
+    """Strict JSON (activities.strict_json): a 400 when it is not JSON, a 422 naming
+    the field when a string is one PostgreSQL cannot store."""
     try:
-        return json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
-    except (ValueError, RecursionError):
+        return strict_json.loads(body)
+    except strict_json.NotStorable as exc:
+        details = [{"field": exc.field, "message": exc.message}]
+        raise BadRequest(422, "invalid_request", "request is invalid", details) from None
+    except strict_json.NotJson:
         raise BadRequest(400, "invalid_json", "body is not valid JSON") from None
 
 

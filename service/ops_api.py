@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse
 from engine import deadletters
 from engine.contracts import Origin, QueueFinished, UnknownTask
 from service.api import check_bearer, read_body, services
-from service.models import BadRequest, invalid, parse_json
+from service.models import BadRequest, invalid, parse_json, withdrawal_ident
 from service.withdrawals import find_queue_id, withdrawal_view
 from workflows.core import IllegalTransition
 from workflows.withdrawal_events import Cancel, ManualResolved
@@ -110,7 +110,7 @@ async def cancel_task(request: Request) -> JSONResponse:
 async def cancel_withdrawal(request: Request, actor: str, reason: str) -> JSONResponse:
     svc = services(request)
     async with svc.pool.connection() as conn:
-        queue_id = await find_queue_id(conn, request.path_params["ident"])
+        queue_id = await find_queue_id(conn, withdrawal_ident(request))
         if queue_id is None:
             raise BadRequest(404, "not_found", "no such withdrawal")
         try:
@@ -148,10 +148,10 @@ async def replay_dead_letter(request: Request) -> JSONResponse:
     _ops(request)
     body = await _body(request, Replay)
     svc = services(request)
-    try:
-        dead_letter_id = int(request.path_params["dead_letter_id"])
-    except ValueError:
-        raise BadRequest(404, "not_found", "no such dead letter") from None
+    raw_id = str(request.path_params["dead_letter_id"])
+    if not (raw_id.isascii() and raw_id.isdigit() and len(raw_id) <= 18):  # a bigint
+        raise BadRequest(404, "not_found", "no such dead letter")
+    dead_letter_id = int(raw_id)
     async with svc.pool.connection() as conn:
         try:
             job_id = await deadletters.replay(conn, svc.app, dead_letter_id, body.operator)

@@ -44,16 +44,27 @@ class Services:
 
 
 def translate_webhook(row: dict[str, Any]) -> tuple[str, Event]:
-    """Inbox row -> (task id, event). The provider's reference is our task id."""
+    """Inbox row -> (task id, event). The provider's reference is our task id; the
+    provider whose secret verified the webhook is the event's speaker."""
     data = row["body"]["data"]
     task_id = str(uuid.UUID(str(data["reference"])))
     result = StatusResult(OrderStatus(data["status"]), data.get("id"))
-    return task_id, status_event(result)
+    return task_id, status_event(result, row["provider"])
 
 
-async def open_services(settings: Settings, *, pool_size: int = 10) -> Services:
+async def open_services(
+    settings: Settings, *, pool_size: int = 10, serving_requests: bool = False
+) -> Services:
+    """`serving_requests` (the API): checked connections and a short wait for one,
+    so a client gets a 503 to retry rather than a hung request or a dead connection.
+    Jobs keep the pool's long wait: a short outage should delay them, not fail them."""
     providers = settings.providers()
-    pool = await open_pool(settings.database_url, max_size=pool_size)
+    pool = await open_pool(
+        settings.database_url,
+        max_size=pool_size,
+        acquire_timeout_s=settings.db_acquire_timeout_s if serving_requests else 30.0,
+        check=serving_requests,
+    )
     app = build_app(
         settings.database_url,
         retries=settings.activity_max_retries,

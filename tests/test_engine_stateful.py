@@ -167,7 +167,7 @@ class World:
                 result = StatusResult(OrderStatus.NOT_FOUND)
             else:
                 result = StatusResult(OrderStatus(self.orders[task_id]), f"ord-{task_id}")
-            return status_event(result)
+            return status_event(result, str(ctx.task["provider"]))
 
         async def commit(ctx: ActivityContext) -> Event:
             self._maybe_ambiguous()
@@ -328,11 +328,14 @@ def build_machine(url: str) -> type[RuleBasedStateMachine]:
             self.world.orders[data.draw(st.sampled_from(pending))] = fate
 
         @precondition(lambda self: self.world.orders)
-        @rule(data=st.data(), stale=st.booleans(), repeat=st.booleans())
-        def webhook(self, data: st.DataObject, stale: bool, repeat: bool) -> None:
-            """The provider reports an order's state; maybe an old 'pending', maybe twice."""
+        @rule(data=st.data(), stale=st.booleans(), repeat=st.booleans(), forged=st.booleans())
+        def webhook(self, data: st.DataObject, stale: bool, repeat: bool, forged: bool) -> None:
+            """The provider reports an order's state; maybe an old 'pending', maybe twice.
+            Or another provider, with a valid signature of its own, lies about it."""
             task_id = data.draw(st.sampled_from(list(self.world.orders)))
             status = "pending" if stale else self.world.orders[task_id]
+            if forged:
+                status = data.draw(st.sampled_from(["succeeded", "failed"]))
             body = {
                 "type": "order.updated",
                 "data": {"id": f"ord-{task_id}", "reference": task_id, "status": status},
@@ -340,14 +343,20 @@ def build_machine(url: str) -> type[RuleBasedStateMachine]:
             rows = run(
                 self._query(
                     "INSERT INTO webhook_inbox (provider, webhook_id, reference, body)"
-                    " VALUES ('p0', %s, %s, %s::jsonb) RETURNING id",
+                    " SELECT CASE WHEN %s THEN 'intruder' ELSE provider END, %s, %s, %s::jsonb"
+                    " FROM order_tasks WHERE id = %s RETURNING id",
+                    forged,
                     uuid.uuid4().hex,
                     task_id,
                     json.dumps(body),
+                    task_id,
                 )
             )
-            for _ in range(2 if repeat else 1):
-                run(apply_webhook(self.runtime, rows[0]["id"]))
+            outcomes = [
+                run(apply_webhook(self.runtime, rows[0]["id"])) for _ in range(2 if repeat else 1)
+            ]
+            if forged:
+                assert outcomes[0] == "wrong_provider", outcomes
 
         @precondition(lambda self: self.tasks)
         @rule(data=st.data())

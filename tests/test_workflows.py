@@ -472,8 +472,8 @@ EXECUTING_ROWS = [
     row(
         "executing-success-commits",
         EXECUTING,
-        ProviderSucceeded("prov-ref-2"),
-        replace(EXECUTING, target=S.SUCCEEDED, provider_ref="prov-ref-2"),
+        ProviderSucceeded(REF),
+        replace(EXECUTING, target=S.SUCCEEDED),
         [COMMIT],
     ),
     row(

@@ -28,6 +28,12 @@ apply are ignored: a timer whose deadline was moved, a pending status after the
 task ended. A provider that contradicts a final state raises an Alert; no money
 moves without a decision.
 
+Before the table is consulted, a provider observation is checked against the
+task it names (`h.foreign_observation`): one spoken by another provider than the
+task's own (`wrong_provider`), or naming another provider order than the one
+recorded (`provider_conflict`), raises an Alert and changes nothing, whatever
+the row would have done. A provider can only speak for its own orders.
+
 Cancellation rule: a task with no order at a provider is CANCELLED and its hold
 released. A task whose create call may have left (`order_submitted`) is never
 released blindly: it is marked `cancel_requested`, runs to its own end, and the
@@ -134,4 +140,4 @@ def decide(state: TaskState, event: Event, now: datetime) -> Decision:
     handler = TRANSITIONS.get((state.status, type(event)))
     if handler is None:
         raise IllegalTransition(state.status, event.name)
-    return handler(state, event, now)
+    return h.foreign_observation(state, event) or handler(state, event, now)

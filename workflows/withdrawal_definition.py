@@ -29,7 +29,9 @@ from workflows.withdrawal_events import (
     Timing,
 )
 
-PERSISTED = tuple(f.name for f in fields(TaskState) if f.name != "timing")
+# `timing` comes from configuration and `provider` is fixed at submission: neither
+# is state that a transition writes.
+PERSISTED = tuple(f.name for f in fields(TaskState) if f.name not in {"timing", "provider"})
 
 
 def queue_decide(
@@ -65,7 +67,7 @@ class WithdrawalDefinition:
         values["funds"] = Funds(values["funds"])
         if values["target"] is not None:
             values["target"] = TaskStatus(values["target"])
-        return TaskState(**values, timing=context)
+        return TaskState(**values, timing=context, provider=row.get("provider"))
 
     @staticmethod
     def dump(state: TaskState) -> dict[str, Any]:

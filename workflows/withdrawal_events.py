@@ -82,6 +82,9 @@ class TaskState:
     status_deadline: datetime | None = None
     last_reason: str | None = None
     timing: Timing = field(default=Timing(), compare=False)
+    # Who the task's order belongs to: only this provider may speak for it. Fixed
+    # at submission, so it is loaded with the row but never written back.
+    provider: str | None = field(default=None, compare=False)
 
 
 # Queue-level events -----------------------------------------------------------
@@ -128,6 +131,9 @@ class NothingToRelease(Event):
 
 
 # Provider results and observations ----------------------------------------------
+# `speaker` on an observation is the provider it came from (the webhook's verified
+# signer, or the adapter that answered a status call); None for our own inferences.
+# `solicited` marks the answer to our own status call, as opposed to a webhook.
 @dataclass(frozen=True)
 class OrderSubmitting(Event):
     """Recorded just before the create call leaves, so cancel knows it may exist."""
@@ -157,26 +163,45 @@ class BeginRecheck(Event):
 @dataclass(frozen=True)
 class ProviderSucceeded(Event):
     provider_ref: str | None = None
+    speaker: str | None = None
+    solicited: bool = False
 
 
 @dataclass(frozen=True)
 class ProviderFailed(Event):
     reason: str = "provider_failed"
+    provider_ref: str | None = None
+    speaker: str | None = None
+    solicited: bool = False
 
 
 @dataclass(frozen=True)
 class ProviderPending(Event):
     provider_ref: str | None = None
+    speaker: str | None = None
+    solicited: bool = False
 
 
 @dataclass(frozen=True)
 class ProviderNotFound(Event):
-    pass
+    speaker: str | None = None
+    solicited: bool = False
 
 
 @dataclass(frozen=True)
 class StatusUnknown(Event):
     reason: str
+    speaker: str | None = None
+    solicited: bool = False
+
+
+PROVIDER_OBSERVATIONS = (
+    ProviderSucceeded,
+    ProviderFailed,
+    ProviderPending,
+    ProviderNotFound,
+    StatusUnknown,
+)
 
 
 @dataclass(frozen=True)

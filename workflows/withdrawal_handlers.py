@@ -19,6 +19,7 @@ from workflows.core import (
     StartTimer,
 )
 from workflows.withdrawal_events import (
+    PROVIDER_OBSERVATIONS,
     TERMINAL,
     BeginRecheck,
     Funds,
@@ -51,6 +52,29 @@ FREEZE, CREATE, CHECK, COMMIT, RELEASE = (
 
 def unchanged(state: TaskState, _event: Event, _now: datetime) -> Decision:
     return state, []
+
+
+def foreign_observation(state: TaskState, event: Event) -> Decision | None:
+    """An observation that is not about this task's order: alert, change nothing.
+
+    Checked before every row, so that a provider holding a valid signature can
+    never settle (or release) another provider's task, nor another order's. The
+    answer to our own status call is, for that call's purpose, no answer at all:
+    it goes on as StatusUnknown, so polling and rechecks keep their course.
+    """
+    if not isinstance(event, PROVIDER_OBSERVATIONS):
+        return None
+    ref = getattr(event, "provider_ref", None)
+    if event.speaker is not None and event.speaker != state.provider:
+        alert = Alert("wrong_provider", f"{event.speaker} reported on an order of {state.provider}")
+    elif ref is not None and state.provider_ref is not None and ref != state.provider_ref:
+        detail = f"provider order {ref} is not this task's order {state.provider_ref}"
+        alert = Alert("provider_conflict", detail)
+    else:
+        return None
+    if event.solicited and state.status in (S.EXECUTING, S.RECHECKING):
+        return state, [alert, FollowUp(StatusUnknown(alert.kind))]
+    return state, [alert]
 
 
 # PENDING ------------------------------------------------------------------------
