@@ -14,6 +14,8 @@ import pytest
 from activities.standard_webhooks import signed_headers
 from sandbox.client import StackClient
 
+JSON = {"Content-Type": "application/json"}
+
 
 def test_identical_replay_returns_the_same_withdrawal(client: StackClient) -> None:
     order_id = f"ord-{uuid.uuid4().hex[:8]}"
@@ -87,11 +89,11 @@ def test_three_decimal_currency_is_accepted(client: StackClient) -> None:
 
 
 def test_malformed_and_oversized_bodies(client: StackClient) -> None:
-    bad = client.api.post("/v1/withdrawals", content=b'{"amount": NaN}')
+    bad = client.api.post("/v1/withdrawals", content=b'{"amount": NaN}', headers=JSON)
     assert (bad.status_code, bad.json()["error"]["code"]) == (400, "invalid_json")
-    deep = client.api.post("/v1/withdrawals", content=b"[" * 5000 + b"]" * 5000)
+    deep = client.api.post("/v1/withdrawals", content=b"[" * 5000 + b"]" * 5000, headers=JSON)
     assert deep.status_code in (400, 413)
-    big = client.api.post("/v1/withdrawals", content=b" " * (65 * 1024))
+    big = client.api.post("/v1/withdrawals", content=b" " * (65 * 1024), headers=JSON)
     assert big.status_code == 413
 
 
@@ -126,7 +128,9 @@ def _webhook(
         }
     ).encode()
     headers = signed_headers(secret, webhook_id, timestamp, body)
-    return httpx.post(f"{client.stack.api_url}/webhooks/alpha", content=body, headers=headers)
+    return httpx.post(
+        f"{client.stack.api_url}/webhooks/alpha", content=body, headers={**headers, **JSON}
+    )
 
 
 def test_forged_expired_and_malformed_webhooks_change_nothing(client: StackClient) -> None:
@@ -144,7 +148,7 @@ def test_forged_expired_and_malformed_webhooks_change_nothing(client: StackClien
         {"webhook-id": "a", "webhook-timestamp": str(now), "webhook-signature": "junk"},
     ):
         response = httpx.post(
-            f"{client.stack.api_url}/webhooks/alpha", content=b"\xff\xfe", headers=headers
+            f"{client.stack.api_url}/webhooks/alpha", content=b"\xff\xfe", headers={**headers, **JSON}
         )
         assert 400 <= response.status_code < 500, response.text
     after = client.withdrawal(queue_id)["tasks"][0]

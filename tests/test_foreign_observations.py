@@ -35,9 +35,7 @@ EXECUTING = TaskState(
     webhook_deadline=NOW + timedelta(minutes=15),
     provider="alpha",
 )
-POLLING = replace(
-    EXECUTING, timing=Timing(poll_interval=timedelta(seconds=30)), next_check_at=None
-)
+POLLING = replace(EXECUTING, timing=Timing(poll_interval=timedelta(seconds=30)), next_check_at=None)
 CREATING = TaskState(S.CREATING, funds=Funds.FROZEN, order_submitted=True, provider="alpha")
 RECHECKING = TaskState(
     S.RECHECKING, funds=Funds.FROZEN, order_submitted=True, recheck_attempts=1, provider="alpha"
