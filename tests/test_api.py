@@ -148,7 +148,9 @@ def test_forged_expired_and_malformed_webhooks_change_nothing(client: StackClien
         {"webhook-id": "a", "webhook-timestamp": str(now), "webhook-signature": "junk"},
     ):
         response = httpx.post(
-            f"{client.stack.api_url}/webhooks/alpha", content=b"\xff\xfe", headers={**headers, **JSON}
+            f"{client.stack.api_url}/webhooks/alpha",
+            content=b"\xff\xfe",
+            headers={**headers, **JSON},
         )
         assert 400 <= response.status_code < 500, response.text
     after = client.withdrawal(queue_id)["tasks"][0]

@@ -3,6 +3,7 @@ no input reaches a 500, and every error is the JSON error object."""
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 import uuid
@@ -21,12 +22,17 @@ JSON = {"Content-Type": "application/json"}
 
 
 def post_webhook(
-    client: StackClient, provider: str, signer: str, body: bytes, content_type: str | None = None
+    client: StackClient,
+    provider: str,
+    signer: str,
+    body: bytes,
+    content_type: str | None = "application/json",
 ) -> tuple[httpx.Response, str]:
     """POST to /webhooks/{provider}, validly signed with `signer`'s secret."""
     webhook_id = f"msg_{uuid.uuid4().hex}"
     headers = signed_headers(client.stack.secrets[signer], webhook_id, int(time.time()), body)
-    headers["Content-Type"] = content_type or "application/json"
+    if content_type is not None:
+        headers["Content-Type"] = content_type
     url = f"{client.stack.api_url}/webhooks/{provider}"
     return httpx.post(url, content=body, headers=headers), webhook_id
 
@@ -84,7 +90,7 @@ def test_webhook_signed_by_another_provider_changes_nothing(
     ]
     assert [a.status_code for a, _ in answers] == [202, 202]  # verified and stored, then refused
     for _, webhook_id in answers:
-        outcome = wait_until(lambda w=webhook_id: inbox_outcome(migrated_url, w), 10, "the webhook")
+        outcome = wait_until(functools.partial(inbox_outcome, migrated_url, webhook_id), 10, "it")
         assert outcome == "wrong_provider"
     assert snapshot(client, migrated_url, queue_id) == before
     refused = delta(
@@ -115,7 +121,7 @@ def test_webhook_naming_another_provider_order_is_a_conflict(
     assert outcome == "provider_conflict"
     assert snapshot(client, migrated_url, queue_id) == before
     client.send_webhook("alpha", task["id"], "failed")  # the real order's own answer
-    assert [t["status"] for t in client.wait_final(queue_id)["tasks"]][0] == "FAILED"
+    assert client.wait_final(queue_id)["tasks"][0]["status"] == "FAILED"
 
 
 def test_status_answer_about_another_order_is_refused_and_polling_goes_on(
@@ -142,3 +148,180 @@ def test_status_answer_about_another_order_is_refused_and_polling_goes_on(
     client.rename_provider_order("poller", task["id"], task["provider_ref"])
     assert order["id"] == "ord_renamed"
     assert client.wait_final(queue_id)["tasks"][0]["status"] == "SUCCEEDED"
+
+
+# No input reaches a 500 -----------------------------------------------------------------------
+def assert_error_object(response: httpx.Response, status: int | None = None) -> dict[str, Any]:
+    assert 400 <= response.status_code < 500, (response.status_code, response.text)
+    if status is not None:
+        assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    error = response.json()["error"]
+    assert isinstance(error["code"], str) and isinstance(error["message"], str)
+    return dict(error)
+
+
+NUL_PATHS = [
+    ("GET", "/v1/withdrawals/%00", "api"),
+    ("GET", "/v1/withdrawals/a%00b", "api"),
+    ("GET", "/v1/withdrawals/%00/events", "api"),
+    ("POST", "/v1/withdrawals/%00/cancel", "api"),
+    ("POST", "/v1/withdrawals/a%00b/cancel", "api"),
+    ("POST", "/ops/v1/withdrawals/%00/cancel", "ops"),
+    ("POST", "/ops/v1/tasks/%00/resolve", "ops"),
+    ("POST", "/ops/v1/tasks/%00/cancel", "ops"),
+    ("POST", "/ops/v1/dead-letters/%00/replay", "ops"),
+    ("POST", "/ops/v1/dead-letters/99999999999999999999999/replay", "ops"),
+    ("POST", "/ops/v1/dead-letters/%D9%A1/replay", "ops"),  # an Arabic-Indic digit
+    ("POST", "/webhooks/%00", "api"),
+]
+BODY = {"operator": "ana", "reason": "checked"}
+
+
+@pytest.mark.parametrize(("method", "path", "token"), NUL_PATHS, ids=lambda v: str(v))
+def test_unstorable_path_parameters_are_a_4xx(
+    client: StackClient, method: str, path: str, token: str
+) -> None:
+    http = client.api if token == "api" else client.ops
+    body = {"operator": "ana", "reason": "checked"}  # a valid body: only the path is wrong
+    if path.startswith("/v1/"):
+        body = {"reason": "x"}
+    elif path.endswith("/resolve"):
+        body |= {"outcome": "negative"}
+    elif path.endswith("/replay"):
+        body = {"operator": "ana"}
+    response = http.request(method, path, json=body if method == "POST" else None)
+    assert_error_object(response, 404)
+
+
+UNSTORABLE_TEXT = ["a\x00b", "\ud800", "ok\udfff"]
+
+
+@pytest.mark.parametrize("text", UNSTORABLE_TEXT, ids=["nul", "lone-high", "lone-low"])
+def test_unstorable_text_in_bodies_is_a_422_naming_the_field(
+    client: StackClient, migrated_url: str, text: str
+) -> None:
+    client.set_provider("alpha", behaviour="never_answers")
+    queue_id = client.submit(["alpha", "beta"]).json()["id"]
+    client.wait_task_status(queue_id, 0, "EXECUTING")
+    task_id = client.withdrawal(queue_id)["tasks"][0]["id"]
+    before = snapshot(client, migrated_url, queue_id)
+    # json.dumps writes "\u0000" and "\ud800" escapes, the way a client would send them
+    calls = [
+        (client.api, f"/v1/withdrawals/{queue_id}/cancel", {"reason": text}, "reason"),
+        (client.ops, f"/ops/v1/withdrawals/{queue_id}/cancel", {**BODY, "reason": text}, "reason"),
+        (
+            client.ops,
+            f"/ops/v1/tasks/{task_id}/cancel",
+            {"operator": text, "reason": "r"},
+            "operator",
+        ),
+        (client.api, "/v1/withdrawals", {"order_id": "o", "merchant_id": text}, "merchant_id"),
+        (client.api, "/v1/withdrawals", {text: 1}, ""),
+    ]
+    for http, path, payload, field in calls:
+        response = http.post(path, content=json.dumps(payload).encode(), headers=JSON)
+        error = assert_error_object(response, 422)
+        assert any(field in d["field"] for d in error["details"]), error
+    client.set_provider("alpha", behaviour="never_answers")
+    assert snapshot(client, migrated_url, queue_id) == before
+    client.send_webhook("alpha", task_id, "succeeded")
+    client.wait_final(queue_id)
+
+
+POISON_WEBHOOKS = {
+    "nan": b'{"type":"order.updated","data":{"reference":"%s","status":"succeeded","x":NaN}}',
+    "-infinity": b'{"type":"order.updated","data":{"reference":"%s","status":"succeeded","x":-Infinity}}',
+    "lone-surrogate": b'{"type":"order.updated","data":{"reference":"%s","status":"succeeded","x":"\\ud800"}}',
+    "nul": b'{"type":"order.updated","data":{"reference":"%s\\u0000","status":"succeeded"}}',
+    "status-list": b'{"type":"order.updated","data":{"reference":"%s","status":["succeeded"]}}',
+    "status-null": b'{"type":"order.updated","data":{"reference":"%s","status":null}}',
+    "id-number": b'{"type":"order.updated","data":{"reference":"%s","status":"succeeded","id":7}}',
+    "data-list": b'{"type":"order.updated","data":["%s"]}',
+}
+
+
+def poison_bodies(task_id: str) -> dict[str, bytes]:
+    bodies = {name: template % task_id.encode() for name, template in POISON_WEBHOOKS.items()}
+    good = order_update(task_id, "succeeded").decode()
+    bodies["utf-16-bom"] = good.encode("utf-16")
+    bodies["utf-16-le"] = good.encode("utf-16-le")
+    bodies["utf-8-bom"] = b"\xef\xbb\xbf" + good.encode()
+    return bodies
+
+
+def test_validly_signed_poisonous_webhooks_are_a_400_and_never_stored(
+    client: StackClient, migrated_url: str
+) -> None:
+    queue_id, task = executing_at_alpha(client)
+    before = snapshot(client, migrated_url, queue_id)
+    sent = []
+    for name, body in poison_bodies(task["id"]).items():
+        response, webhook_id = post_webhook(client, "alpha", "alpha", body)
+        error = assert_error_object(response, 400)
+        assert error["code"] == "webhook_rejected", (name, error)
+        sent.append(webhook_id)
+    with psycopg.connect(migrated_url) as conn:
+        stored = conn.execute(
+            "SELECT count(*) FROM webhook_inbox WHERE webhook_id = ANY(%s)", (sent,)
+        ).fetchone()
+    assert stored == (0,)
+    assert snapshot(client, migrated_url, queue_id) == before
+    client.send_webhook("alpha", task["id"], "succeeded")
+    client.wait_final(queue_id)
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [None, "text/plain", "application/xml", "application/json; charset=latin-1", "json"],
+)
+def test_json_routes_refuse_other_media_types(
+    client: StackClient, migrated_url: str, content_type: str | None
+) -> None:
+    headers = {"Content-Type": content_type} if content_type else {}
+    order_id = f"ord-{uuid.uuid4().hex[:8]}"
+    submission = {
+        "order_id": order_id,
+        "merchant_id": "m-1",
+        "amount": "10.00",
+        "currency": "EUR",
+        "cascade": ["alpha"],
+    }
+    refused = client.api.post("/v1/withdrawals", content=json.dumps(submission), headers=headers)
+    assert assert_error_object(refused, 415)["code"] == "unsupported_media_type"
+    assert client.api.get(f"/v1/withdrawals/{order_id}").status_code == 404
+    ops = client.ops.post("/ops/v1/withdrawals/x/cancel", content=json.dumps(BODY), headers=headers)
+    assert_error_object(ops, 415)
+    body = order_update(str(uuid.uuid4()), "succeeded")
+    webhook, _ = post_webhook(client, "alpha", "alpha", body, content_type)
+    assert_error_object(webhook, 415)
+
+
+def test_json_with_utf8_charset_is_accepted(client: StackClient) -> None:
+    headers = {"Content-Type": "application/json; charset=UTF-8"}
+    body = {"order_id": f"ord-{uuid.uuid4().hex[:8]}", "merchant_id": "m-1", "amount": "1.00"}
+    body |= {"currency": "EUR", "cascade": ["alpha"]}
+    response = client.api.post("/v1/withdrawals", content=json.dumps(body), headers=headers)
+    assert response.status_code == 201
+    client.wait_final(response.json()["id"])
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "code"),
+    [
+        ("GET", "/nope", 404, "not_found"),
+        ("POST", "/webhooks/alpha/", 404, "not_found"),
+        ("GET", "/v1/withdrawals/", 404, "not_found"),
+        ("DELETE", "/v1/withdrawals", 405, "method_not_allowed"),
+        ("GET", "/webhooks/alpha", 405, "method_not_allowed"),
+        ("PUT", "/ops/v1/manual-checks", 405, "method_not_allowed"),
+        ("POST", "/metrics", 405, "method_not_allowed"),
+    ],
+)
+def test_unknown_routes_and_wrong_methods_answer_the_error_object(
+    client: StackClient, method: str, path: str, status: int, code: str
+) -> None:
+    response = client.api.request(method, path, follow_redirects=False)
+    assert assert_error_object(response, status)["code"] == code
+    if status == 405:
+        assert response.headers["allow"]

@@ -1,0 +1,93 @@
+"""PostgreSQL crashes under the running API: clients get a 503 they can retry, never a
+500, and the API recovers on its own when the database is back."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from engine.db import apply_schema
+from sandbox.client import StackClient
+from sandbox.stack import ProviderSpec, Stack, wait_until
+from tests.own_postgres import OwnPostgres
+
+
+@pytest.fixture(scope="module")
+def own_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnPostgres]:
+    server = OwnPostgres(tmp_path_factory.mktemp("own-pg") / "pg")
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="module")
+def api_only(own_postgres: OwnPostgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The sandbox and the API on the test's own database; no worker is needed."""
+    url = own_postgres.database("outage")
+    apply_schema(url)
+    stack = Stack(
+        url,
+        tmp_path_factory.mktemp("outage-stack"),
+        [ProviderSpec("alpha")],
+        workers=0,
+        extra_env={"DB_ACQUIRE_TIMEOUT_S": "1"},
+    )
+    stack.start()
+    try:
+        yield StackClient(stack)
+    finally:
+        stack.stop()
+
+
+def submission() -> dict[str, Any]:
+    return {
+        "order_id": f"ord-{uuid.uuid4().hex[:10]}",
+        "merchant_id": "m-1",
+        "amount": "10.00",
+        "currency": "EUR",
+        "cascade": ["alpha"],
+    }
+
+
+def assert_unavailable(response: httpx.Response) -> None:
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["code"] == "database_unavailable"
+    assert int(response.headers["retry-after"]) >= 1
+    assert "PGSQL" not in response.text and "socket" not in response.text  # nothing leaks
+
+
+def test_database_crash_answers_503_then_recovers_without_a_restart(
+    api_only: StackClient, own_postgres: OwnPostgres
+) -> None:
+    client = api_only
+    api_process = next(p for p in client.stack.procs if "server.py" in p.args)
+    known = client.submit(["alpha"]).json()["id"]
+    own_postgres.crash()
+    try:
+        started = time.monotonic()
+        assert_unavailable(client.api.post("/v1/withdrawals", json=submission()))
+        assert_unavailable(client.api.get(f"/v1/withdrawals/{known}"))
+        assert_unavailable(client.api.get(f"/v1/withdrawals/{known}/events"))
+        assert_unavailable(client.api.post(f"/v1/withdrawals/{known}/cancel", json={}))
+        assert_unavailable(client.ops.get("/ops/v1/manual-checks"))
+        assert time.monotonic() - started < 15  # each waited about DB_ACQUIRE_TIMEOUT_S
+        assert client.api.get("/readyz").status_code == 503
+        assert client.api.get("/healthz").status_code == 200  # the process itself is fine
+    finally:
+        own_postgres.start()
+    wait_until(
+        lambda: client.api.get(f"/v1/withdrawals/{known}").status_code == 200,
+        30,
+        "the API to reach the database again",
+        every=0.2,
+    )
+    again = client.api.post("/v1/withdrawals", json=submission())
+    assert again.status_code == 201, again.text
+    assert client.api.get(f"/v1/withdrawals/{again.json()['id']}").status_code == 200
+    assert api_process.poll() is None  # the same API process, never restarted
