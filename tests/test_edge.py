@@ -229,20 +229,24 @@ def test_unstorable_text_in_bodies_is_a_422_naming_the_field(
     client.wait_final(queue_id)
 
 
-POISON_WEBHOOKS = {
-    "nan": b'{"type":"order.updated","data":{"reference":"%s","status":"succeeded","x":NaN}}',
-    "-infinity": b'{"type":"order.updated","data":{"reference":"%s","status":"succeeded","x":-Infinity}}',
-    "lone-surrogate": b'{"type":"order.updated","data":{"reference":"%s","status":"succeeded","x":"\\ud800"}}',
-    "nul": b'{"type":"order.updated","data":{"reference":"%s\\u0000","status":"succeeded"}}',
-    "status-list": b'{"type":"order.updated","data":{"reference":"%s","status":["succeeded"]}}',
-    "status-null": b'{"type":"order.updated","data":{"reference":"%s","status":null}}',
-    "id-number": b'{"type":"order.updated","data":{"reference":"%s","status":"succeeded","id":7}}',
-    "data-list": b'{"type":"order.updated","data":["%s"]}',
+# The `data` object of each validly signed body; %s is the task id.
+POISON_DATA = {
+    "nan": b'{"reference":"%s","status":"succeeded","x":NaN}',
+    "-infinity": b'{"reference":"%s","status":"succeeded","x":-Infinity}',
+    "lone-surrogate": b'{"reference":"%s","status":"succeeded","x":"\\ud800"}',
+    "nul": b'{"reference":"%s\\u0000","status":"succeeded"}',
+    "status-list": b'{"reference":"%s","status":["succeeded"]}',
+    "status-null": b'{"reference":"%s","status":null}',
+    "id-number": b'{"reference":"%s","status":"succeeded","id":7}',
+    "data-list": b'["%s"]',
 }
 
 
 def poison_bodies(task_id: str) -> dict[str, bytes]:
-    bodies = {name: template % task_id.encode() for name, template in POISON_WEBHOOKS.items()}
+    bodies = {
+        name: b'{"type":"order.updated","data":' + data % task_id.encode() + b"}"
+        for name, data in POISON_DATA.items()
+    }
     good = order_update(task_id, "succeeded").decode()
     bodies["utf-16-bom"] = good.encode("utf-16")
     bodies["utf-16-le"] = good.encode("utf-16-le")
