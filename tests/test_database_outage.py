@@ -66,7 +66,7 @@ def test_database_crash_answers_503_then_recovers_without_a_restart(
     api_only: StackClient, own_postgres: OwnPostgres
 ) -> None:
     client = api_only
-    api_process = next(p for p in client.stack.procs if "server.py" in p.args)
+    api_process = next(p for p in client.stack.procs if "server.py" in str(p.args))
     known = client.submit(["alpha"]).json()["id"]
     own_postgres.crash()
     try:

@@ -303,8 +303,8 @@ def test_json_routes_refuse_other_media_types(
 
 def test_json_with_utf8_charset_is_accepted(client: StackClient) -> None:
     headers = {"Content-Type": "application/json; charset=UTF-8"}
-    body = {"order_id": f"ord-{uuid.uuid4().hex[:8]}", "merchant_id": "m-1", "amount": "1.00"}
-    body |= {"currency": "EUR", "cascade": ["alpha"]}
+    body: dict[str, Any] = {"order_id": f"ord-{uuid.uuid4().hex[:8]}", "merchant_id": "m-1"}
+    body |= {"amount": "1.00", "currency": "EUR", "cascade": ["alpha"]}
     response = client.api.post("/v1/withdrawals", content=json.dumps(body), headers=headers)
     assert response.status_code == 201
     client.wait_final(response.json()["id"])
