@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -13,13 +14,24 @@ FINAL_QUEUE = {"COMPLETED", "FAILED", "CANCELLED"}
 
 
 class StackClient:
-    def __init__(self, stack: Stack) -> None:
+    def __init__(
+        self, stack: Stack, on_response: Callable[[httpx.Response], None] | None = None
+    ) -> None:
+        """`on_response` sees every answer of the API (the tests check each against
+        the OpenAPI document)."""
         self.stack = stack
+        hooks = {"response": [on_response] if on_response else []}
         self.api = httpx.Client(
-            base_url=stack.api_url, headers={"Authorization": f"Bearer {API_TOKEN}"}, timeout=10
+            base_url=stack.api_url,
+            headers={"Authorization": f"Bearer {API_TOKEN}"},
+            timeout=10,
+            event_hooks=hooks,
         )
         self.ops = httpx.Client(
-            base_url=stack.api_url, headers={"Authorization": f"Bearer {OPS_TOKEN}"}, timeout=10
+            base_url=stack.api_url,
+            headers={"Authorization": f"Bearer {OPS_TOKEN}"},
+            timeout=10,
+            event_hooks=hooks,
         )
         self.sandbox = httpx.Client(
             base_url=stack.sandbox_url,

@@ -5,14 +5,23 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from activities import strict_json
-from workflows.money import InvalidAmount, is_known_currency, parse_amount
+from workflows.money import InvalidAmount, is_known_currency, known_currencies, parse_amount
 
-_ID = r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,63}$"
+ID_PATTERN = _ID = r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,63}$"
+_CURRENCIES: list[JsonValue] = list(known_currencies())
 IDENT = re.compile(_ID)  # an order_id; our withdrawal ids (UUIDs) match it too
 
 
@@ -40,13 +49,24 @@ def withdrawal_ident(request: Any) -> str:
 
 
 class WithdrawalRequest(BaseModel):
+    """A withdrawal from cascade-core: its eligible providers, cheapest first."""
+
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     order_id: str = Field(pattern=_ID)
     merchant_id: str = Field(pattern=_ID)
-    amount: str = Field(max_length=24)
-    currency: str
-    cascade: list[str] = Field(min_length=1, max_length=32)
+    amount: str = Field(
+        max_length=24,
+        pattern=r"^(0|[1-9][0-9]{0,17})(\.[0-9]{1,3})?$",
+        description="Strict decimal string within the currency's exponent, e.g. 10.50",
+    )
+    currency: str = Field(json_schema_extra={"enum": _CURRENCIES})
+    cascade: list[str] = Field(
+        min_length=1,
+        max_length=32,
+        json_schema_extra={"uniqueItems": True},
+        description="Provider names, cheapest first",
+    )
 
     @field_validator("currency")
     @classmethod
@@ -122,3 +142,35 @@ def parse_withdrawal(body: bytes, known_providers: set[str], max_cascade: int) -
             422, "invalid_request", message, [{"field": "cascade", "message": message}]
         )
     return request
+
+
+# Free text that is stored: PostgreSQL refuses NUL (checked again by parse_json).
+_TEXT = r"^[^\x00]*$"
+
+
+class _OperatorSays(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    operator: str = Field(min_length=1, max_length=100, pattern=_TEXT)
+    reason: str = Field(min_length=1, max_length=500, pattern=_TEXT)
+
+
+class Resolution(_OperatorSays):
+    """A person's decision on a manual check: positive commits, negative releases."""
+
+    outcome: Literal["positive", "negative"]
+
+
+class Cancellation(_OperatorSays):
+    """An operator cancels a task or a withdrawal (the safe rule applies)."""
+
+
+class Replay(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    operator: str = Field(min_length=1, max_length=100, pattern=_TEXT)
+
+
+class CoreCancellation(BaseModel):
+    """cascade-core cancels a withdrawal."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    reason: str = Field("requested by cascade-core", min_length=1, max_length=500, pattern=_TEXT)

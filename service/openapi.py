@@ -1,214 +1,239 @@
-"""The OpenAPI document served at /openapi.json (hand-written: the API is small)."""
+"""The OpenAPI document served at /openapi.json, generated from the pydantic models.
+
+Request bodies are the models the handlers validate with (service/models.py) and
+answers are the models in service/schemas.py; each operation below says which,
+and which error statuses it can answer. Kept as a table rather than a framework:
+the handlers stay plain Starlette, and the test suite checks every answer it
+receives against this document (tests/openapi_contract.py).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-_ERROR = {
-    "type": "object",
-    "required": ["error"],
-    "properties": {
-        "error": {
-            "type": "object",
-            "required": ["code", "message"],
-            "properties": {
-                "code": {"type": "string"},
-                "message": {"type": "string"},
-                "details": {"type": "array", "items": {"type": "object"}},
+from pydantic import BaseModel
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
+
+from service import schemas as out
+from service.models import (
+    ID_PATTERN,
+    Cancellation,
+    CoreCancellation,
+    Replay,
+    Resolution,
+    WithdrawalRequest,
+)
+
+_REF = "#/components/schemas/{model}"
+_PATH_PARAMS: dict[str, dict[str, Any]] = {
+    "ident": {
+        "type": "string",
+        "pattern": ID_PATTERN,
+        "description": "Our withdrawal id or order_id",
+    },
+    "task_id": {"type": "string", "format": "uuid"},
+    "dead_letter_id": {"type": "integer", "minimum": 1, "maximum": 10**18 - 1},
+    "provider": {"type": "string", "description": "A configured provider's name"},
+}
+_WEBHOOK_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
+_ERROR_MEANING = {
+    400: "the body is not valid JSON (or, for a webhook, not a valid order update)",
+    401: "missing or invalid credentials or signature",
+    404: "no such resource",
+    409: "not allowed in the resource's current state",
+    413: "the body is too large",
+    415: "the body is not application/json",
+    422: "the body is invalid: details name each field",
+    503: "the database is unavailable; retry after Retry-After seconds",
+}
+
+
+@dataclass(frozen=True)
+class Operation:
+    method: str
+    path: str
+    summary: str
+    ok: dict[int, type[BaseModel] | str]  # status -> model, or a media type for text
+    security: str | None = None  # "bearer" (API_TOKENS) or "ops" (OPS_TOKENS)
+    body: type[BaseModel] | None = None
+    errors: tuple[int, ...] = ()  # beyond those implied by security, body and path
+    headers: tuple[str, ...] = ()
+    database: bool = True  # reads or writes PostgreSQL: may answer 503
+
+    def error_statuses(self) -> list[int]:
+        implied = set(self.errors)
+        implied |= {401} if self.security else set()
+        implied |= {400, 413, 415, 422} if self.body else set()
+        implied |= {404} if "{" in self.path else set()
+        implied |= {503} if self.database else set()
+        return sorted(implied)
+
+
+OPERATIONS = [
+    Operation(
+        "post",
+        "/v1/withdrawals",
+        "Submit a withdrawal (idempotent on order_id)",
+        {201: out.Withdrawal, 200: out.Withdrawal},
+        "bearer",
+        WithdrawalRequest,
+        (409,),
+    ),
+    Operation(
+        "get",
+        "/v1/withdrawals/{ident}",
+        "A withdrawal with its tasks (by id or order_id)",
+        {200: out.Withdrawal},
+        "bearer",
+    ),
+    Operation(
+        "get",
+        "/v1/withdrawals/{ident}/events",
+        "The audit timeline",
+        {200: out.Events},
+        "bearer",
+    ),
+    Operation(
+        "post",
+        "/v1/withdrawals/{ident}/cancel",
+        "Cancel a withdrawal (an order already at a provider runs to its end)",
+        {202: out.Withdrawal},
+        "bearer",
+        CoreCancellation,
+        (409,),
+    ),
+    Operation(
+        "post",
+        "/webhooks/{provider}",
+        "Provider webhook, signed per Standard Webhooks",
+        {202: out.WebhookAck, 200: out.WebhookAck},
+        body=None,
+        errors=(400, 401, 413, 415),
+        headers=_WEBHOOK_HEADERS,
+    ),
+    Operation(
+        "get", "/ops/v1/manual-checks", "Tasks awaiting a person", {200: out.ManualChecks}, "ops"
+    ),
+    Operation(
+        "post",
+        "/ops/v1/tasks/{task_id}/resolve",
+        "Resolve a manual check",
+        {200: out.Withdrawal},
+        "ops",
+        Resolution,
+        (409,),
+    ),
+    Operation(
+        "post",
+        "/ops/v1/tasks/{task_id}/cancel",
+        "Cancel one task (skip that provider)",
+        {200: out.Withdrawal},
+        "ops",
+        Cancellation,
+        (409,),
+    ),
+    Operation(
+        "post",
+        "/ops/v1/withdrawals/{ident}/cancel",
+        "Cancel a withdrawal",
+        {202: out.Withdrawal},
+        "ops",
+        Cancellation,
+        (409,),
+    ),
+    Operation(
+        "get",
+        "/ops/v1/dead-letters",
+        "Dead letters not yet replayed",
+        {200: out.DeadLetters},
+        "ops",
+    ),
+    Operation(
+        "post",
+        "/ops/v1/dead-letters/{dead_letter_id}/replay",
+        "Replay a dead letter",
+        {202: out.ReplayAccepted},
+        "ops",
+        Replay,
+    ),
+    Operation(
+        "get", "/ops/v1/attention", "Withdrawals flagged for a person", {200: out.Attention}, "ops"
+    ),
+    Operation("get", "/metrics", "Prometheus metrics", {200: "text/plain"}),
+    Operation("get", "/healthz", "Liveness", {200: out.Status}, database=False),
+    Operation("get", "/readyz", "Readiness (the database answers)", {200: out.Status}),
+    Operation("get", "/openapi.json", "This document", {200: "application/json"}, database=False),
+]
+
+
+def _content(model: type[BaseModel] | str) -> dict[str, Any]:
+    if isinstance(model, str):
+        schema: dict[str, Any] = {"type": "object" if model.endswith("json") else "string"}
+        return {model: {"schema": schema}}
+    return {"application/json": {"schema": {"$ref": _REF.format(model=model.__name__)}}}
+
+
+def _parameters(op: Operation) -> list[dict[str, Any]]:
+    names = [part[1:-1] for part in op.path.split("/") if part.startswith("{")]
+    params = [{"name": n, "in": "path", "required": True, "schema": _PATH_PARAMS[n]} for n in names]
+    params += [
+        {"name": h, "in": "header", "required": True, "schema": {"type": "string"}}
+        for h in op.headers
+    ]
+    return params
+
+
+def _responses(op: Operation) -> dict[str, Any]:
+    responses: dict[str, Any] = {
+        str(status): {"description": model.__doc__ if not isinstance(model, str) else "ok"}
+        | {"content": _content(model)}
+        for status, model in op.ok.items()
+    }
+    for status in op.error_statuses():
+        answer = {"description": _ERROR_MEANING[status], "content": _content(out.Error)}
+        if status == 503:
+            answer["headers"] = {"Retry-After": {"schema": {"type": "integer"}}}
+        responses[str(status)] = answer
+    responses["default"] = {"description": "any other error", "content": _content(out.Error)}
+    return responses
+
+
+def _operation(op: Operation) -> dict[str, Any]:
+    spec: dict[str, Any] = {"summary": op.summary, "responses": _responses(op)}
+    if op.security:
+        spec["security"] = [{op.security: []}]
+    if params := _parameters(op):
+        spec["parameters"] = params
+    if op.body is not None:
+        spec["requestBody"] = {"required": True, "content": _content(op.body)}
+    return spec
+
+
+def build() -> dict[str, Any]:
+    models: list[tuple[type[BaseModel], JsonSchemaMode]] = [(out.Error, "serialization")]
+    for op in OPERATIONS:
+        if op.body is not None and (op.body, "validation") not in models:
+            models.append((op.body, "validation"))
+        for model in op.ok.values():
+            if not isinstance(model, str) and (model, "serialization") not in models:
+                models.append((model, "serialization"))
+    _, definitions = models_json_schema(models, ref_template=_REF)
+    paths: dict[str, dict[str, Any]] = {}
+    for op in OPERATIONS:
+        paths.setdefault(op.path, {})[op.method] = _operation(op)
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "payment-service", "version": "0.2.0"},
+        "components": {
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "API_TOKENS"},
+                "ops": {"type": "http", "scheme": "bearer", "description": "OPS_TOKENS"},
             },
-        }
-    },
-}
-_REQUEST = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["order_id", "merchant_id", "amount", "currency", "cascade"],
-    "properties": {
-        "order_id": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._:\\-]{0,63}$"},
-        "merchant_id": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._:\\-]{0,63}$"},
-        "amount": {
-            "type": "string",
-            "description": "Strict decimal string within the currency's exponent, e.g. 10.50",
-            "pattern": "^(0|[1-9][0-9]{0,17})(\\.[0-9]{1,3})?$",
+            "schemas": definitions["$defs"],
         },
-        "currency": {"type": "string", "pattern": "^[A-Z]{3}$"},
-        "cascade": {
-            "type": "array",
-            "minItems": 1,
-            "maxItems": 32,
-            "uniqueItems": True,
-            "items": {"type": "string"},
-            "description": "Provider names, cheapest first",
-        },
-    },
-}
-
-
-def _errors(*codes: int) -> dict[str, Any]:
-    return {
-        str(c): {"description": "error", "content": {"application/json": {"schema": _ERROR}}}
-        for c in codes
+        "paths": paths,
     }
 
 
-def _ok(description: str) -> dict[str, Any]:
-    return {
-        "description": description,
-        "content": {"application/json": {"schema": {"type": "object"}}},
-    }
-
-
-_IDENT = {"name": "ident", "in": "path", "required": True, "schema": {"type": "string"}}
-_OPERATOR = {"operator": {"type": "string"}, "reason": {"type": "string"}}
-
-
-def _body(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
-    schema = {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": properties,
-        "required": required,
-    }
-    return {"required": True, "content": {"application/json": {"schema": schema}}}
-
-
-def _ops_get(summary: str) -> dict[str, Any]:
-    return {
-        "get": {
-            "summary": summary,
-            "security": [{"ops": []}],
-            "responses": {"200": _ok(summary), **_errors(401)},
-        }
-    }
-
-
-def _ops_post(summary: str, properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
-    return {
-        "post": {
-            "summary": summary,
-            "security": [{"ops": []}],
-            "requestBody": _body(properties, required),
-            "responses": {
-                "200": _ok("done"),
-                "202": _ok("accepted"),
-                **_errors(401, 404, 409, 422),
-            },
-        }
-    }
-
-
-OPENAPI: dict[str, Any] = {
-    "openapi": "3.1.0",
-    "info": {"title": "payment-service", "version": "0.1.0"},
-    "components": {
-        "securitySchemes": {
-            "bearer": {"type": "http", "scheme": "bearer", "description": "API_TOKENS"},
-            "ops": {"type": "http", "scheme": "bearer", "description": "OPS_TOKENS"},
-        },
-        "schemas": {"Error": _ERROR, "WithdrawalRequest": _REQUEST},
-    },
-    "paths": {
-        "/v1/withdrawals": {
-            "post": {
-                "summary": "Submit a withdrawal (idempotent on order_id)",
-                "security": [{"bearer": []}],
-                "requestBody": {
-                    "required": True,
-                    "content": {"application/json": {"schema": _REQUEST}},
-                },
-                "responses": {
-                    "201": _ok("created"),
-                    "200": _ok("identical replay"),
-                    **_errors(400, 401, 409, 413, 422),
-                },
-            }
-        },
-        "/v1/withdrawals/{ident}": {
-            "get": {
-                "summary": "A withdrawal with its tasks (by id or order_id)",
-                "security": [{"bearer": []}],
-                "parameters": [
-                    {"name": "ident", "in": "path", "required": True, "schema": {"type": "string"}}
-                ],
-                "responses": {"200": _ok("the withdrawal"), **_errors(401, 404)},
-            }
-        },
-        "/v1/withdrawals/{ident}/events": {
-            "get": {
-                "summary": "The audit timeline",
-                "security": [{"bearer": []}],
-                "parameters": [
-                    {"name": "ident", "in": "path", "required": True, "schema": {"type": "string"}}
-                ],
-                "responses": {"200": _ok("events"), **_errors(401, 404)},
-            }
-        },
-        "/webhooks/{provider}": {
-            "post": {
-                "summary": "Provider webhook, signed per Standard Webhooks",
-                "parameters": [
-                    {
-                        "name": "provider",
-                        "in": "path",
-                        "required": True,
-                        "schema": {"type": "string"},
-                    },
-                    {
-                        "name": "webhook-id",
-                        "in": "header",
-                        "required": True,
-                        "schema": {"type": "string"},
-                    },
-                    {
-                        "name": "webhook-timestamp",
-                        "in": "header",
-                        "required": True,
-                        "schema": {"type": "string"},
-                    },
-                    {
-                        "name": "webhook-signature",
-                        "in": "header",
-                        "required": True,
-                        "schema": {"type": "string"},
-                    },
-                ],
-                "responses": {
-                    "202": _ok("stored"),
-                    "200": _ok("duplicate"),
-                    **_errors(400, 401, 404, 413),
-                },
-            }
-        },
-        "/v1/withdrawals/{ident}/cancel": {
-            "post": {
-                "summary": "Cancel a withdrawal (an order already at a provider runs to its end)",
-                "security": [{"bearer": []}],
-                "parameters": [_IDENT],
-                "requestBody": _body({"reason": {"type": "string"}}, []),
-                "responses": {"202": _ok("cancellation requested"), **_errors(401, 404, 409, 422)},
-            }
-        },
-        "/ops/v1/manual-checks": _ops_get("Tasks awaiting a manual check"),
-        "/ops/v1/dead-letters": _ops_get("Dead letters not yet replayed"),
-        "/ops/v1/attention": _ops_get("Withdrawals flagged for a person"),
-        "/ops/v1/tasks/{task_id}/resolve": _ops_post(
-            "Resolve a manual check",
-            {"outcome": {"enum": ["positive", "negative"]}, **_OPERATOR},
-            ["outcome", "operator", "reason"],
-        ),
-        "/ops/v1/tasks/{task_id}/cancel": _ops_post(
-            "Cancel one task (skip that provider)", _OPERATOR, ["operator", "reason"]
-        ),
-        "/ops/v1/withdrawals/{ident}/cancel": _ops_post(
-            "Cancel a withdrawal", _OPERATOR, ["operator", "reason"]
-        ),
-        "/ops/v1/dead-letters/{dead_letter_id}/replay": _ops_post(
-            "Replay a dead letter", {"operator": {"type": "string"}}, ["operator"]
-        ),
-        "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": _ok("text")}}},
-        "/healthz": {"get": {"summary": "Liveness", "responses": {"200": _ok("alive")}}},
-        "/readyz": {
-            "get": {"summary": "Readiness", "responses": {"200": _ok("ready"), **_errors(503)}}
-        },
-    },
-}
+OPENAPI: dict[str, Any] = build()

@@ -7,39 +7,28 @@ Every decision is a typed event in the audit trail with the operator's name.
 from __future__ import annotations
 
 import uuid
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from engine import deadletters
 from engine.contracts import Origin, QueueFinished, UnknownTask
 from service.api import check_bearer, read_body, services
-from service.models import BadRequest, invalid, parse_json, withdrawal_ident
+from service.models import (
+    BadRequest,
+    Cancellation,
+    CoreCancellation,
+    Replay,
+    Resolution,
+    invalid,
+    parse_json,
+    withdrawal_ident,
+)
 from service.withdrawals import find_queue_id, withdrawal_view
 from workflows.core import IllegalTransition
 from workflows.withdrawal_events import Cancel, ManualResolved
-
-
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-    operator: str = Field(min_length=1, max_length=100)
-    reason: str = Field(min_length=1, max_length=500)
-
-
-class Resolution(_Body):
-    outcome: Literal["positive", "negative"]
-
-
-class Cancellation(_Body):
-    pass
-
-
-class Replay(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-    operator: str = Field(min_length=1, max_length=100)
-
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -124,11 +113,6 @@ async def ops_cancel_withdrawal(request: Request) -> JSONResponse:
     _ops(request)
     body = await _body(request, Cancellation)
     return await cancel_withdrawal(request, f"ops:{body.operator}", body.reason)
-
-
-class CoreCancellation(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-    reason: str = Field("requested by cascade-core", min_length=1, max_length=500)
 
 
 async def core_cancel_withdrawal(request: Request) -> JSONResponse:

@@ -118,8 +118,9 @@ def stack(
 @pytest.fixture
 def client(stack: Any) -> Iterator[Any]:
     from sandbox.client import StackClient
+    from tests.openapi_contract import hook
 
-    c = StackClient(stack)
+    c = StackClient(stack, on_response=hook)  # every answer is checked against /openapi.json
     for name in PROVIDERS:  # every test starts from well-behaved providers and ledger
         c.set_provider(name, behaviour="instant", webhook_delay_ms=100)
     c.set_ledger_faults()

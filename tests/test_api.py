@@ -178,11 +178,32 @@ def test_replayed_webhook_is_a_no_op(client: StackClient, migrated_url: str) -> 
     assert client.ledger_ops()[task["id"]] == ["freeze", "commit"]
 
 
-def test_openapi_describes_every_route(stack: Any) -> None:
+def test_openapi_describes_every_route_method_and_path_parameter(stack: Any) -> None:
+    from jsonschema import Draft202012Validator
+
     from service.api import ROUTES
     from service.ops_api import CONTROL_ROUTES
 
     document = httpx.get(f"{stack.api_url}/openapi.json").json()
-    routes = {path for path, _, _ in [*ROUTES, *CONTROL_ROUTES]} - {"/openapi.json"}
-    assert routes <= set(document["paths"])
-    assert document["openapi"].startswith("3.")
+    assert document["openapi"].startswith("3.1")
+    served = {(path, m.lower()) for path, _, methods in [*ROUTES, *CONTROL_ROUTES] for m in methods}
+    served.add(("/metrics", "get"))
+    described = {(path, m) for path, ops in document["paths"].items() for m in ops}
+    assert served == described
+    for path, ops in document["paths"].items():
+        names = {part[1:-1] for part in path.split("/") if part.startswith("{")}
+        for method, op in ops.items():
+            declared = {p["name"] for p in op.get("parameters", []) if p["in"] == "path"}
+            assert declared == names, (method, path)
+            assert "default" in op["responses"], (method, path)
+            if "requestBody" in op:  # a JSON body can be invalid JSON, too large, or not JSON
+                assert {"400", "413", "415", "422"} <= set(op["responses"]), (method, path)
+            for status, answer in op["responses"].items():
+                for media, content in answer.get("content", {}).items():
+                    if media == "application/json" and status.startswith("2"):
+                        assert content["schema"] != {"type": "object"}, (method, path, status)
+    # every schema in the document is itself valid JSON Schema
+    for schema in document["components"]["schemas"].values():
+        Draft202012Validator.check_schema(schema)
+    metrics = document["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+    assert list(metrics) == ["text/plain"]

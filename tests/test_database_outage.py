@@ -14,6 +14,7 @@ import pytest
 from engine.db import apply_schema
 from sandbox.client import StackClient
 from sandbox.stack import ProviderSpec, Stack, wait_until
+from tests.openapi_contract import hook
 from tests.own_postgres import OwnPostgres
 
 
@@ -40,7 +41,7 @@ def api_only(own_postgres: OwnPostgres, tmp_path_factory: pytest.TempPathFactory
     )
     stack.start()
     try:
-        yield StackClient(stack)
+        yield StackClient(stack, on_response=hook)
     finally:
         stack.stop()
 

@@ -16,6 +16,7 @@ import pytest
 from activities.standard_webhooks import signed_headers
 from sandbox.client import StackClient
 from sandbox.stack import wait_until
+from tests import openapi_contract as contract
 from tests.test_observability import delta, scrape
 
 JSON = {"Content-Type": "application/json"}
@@ -34,7 +35,9 @@ def post_webhook(
     if content_type is not None:
         headers["Content-Type"] = content_type
     url = f"{client.stack.api_url}/webhooks/{provider}"
-    return httpx.post(url, content=body, headers=headers), webhook_id
+    response = httpx.post(url, content=body, headers=headers)
+    contract.check(response)
+    return response, webhook_id
 
 
 def order_update(task_id: str, status: str, order_id: str = "ord_any") -> bytes:

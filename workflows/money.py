@@ -88,6 +88,10 @@ def is_currency(value: object) -> bool:
     return isinstance(value, str) and _CURRENCY.fullmatch(value) is not None
 
 
+def known_currencies() -> list[str]:
+    return sorted(_EXPONENTS)
+
+
 def is_known_currency(value: object) -> bool:
     return is_currency(value) and value in _EXPONENTS
 
