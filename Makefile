@@ -12,7 +12,7 @@ export OPS_TOKENS   ?= dev-ops-token
 export CORE_CALLBACK_URL   ?= http://127.0.0.1:8090/core
 export CORE_CALLBACK_TOKEN ?= dev-ledger-token
 
-.PHONY: setup demo run sandbox migrate test lint bench clean
+.PHONY: setup demo run sandbox migrate test lint bench fuzz clean
 
 setup: $(STAMP)
 
@@ -43,6 +43,10 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check workflows activities engine service server.py worker.py
 	$(VENV)/bin/mypy .
+
+fuzz: setup ## schemathesis against the served OpenAPI document of a local stack (FUZZ_EXAMPLES per operation)
+	$(PY) -m pip install -q -e '.[dev,fuzz]'
+	$(PY) -m sandbox.fuzz --max-examples $${FUZZ_EXAMPLES:-100}
 
 bench: setup
 	@ls bench/*.py >/dev/null 2>&1 || { echo "no benchmarks yet"; exit 0; }

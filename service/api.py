@@ -18,7 +18,7 @@ from activities.standard_webhooks import WebhookRejected
 from engine import logs, metrics
 from service.edge import error_response, require_json
 from service.models import BadRequest, parse_withdrawal, withdrawal_ident
-from service.openapi import OPENAPI
+from service.openapi import for_providers
 from service.wiring import Services
 from service.withdrawals import events_view, find_queue, submit, withdrawal_view
 
@@ -148,8 +148,8 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ready"})
 
 
-async def openapi(_request: Request) -> JSONResponse:
-    return JSONResponse(OPENAPI)
+async def openapi(request: Request) -> JSONResponse:
+    return JSONResponse(for_providers(tuple(services(request).providers)))
 
 
 ROUTES: list[tuple[str, Any, list[str]]] = [

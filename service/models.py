@@ -18,7 +18,14 @@ from pydantic import (
 )
 
 from activities import strict_json
-from workflows.money import InvalidAmount, is_known_currency, known_currencies, parse_amount
+from workflows.money import (
+    InvalidAmount,
+    amount_pattern,
+    currencies_by_exponent,
+    is_known_currency,
+    known_currencies,
+    parse_amount,
+)
 
 ID_PATTERN = _ID = r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,63}$"
 _CURRENCIES: list[JsonValue] = list(known_currencies())
@@ -48,17 +55,34 @@ def withdrawal_ident(request: Any) -> str:
     return ident
 
 
+def _amount_per_exponent() -> dict[str, JsonValue]:
+    """The schema's way of saying that the amount's decimals depend on the currency."""
+    cases: list[JsonValue] = [
+        {
+            "properties": {
+                "currency": {"enum": list[JsonValue](currencies)},
+                "amount": {"pattern": amount_pattern(exp)},
+            }
+        }
+        for exp, currencies in sorted(currencies_by_exponent().items())
+    ]
+    return {"anyOf": cases}
+
+
 class WithdrawalRequest(BaseModel):
     """A withdrawal from cascade-core: its eligible providers, cheapest first."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, strict=True, json_schema_extra=_amount_per_exponent()
+    )
 
     order_id: str = Field(pattern=_ID)
     merchant_id: str = Field(pattern=_ID)
     amount: str = Field(
         max_length=24,
-        pattern=r"^(0|[1-9][0-9]{0,17})(\.[0-9]{1,3})?$",
         description="Strict decimal string within the currency's exponent, e.g. 10.50",
+        # Described, not enforced here: parse_amount (below) is the rule.
+        json_schema_extra={"pattern": amount_pattern(max(currencies_by_exponent()))},
     )
     currency: str = Field(json_schema_extra={"enum": _CURRENCIES})
     cascade: list[str] = Field(
@@ -174,3 +198,17 @@ class CoreCancellation(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
     reason: str = Field("requested by cascade-core", min_length=1, max_length=500, pattern=_TEXT)
+
+
+class WebhookOrder(BaseModel):
+    id: str | None = Field(None, description="The provider's own order id")
+    reference: str = Field(description="Our task id, sent as the order's reference")
+    status: Literal["pending", "succeeded", "failed"]
+
+
+class WebhookBody(BaseModel):
+    """A provider's order update, signed per Standard Webhooks. Described here; the
+    provider adapter (activities/providers.py) is what parses and checks it."""
+
+    type: str = "order.updated"
+    data: WebhookOrder

@@ -10,6 +10,7 @@ receives against this document (tests/openapi_contract.py).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 from pydantic import BaseModel
@@ -22,6 +23,7 @@ from service.models import (
     CoreCancellation,
     Replay,
     Resolution,
+    WebhookBody,
     WithdrawalRequest,
 )
 
@@ -108,8 +110,8 @@ OPERATIONS = [
         "/webhooks/{provider}",
         "Provider webhook, signed per Standard Webhooks",
         {202: out.WebhookAck, 200: out.WebhookAck},
-        body=None,
-        errors=(400, 401, 413, 415),
+        body=WebhookBody,
+        errors=(401,),
         headers=_WEBHOOK_HEADERS,
     ),
     Operation(
@@ -208,6 +210,20 @@ def _operation(op: Operation) -> dict[str, Any]:
     if op.body is not None:
         spec["requestBody"] = {"required": True, "content": _content(op.body)}
     return spec
+
+
+@cache
+def for_providers(providers: tuple[str, ...]) -> dict[str, Any]:
+    """The document as this deployment serves it: the configured providers are the
+    only values a cascade or a webhook path may name."""
+    document = build()
+    names = {"type": "string", "enum": list(providers)}
+    request = document["components"]["schemas"]["WithdrawalRequest"]
+    request["properties"]["cascade"]["items"] = names
+    for param in document["paths"]["/webhooks/{provider}"]["post"]["parameters"]:
+        if param["name"] == "provider":
+            param["schema"] = names
+    return document
 
 
 def build() -> dict[str, Any]:

@@ -92,6 +92,24 @@ def known_currencies() -> list[str]:
     return sorted(_EXPONENTS)
 
 
+def currencies_by_exponent() -> dict[int, list[str]]:
+    grouped: dict[int, list[str]] = {}
+    for currency in known_currencies():
+        grouped.setdefault(_EXPONENTS[currency], []).append(currency)
+    return grouped
+
+
+def amount_pattern(exp: int) -> str:
+    """A regular expression (ECMA 262 and Python alike) for amounts greater than zero
+    in a currency of exponent `exp`, for the API's description. parse_amount is the
+    rule; this pattern is that rule, with at most 18 digits in all (so it always fits
+    a bigint) instead of the exact bigint bound, which no pattern can say."""
+    whole = rf"[1-9][0-9]{{0,{17 - exp}}}" + (rf"(\.[0-9]{{1,{exp}}})?" if exp else "")
+    fractions = [f"0{{{k}}}[1-9][0-9]{{0,{exp - 1 - k}}}" for k in range(exp)]
+    below_one = [rf"0\.({'|'.join(fractions)})"] if exp else []
+    return "^(" + "|".join([whole, *below_one]) + ")$"
+
+
 def is_known_currency(value: object) -> bool:
     return is_currency(value) and value in _EXPONENTS
 
