@@ -169,6 +169,42 @@ OPERATIONS = [
 ]
 
 
+def operation_id(method: str, path: str) -> str:
+    """`post /ops/v1/tasks/{task_id}/resolve` -> `post_ops_v1_tasks_task_id_resolve`."""
+    words = path.replace("{", "").replace("}", "").replace(".", "_").replace("-", "_")
+    return "_".join([method, *filter(None, words.split("/"))])
+
+
+_WITHDRAWAL_ID = {"ident": "$response.body#/id"}
+_FIRST_TASK_ID = {"task_id": "$response.body#/tasks/0/id"}
+# Where an answer's ids lead (OpenAPI links): clients, and schemathesis's stateful
+# phase, can follow a new withdrawal to its reads, its cancels and its tasks.
+_LINKS: dict[tuple[str, str], dict[str, tuple[str, str, dict[str, str]]]] = {
+    ("post", "/v1/withdrawals"): {
+        "Read": ("get", "/v1/withdrawals/{ident}", _WITHDRAWAL_ID),
+        "Events": ("get", "/v1/withdrawals/{ident}/events", _WITHDRAWAL_ID),
+        "Cancel": ("post", "/v1/withdrawals/{ident}/cancel", _WITHDRAWAL_ID),
+        "OpsCancel": ("post", "/ops/v1/withdrawals/{ident}/cancel", _WITHDRAWAL_ID),
+        "ResolveTask": ("post", "/ops/v1/tasks/{task_id}/resolve", _FIRST_TASK_ID),
+        "CancelTask": ("post", "/ops/v1/tasks/{task_id}/cancel", _FIRST_TASK_ID),
+    },
+    ("get", "/ops/v1/dead-letters"): {
+        "Replay": (
+            "post",
+            "/ops/v1/dead-letters/{dead_letter_id}/replay",
+            {"dead_letter_id": "$response.body#/dead_letters/0/id"},
+        )
+    },
+}
+
+
+def _links(op: Operation) -> dict[str, Any]:
+    return {
+        name: {"operationId": operation_id(method, path), "parameters": params}
+        for name, (method, path, params) in _LINKS.get((op.method, op.path), {}).items()
+    }
+
+
 def _content(model: type[BaseModel] | str) -> dict[str, Any]:
     if isinstance(model, str):
         schema: dict[str, Any] = {"type": "object" if model.endswith("json") else "string"}
@@ -190,6 +226,7 @@ def _responses(op: Operation) -> dict[str, Any]:
     responses: dict[str, Any] = {
         str(status): {"description": model.__doc__ if not isinstance(model, str) else "ok"}
         | {"content": _content(model)}
+        | ({"links": links} if (links := _links(op)) else {})
         for status, model in op.ok.items()
     }
     for status in op.error_statuses():
@@ -202,7 +239,11 @@ def _responses(op: Operation) -> dict[str, Any]:
 
 
 def _operation(op: Operation) -> dict[str, Any]:
-    spec: dict[str, Any] = {"summary": op.summary, "responses": _responses(op)}
+    spec: dict[str, Any] = {
+        "operationId": operation_id(op.method, op.path),
+        "summary": op.summary,
+        "responses": _responses(op),
+    }
     if op.security:
         spec["security"] = [{op.security: []}]
     if params := _parameters(op):

@@ -200,7 +200,12 @@ def test_openapi_describes_every_route_method_and_path_parameter(stack: Any) -> 
                 assert {"400", "413", "415", "422"} <= set(op["responses"]), (method, path)
             for status, answer in op["responses"].items():
                 for media, content in answer.get("content", {}).items():
-                    if media == "application/json" and status.startswith("2"):
+                    # real 2xx schemas (this document itself excepted: it is OpenAPI's)
+                    if (
+                        media == "application/json"
+                        and status.startswith("2")
+                        and path != "/openapi.json"
+                    ):
                         assert content["schema"] != {"type": "object"}, (method, path, status)
     # every schema in the document is itself valid JSON Schema
     for schema in document["components"]["schemas"].values():
