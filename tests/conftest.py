@@ -153,3 +153,11 @@ def assert_ledger_matches_every_task(c: Any, url: str) -> None:
         if seen != expected_ledger_ops({"funds": funds}, "freeze" in seen):
             mismatched.append((task_id, funds, seen))
     assert not mismatched, f"ledger and tasks disagree: {mismatched}"
+
+
+def executing_at_alpha(client: Any) -> tuple[str, dict[str, Any]]:
+    """A withdrawal over alpha then beta whose alpha order is accepted and stays open."""
+    client.set_provider("alpha", behaviour="never_answers")
+    queue_id = client.submit(["alpha", "beta"]).json()["id"]
+    client.wait_task_status(queue_id, 0, "EXECUTING")
+    return queue_id, client.withdrawal(queue_id)["tasks"][0]

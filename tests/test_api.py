@@ -13,6 +13,7 @@ import pytest
 
 from activities.standard_webhooks import signed_headers
 from sandbox.client import StackClient
+from tests.conftest import executing_at_alpha
 
 JSON = {"Content-Type": "application/json"}
 
@@ -105,13 +106,6 @@ def test_auth_is_required(stack: Any) -> None:
 
 
 # Webhooks -------------------------------------------------------------------------------
-def _executing_task(client: StackClient) -> tuple[str, dict[str, Any]]:
-    client.set_provider("alpha", behaviour="never_answers")
-    queue_id = client.submit(["alpha", "beta"]).json()["id"]
-    client.wait_task_status(queue_id, 0, "EXECUTING")
-    return queue_id, client.withdrawal(queue_id)["tasks"][0]
-
-
 def _webhook(
     client: StackClient,
     task: dict[str, Any],
@@ -134,7 +128,7 @@ def _webhook(
 
 
 def test_forged_expired_and_malformed_webhooks_change_nothing(client: StackClient) -> None:
-    queue_id, task = _executing_task(client)
+    queue_id, task = executing_at_alpha(client)
     real = client.stack.secrets["alpha"]
     forged_secret = "whsec_" + "QUJD" * 8
     now = int(time.time())
@@ -158,7 +152,7 @@ def test_forged_expired_and_malformed_webhooks_change_nothing(client: StackClien
 
 
 def test_replayed_webhook_is_a_no_op(client: StackClient, migrated_url: str) -> None:
-    queue_id, task = _executing_task(client)
+    queue_id, task = executing_at_alpha(client)
     secret, now = client.stack.secrets["alpha"], int(time.time())
     first = _webhook(
         client, task, secret=secret, webhook_id="msg_replay_" + task["id"], timestamp=now

@@ -17,6 +17,7 @@ from activities.standard_webhooks import signed_headers
 from sandbox.client import StackClient
 from sandbox.stack import wait_until
 from tests import openapi_contract as contract
+from tests.conftest import executing_at_alpha
 from tests.test_observability import delta, scrape
 
 JSON = {"Content-Type": "application/json"}
@@ -72,13 +73,6 @@ def snapshot(client: StackClient, url: str, queue_id: str) -> dict[str, Any]:
         "ledger": {t["id"]: ops.get(t["id"], []) for t in view["tasks"]},
         "transitions": transitions,
     }
-
-
-def executing_at_alpha(client: StackClient) -> tuple[str, dict[str, Any]]:
-    client.set_provider("alpha", behaviour="never_answers")
-    queue_id = client.submit(["alpha", "beta"]).json()["id"]
-    client.wait_task_status(queue_id, 0, "EXECUTING")
-    return queue_id, client.withdrawal(queue_id)["tasks"][0]
 
 
 # A provider speaks only for its own orders ------------------------------------------------
@@ -204,10 +198,8 @@ UNSTORABLE_TEXT = ["a\x00b", "\ud800", "ok\udfff"]
 def test_unstorable_text_in_bodies_is_a_422_naming_the_field(
     client: StackClient, migrated_url: str, text: str
 ) -> None:
-    client.set_provider("alpha", behaviour="never_answers")
-    queue_id = client.submit(["alpha", "beta"]).json()["id"]
-    client.wait_task_status(queue_id, 0, "EXECUTING")
-    task_id = client.withdrawal(queue_id)["tasks"][0]["id"]
+    queue_id, task = executing_at_alpha(client)
+    task_id = task["id"]
     before = snapshot(client, migrated_url, queue_id)
     # json.dumps writes "\u0000" and "\ud800" escapes, the way a client would send them
     calls = [
@@ -219,6 +211,12 @@ def test_unstorable_text_in_bodies_is_a_422_naming_the_field(
             {"operator": text, "reason": "r"},
             "operator",
         ),
+        (
+            client.ops,
+            f"/ops/v1/tasks/{task_id}/resolve",
+            {"outcome": "negative", "operator": "ana", "reason": text},
+            "reason",
+        ),
         (client.api, "/v1/withdrawals", {"order_id": "o", "merchant_id": text}, "merchant_id"),
         (client.api, "/v1/withdrawals", {text: 1}, ""),
     ]
@@ -226,7 +224,6 @@ def test_unstorable_text_in_bodies_is_a_422_naming_the_field(
         response = http.post(path, content=json.dumps(payload).encode(), headers=JSON)
         error = assert_error_object(response, 422)
         assert any(field in d["field"] for d in error["details"]), error
-    client.set_provider("alpha", behaviour="never_answers")
     assert snapshot(client, migrated_url, queue_id) == before
     client.send_webhook("alpha", task_id, "succeeded")
     client.wait_final(queue_id)
