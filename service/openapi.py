@@ -62,11 +62,13 @@ class Operation:
     errors: tuple[int, ...] = ()  # beyond those implied by security, body and path
     headers: tuple[str, ...] = ()
     database: bool = True  # reads or writes PostgreSQL: may answer 503
+    field_errors: bool = True  # a body of the wrong shape is a 422 (a webhook's: a 400)
 
     def error_statuses(self) -> list[int]:
         implied = set(self.errors)
         implied |= {401} if self.security else set()
-        implied |= {400, 413, 415, 422} if self.body else set()
+        implied |= {400, 413, 415} if self.body else set()
+        implied |= {422} if self.body and self.field_errors else set()
         implied |= {404} if "{" in self.path else set()
         implied |= {503} if self.database else set()
         return sorted(implied)
@@ -112,6 +114,7 @@ OPERATIONS = [
         {202: out.WebhookAck, 200: out.WebhookAck},
         body=WebhookBody,
         errors=(401,),
+        field_errors=False,
         headers=_WEBHOOK_HEADERS,
     ),
     Operation(
