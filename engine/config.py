@@ -100,8 +100,11 @@ class Settings(_Strict):
     webhook_tolerance_s: int = 300
     max_body_bytes: int = 64 * 1024
     max_cascade: int = 32
-    activity_max_retries: int = Field(8, ge=0)
-    activity_retry_base_s: int = Field(2, ge=1)  # waits base**1, base**2, ... seconds
+    # Transient failures (an ambiguous ledger or provider answer, a database away) are
+    # retried with waits of base, 2·base, 4·base, … capped at cap: about an hour by default.
+    activity_max_retries: int = Field(70, ge=0)
+    activity_retry_base_s: float = Field(1.0, gt=0)
+    activity_retry_cap_s: float = Field(60.0, gt=0)
     fetch_interval_s: float = 0.5
     timer_pump_interval_s: float = 0.2
     heartbeat_s: float = 2.0
@@ -133,6 +136,7 @@ class Settings(_Strict):
             "webhook_tolerance_s": "WEBHOOK_TOLERANCE_S",
             "activity_max_retries": "ACTIVITY_MAX_RETRIES",
             "activity_retry_base_s": "ACTIVITY_RETRY_BASE_S",
+            "activity_retry_cap_s": "ACTIVITY_RETRY_CAP_S",
             "fetch_interval_s": "WORKER_FETCH_INTERVAL_S",
             "timer_pump_interval_s": "TIMER_PUMP_INTERVAL_S",
             "heartbeat_s": "WORKER_HEARTBEAT_S",

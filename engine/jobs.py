@@ -23,12 +23,12 @@ from typing import Any
 import procrastinate
 from psycopg_pool import AsyncConnectionPool
 
-from activities.outcomes import AmbiguousOutcome
 from engine import deadletters, logs, metrics, timers
 from engine.activity import Activity, ActivityContext
 from engine.contracts import Origin, StaleEvent, UnknownTask
 from engine.engine import Engine
 from engine.journal import Conn
+from engine.retry import CappedBackoff
 from workflows.core import Event, IllegalTransition
 
 log = logging.getLogger("payment.jobs")
@@ -127,77 +127,87 @@ async def run_activity(runtime: Runtime, task_id: str, name: str, token: int) ->
             await runtime.engine.apply(conn, task_id, event, result_of=token, strict=spec.guarded)
         except StaleEvent:
             return "stale"
-        except Exception:
-            # A failed attempt for a task that moved on meanwhile (say, a freeze
-            # refused because a cancel voided the hold) no longer matters.
-            if spec.guarded and (await _load(conn, task_id))[0]["activity_token"] != token:
+        except Exception as exc:
+            # A failed attempt for a task that moved on meanwhile no longer matters: a
+            # guarded result whose call was superseded (a freeze refused because a cancel
+            # voided the hold), or a settlement run twice (a stalled job retried while
+            # it ran) whose other run applied first and consumed the token.
+            moved_on = spec.guarded or isinstance(exc, IllegalTransition)
+            if moved_on and (await _load(conn, task_id))[0]["activity_token"] != token:
                 return "stale"
             raise
         return "applied"
 
 
-def build_app(conninfo: str, *, retries: int = 8, retry_base_s: int = 2) -> procrastinate.App:
-    connector = procrastinate.PsycopgConnector(conninfo=conninfo)
-    app = procrastinate.App(connector=connector)
-    retry = procrastinate.RetryStrategy(
-        max_attempts=retries, exponential_wait=retry_base_s, retry_exceptions={AmbiguousOutcome}
-    )
+@contextlib.asynccontextmanager
+async def _dead_letter_on_final_failure(
+    context: procrastinate.JobContext, bind_ids: bool = True
+) -> AsyncIterator[Runtime]:
+    """Yield the runtime; a failure that will not be retried becomes a dead letter."""
+    runtime = _runtime(context)
+    if bind_ids:
+        await _bind_log_ids(runtime, context.job.task_kwargs)
+    try:
+        yield runtime
+    except Exception as exc:
+        strategy = context.task.retry_strategy
+        if strategy is None or strategy.get_retry_decision(exception=exc, job=context.job) is None:
+            await deadletters.record(runtime.pool, context.job, exc)
+        raise
 
-    @contextlib.asynccontextmanager
-    async def dead_letter_on_final_failure(
-        context: procrastinate.JobContext, bind_ids: bool = True
-    ) -> AsyncIterator[Runtime]:
-        runtime = _runtime(context)
-        if bind_ids:
-            await _bind_log_ids(runtime, context.job.task_kwargs)
-        try:
-            yield runtime
-        except Exception as exc:
-            if retry.get_retry_decision(exception=exc, job=context.job) is None:
-                await deadletters.record(runtime.pool, context.job, exc)
-            raise
 
-    @app.task(name="activity", queue="activities", retry=retry, pass_context=True)
-    async def activity(
-        context: procrastinate.JobContext, task_id: str, activity: str, token: int
-    ) -> None:
-        # run_activity loads the task and its withdrawal anyway, and binds the ids then.
-        async with dead_letter_on_final_failure(context, bind_ids=False) as runtime:
-            outcome = await run_activity(runtime, task_id, activity, token)
-        log.info("activity %s on task %s: %s", activity, task_id, outcome)
+async def activity_job(
+    context: procrastinate.JobContext, task_id: str, activity: str, token: int
+) -> None:
+    # run_activity loads the task and its withdrawal anyway, and binds the ids then.
+    async with _dead_letter_on_final_failure(context, bind_ids=False) as runtime:
+        outcome = await run_activity(runtime, task_id, activity, token)
+    log.info("activity %s on task %s: %s", activity, task_id, outcome)
 
-    @app.task(name="timer", queue="timers", retry=retry, pass_context=True)
-    async def timer(
-        context: procrastinate.JobContext, task_id: str, kind: str, due_at: str
-    ) -> None:
-        async with dead_letter_on_final_failure(context) as runtime:
-            due = datetime.fromisoformat(due_at)
-            metrics.TIMER_LATENESS.observe(max((datetime.now(UTC) - due).total_seconds(), 0.0))
-            event = runtime.engine.definition.timer_event(kind, due)
-            async with runtime.pool.connection() as conn:
-                await runtime.engine.apply(conn, task_id, event, origin=Origin(actor="timer"))
 
-    @app.task(name="webhook", queue="webhooks", retry=retry, pass_context=True)
-    async def webhook(context: procrastinate.JobContext, inbox_id: int) -> None:
-        async with dead_letter_on_final_failure(context) as runtime:
-            await apply_webhook(runtime, inbox_id)
+async def timer_job(
+    context: procrastinate.JobContext, task_id: str, kind: str, due_at: str
+) -> None:
+    async with _dead_letter_on_final_failure(context) as runtime:
+        due = datetime.fromisoformat(due_at)
+        metrics.TIMER_LATENESS.observe(max((datetime.now(UTC) - due).total_seconds(), 0.0))
+        event = runtime.engine.definition.timer_event(kind, due)
+        async with runtime.pool.connection() as conn:
+            await runtime.engine.apply(conn, task_id, event, origin=Origin(actor="timer"))
 
-    @app.task(name="notify", queue="notifications", retry=retry, pass_context=True)
-    async def notify(context: procrastinate.JobContext, queue_id: str) -> None:
-        async with dead_letter_on_final_failure(context) as runtime:
-            await notify_outcome(runtime, queue_id)
 
-    @app.periodic(cron="* * * * * */5")  # 6th field is seconds: every 5 s
-    @app.task(
+async def webhook_job(context: procrastinate.JobContext, inbox_id: int) -> None:
+    async with _dead_letter_on_final_failure(context) as runtime:
+        await apply_webhook(runtime, inbox_id)
+
+
+async def notify_job(context: procrastinate.JobContext, queue_id: str) -> None:
+    async with _dead_letter_on_final_failure(context) as runtime:
+        await notify_outcome(runtime, queue_id)
+
+
+async def retry_stalled_job(context: procrastinate.JobContext, timestamp: int) -> None:
+    runtime = _runtime(context)
+    manager = context.app.job_manager
+    for job in await manager.get_stalled_jobs(seconds_since_heartbeat=runtime.stalled_after_s):
+        log.warning("retrying stalled job %s (%s)", job.id, job.task_name)
+        await manager.retry_job(job)
+
+
+def build_app(conninfo: str, retry: CappedBackoff) -> procrastinate.App:
+    """The procrastinate app with every job; any worker on any host can run any of them."""
+    app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=conninfo))
+    for name, queue, function in (
+        ("activity", "activities", activity_job),
+        ("timer", "timers", timer_job),
+        ("webhook", "webhooks", webhook_job),
+        ("notify", "notifications", notify_job),
+    ):
+        app.task(name=name, queue=queue, retry=retry, pass_context=True)(function)
+    stalled = app.task(
         name="retry_stalled", queue="maintenance", queueing_lock="retry_stalled", pass_context=True
-    )
-    async def retry_stalled(context: procrastinate.JobContext, timestamp: int) -> None:
-        runtime = _runtime(context)
-        manager = context.app.job_manager
-        for job in await manager.get_stalled_jobs(seconds_since_heartbeat=runtime.stalled_after_s):
-            log.warning("retrying stalled job %s (%s)", job.id, job.task_name)
-            await manager.retry_job(job)
-
+    )(retry_stalled_job)
+    app.periodic(cron="* * * * * */5")(stalled)  # the 6th field is seconds: every 5 s
     return app
 
 

@@ -55,7 +55,7 @@ class Order:
     amount: str
     currency: str
     status: str
-    creates: int = 1
+    creates: int = 1  # create calls for this reference: the first, then every replay
 
     def to_json(self) -> dict[str, str]:
         return {"id": self.id, "reference": self.reference, "status": self.status}
@@ -141,7 +141,8 @@ class Simulator:
         self, provider: ProviderConfig, reference: str, amount: str, currency: str
     ) -> CreateAnswer:
         existing = self.orders.get((provider.name, reference))
-        if existing is not None:
+        if existing is not None:  # an idempotent replay: counted, answered with the order
+            existing.creates += 1
             return CreateAnswer(200, existing.to_json())
         behaviour = provider.behaviour
         if behaviour == "market":
@@ -167,6 +168,7 @@ class Simulator:
         await asyncio.sleep(fate.answer_after_s)
         existing = self.orders.get((provider.name, reference))
         if existing is not None:  # a concurrent replay got here first
+            existing.creates += 1
             return CreateAnswer(200, existing.to_json())
         if fate.outcome == "decline":
             return CreateAnswer(422, _error("declined", "the provider declined the order"))

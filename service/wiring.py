@@ -18,6 +18,7 @@ from engine.config import ProviderConfig, Settings
 from engine.db import Pool, open_pool
 from engine.engine import Engine
 from engine.jobs import ProcrastinateScheduler, Runtime, build_app
+from engine.retry import CappedBackoff
 from service.rollout import RolloutGate
 from workflows.core import Event
 from workflows.withdrawal_definition import WITHDRAWAL
@@ -65,11 +66,10 @@ async def open_services(
         acquire_timeout_s=settings.db_acquire_timeout_s if serving_requests else 30.0,
         check=serving_requests,
     )
-    app = build_app(
-        settings.database_url,
-        retries=settings.activity_max_retries,
-        retry_base_s=settings.activity_retry_base_s,
+    retry = CappedBackoff(
+        settings.activity_max_retries, settings.activity_retry_base_s, settings.activity_retry_cap_s
     )
+    app = build_app(settings.database_url, retry)
     await app.open_async()
     scheduler = ProcrastinateScheduler(app)
 

@@ -417,11 +417,13 @@ RECHECKING_ROWS = [
         RECHECK_FAILING,
         [conflict("provider says SUCCEEDED while settling FAILED")],
     ),
+    # a stale "pending" after the provider said the order failed is no contradiction
+    unchanged("rechecking-pending-while-releasing-ignored", RECHECK_FAILING, ProviderPending(REF)),
     row(
-        "rechecking-pending-while-releasing-alerts",
-        RECHECK_FAILING,
+        "rechecking-pending-after-no-order-found-alerts",
+        replace(RECHECK_FAILING, last_reason="no_order_at_provider"),
         ProviderPending(REF),
-        RECHECK_FAILING,
+        replace(RECHECK_FAILING, last_reason="no_order_at_provider"),
         [conflict("provider says EXECUTING while settling FAILED")],
     ),
     row(

@@ -50,6 +50,9 @@ FREEZE, CREATE, CHECK, COMMIT, RELEASE = (
 )
 
 
+NO_ORDER = "no_order_at_provider"  # a recheck's status call found no order
+
+
 def unchanged(state: TaskState, _event: Event, _now: datetime) -> Decision:
     return state, []
 
@@ -267,8 +270,13 @@ def begin_recheck(state: TaskState, _e: Event, now: datetime) -> Decision:
 
 def recheck_found(state: TaskState, event: Event, now: datetime) -> Decision:
     if state.target is not None:
-        claims = S.SUCCEEDED if isinstance(event, ProviderSucceeded) else S.EXECUTING
-        return settling_observation(state, claims)
+        if isinstance(event, ProviderSucceeded):
+            return settling_observation(state, S.SUCCEEDED)
+        # "Pending" while releasing: stale when the provider itself said the order
+        # failed; a contradiction only when we concluded it never existed.
+        if state.last_reason == NO_ORDER:
+            return settling_observation(state, S.EXECUTING)
+        return state, []
     ref = getattr(event, "provider_ref", None)
     new, commands = executing(state, ref, now)
     if isinstance(event, ProviderSucceeded):
@@ -279,7 +287,7 @@ def recheck_found(state: TaskState, event: Event, now: datetime) -> Decision:
 def recheck_absent(state: TaskState, event: Event, _now: datetime) -> Decision:
     if state.target is not None:
         return state, []
-    reason = event.reason if isinstance(event, ProviderFailed) else "no_order_at_provider"
+    reason = event.reason if isinstance(event, ProviderFailed) else NO_ORDER
     return replace(state, target=S.FAILED, last_reason=reason), [RunActivity(RELEASE)]
 
 
