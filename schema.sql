@@ -247,10 +247,11 @@ CREATE TABLE IF NOT EXISTS ledger_holds (
 -- (activity_token set) may legitimately be ahead or behind, so it is left out.
 CREATE OR REPLACE VIEW v_ledger_drift AS
 WITH ours AS (
+    -- every task: one whose ledger call is in flight (activity_token set) may
+    -- legitimately differ for a moment, so it is skipped below, never called unknown
     SELECT t.id::text AS key, q.order_id, t.queue_id, t.status::text AS task_status,
-           t.funds::text AS funds
+           t.funds::text AS funds, t.activity_token IS NOT NULL AS in_flight
     FROM order_tasks t JOIN order_queues q ON q.id = t.queue_id
-    WHERE t.activity_token IS NULL
 )
 SELECT coalesce(o.key, l.key) AS key, o.order_id, o.queue_id, o.task_status, o.funds,
        l.status AS ledger_status,
@@ -259,7 +260,7 @@ SELECT coalesce(o.key, l.key) AS key, o.order_id, o.queue_id, o.task_status, o.f
            AS drift
 FROM ours o FULL JOIN ledger_holds l ON l.key = o.key
 WHERE (o.key IS NULL AND l.status <> 'void')
-   OR (o.key IS NOT NULL AND NOT (
+   OR (o.key IS NOT NULL AND NOT o.in_flight AND NOT (
         (o.funds = 'NONE' AND coalesce(l.status, 'void') = 'void')
      OR (o.funds = 'FROZEN' AND l.status = 'frozen')
      OR (o.funds = 'COMMITTED' AND l.status = 'committed')

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import psycopg
@@ -41,16 +42,35 @@ async def open_pool(
 
 
 def apply_schema(conninfo: str) -> None:
-    """Apply procrastinate's schema (once) and ours (idempotent), serialised."""
+    """Apply procrastinate's schema (once) and ours, serialised across processes.
+
+    Ours is applied only when schema.sql changed since it was last applied (its
+    hash is recorded): re-running its `CREATE INDEX IF NOT EXISTS` takes SHARE
+    locks on the withdrawal tables, in an order opposite to a transition's, so a
+    worker starting next to live withdrawals deadlocked them.
+    """
     import procrastinate
 
+    ours = SCHEMA_FILE.read_text()
+    digest = hashlib.sha256(ours.encode()).hexdigest()
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (_SCHEMA_LOCK,))
         try:
             exists = conn.execute("SELECT to_regclass('procrastinate_jobs') IS NOT NULL").fetchone()
             if not (exists and exists[0]):
-                sql = procrastinate.schema.SchemaManager.get_schema()
-                conn.execute(sql)
-            conn.execute(SCHEMA_FILE.read_text())
+                conn.execute(procrastinate.schema.SchemaManager.get_schema())
+            conn.execute(_APPLIED_TABLE)
+            if conn.execute(_APPLIED, (digest,)).fetchone() is None:
+                with conn.transaction():
+                    conn.execute(ours)
+                    conn.execute(_RECORD, (digest,))
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_SCHEMA_LOCK,))
+
+
+_APPLIED_TABLE = (
+    "CREATE TABLE IF NOT EXISTS schema_applied"
+    " (sha256 text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+)
+_APPLIED = "SELECT 1 FROM schema_applied WHERE sha256 = %s"
+_RECORD = "INSERT INTO schema_applied (sha256) VALUES (%s) ON CONFLICT DO NOTHING"
