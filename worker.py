@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import logging
 import os
+import signal
 import socket
+from typing import Any
 
+import procrastinate
 import prometheus_client
 
 from activities.outbox_relay import OutboxRelay
@@ -22,6 +27,8 @@ from engine.db import apply_schema
 from engine.embedded import database_url
 from engine.timers import run_pump
 from service.wiring import open_services
+
+log = logging.getLogger("payment.worker")
 
 
 async def run(settings: Settings, concurrency: int, name: str, graceful_timeout: float) -> None:
@@ -42,21 +49,61 @@ async def run(settings: Settings, concurrency: int, name: str, graceful_timeout:
             pause_s=settings.outbox_relay_pause_s,
         )
         background.append(asyncio.create_task(relay.run(stop_pump)))
+    options: dict[str, Any] = {
+        "name": name,
+        "concurrency": concurrency,
+        "additional_context": {"runtime": services.runtime},
+        "fetch_job_polling_interval": settings.fetch_interval_s,
+        "update_heartbeat_interval": settings.heartbeat_s,
+        "stalled_worker_timeout": settings.stalled_after_s,
+        "shutdown_graceful_timeout": graceful_timeout,
+        "delete_jobs": "successful",
+        "install_signal_handlers": False,  # ours below tell a shutdown from a failure
+    }
     try:
-        await services.app.run_worker_async(
-            name=name,
-            concurrency=concurrency,
-            additional_context={"runtime": services.runtime},
-            fetch_job_polling_interval=settings.fetch_interval_s,
-            update_heartbeat_interval=settings.heartbeat_s,
-            stalled_worker_timeout=settings.stalled_after_s,
-            shutdown_graceful_timeout=graceful_timeout,
-            delete_jobs="successful",
-        )
+        await work_until_shutdown(services.app, options, _shutdown_requested())
     finally:
         stop_pump.set()
         await asyncio.gather(*background)
         await services.close()
+
+
+def _shutdown_requested() -> asyncio.Event:
+    requested = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, requested.set)
+    return requested
+
+
+async def work_until_shutdown(
+    app: procrastinate.App, options: dict[str, Any], shutdown: asyncio.Event
+) -> None:
+    """Run procrastinate's worker until SIGINT/SIGTERM; restart it when it stops itself.
+
+    procrastinate stops its worker when a side task fails, and its LISTEN
+    connection fails whenever PostgreSQL restarts. That is no reason for this
+    process to exit: nothing would restart it. Wait (with backoff) and run it again;
+    its jobs are meanwhile found by the other workers' stalled-job sweep, or by
+    this one when it is back.
+    """
+    backoff, loop = 0.5, asyncio.get_running_loop()
+    while not shutdown.is_set():
+        started = loop.time()
+        worker = asyncio.create_task(app.run_worker_async(**options))
+        stop = asyncio.create_task(shutdown.wait())
+        await asyncio.wait({worker, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if shutdown.is_set():
+            worker.cancel()  # procrastinate stops gracefully: running jobs may finish
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker
+            return
+        stop.cancel()
+        failure = worker.exception() if not worker.cancelled() else None
+        log.warning("worker stopped on its own (%r); starting it again in %.1fs", failure, backoff)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(shutdown.wait(), timeout=backoff)
+        backoff = 0.5 if loop.time() - started > 60 else min(backoff * 2, 10.0)
 
 
 def main() -> None:

@@ -92,3 +92,41 @@ def test_database_crash_answers_503_then_recovers_without_a_restart(
     assert again.status_code == 201, again.text
     assert client.api.get(f"/v1/withdrawals/{again.json()['id']}").status_code == 200
     assert api_process.poll() is None  # the same API process, never restarted
+
+
+@pytest.fixture(scope="module")
+def with_workers(
+    own_postgres: OwnPostgres, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
+    url = own_postgres.database("outage_workers")
+    apply_schema(url)
+    stack = Stack(
+        url,
+        tmp_path_factory.mktemp("outage-workers"),
+        [ProviderSpec("alpha", behaviour="delayed_webhook", webhook_delay_ms=300)],
+        workers=2,
+    )
+    stack.start()
+    try:
+        yield StackClient(stack, on_response=hook)
+    finally:
+        stack.stop()
+
+
+def test_withdrawals_in_flight_finish_after_a_database_crash_and_no_worker_exits(
+    with_workers: StackClient, own_postgres: OwnPostgres
+) -> None:
+    client = with_workers
+    in_flight = [client.submit(["alpha"]).json()["id"] for _ in range(8)]
+    own_postgres.crash()  # mid-flight: freezes, creates, webhooks and commits are cut off
+    time.sleep(3)  # noqa: the outage itself, not synchronisation
+    own_postgres.start()
+    wait_until(lambda: client.api.get("/readyz").status_code == 200, 30, "the API")
+    after = [client.submit(["alpha"]).json()["id"] for _ in range(4)]
+    for queue_id in in_flight + after:
+        assert client.wait_final(queue_id, timeout=90)["status"] == "COMPLETED"
+    client.stack.assert_running()  # every worker survived the restart, none was restarted
+    ops = client.ledger_ops()
+    for queue_id in in_flight + after:
+        task = client.withdrawal(queue_id)["tasks"][0]
+        assert (task["funds"], ops[task["id"]]) == ("COMMITTED", ["freeze", "commit"])
