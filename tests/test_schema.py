@@ -16,7 +16,12 @@ def test_applying_an_unchanged_schema_takes_no_lock_on_the_tables(migrated_url: 
         transition.execute("UPDATE order_tasks SET version = version WHERE false")
         transition.execute("UPDATE order_queues SET updated_at = updated_at WHERE false")
         finished = threading.Event()
-        starter = threading.Thread(target=lambda: (apply_schema(migrated_url), finished.set()))
+
+        def start_a_process() -> None:
+            apply_schema(migrated_url)
+            finished.set()
+
+        starter = threading.Thread(target=start_a_process)
         started = time.monotonic()
         starter.start()
         # Re-running CREATE INDEX would wait for SHARE locks behind the transition (and,
