@@ -109,6 +109,7 @@ class Settings(_Strict):
     timer_pump_interval_s: float = 0.2
     heartbeat_s: float = 2.0
     stalled_after_s: float = 10.0
+    sweep_grace_s: float = Field(60.0, gt=0)
     # How long a request waits for a database connection before answering 503.
     db_acquire_timeout_s: float = Field(5.0, gt=0)
 
@@ -141,6 +142,7 @@ class Settings(_Strict):
             "timer_pump_interval_s": "TIMER_PUMP_INTERVAL_S",
             "heartbeat_s": "WORKER_HEARTBEAT_S",
             "stalled_after_s": "WORKER_STALLED_AFTER_S",
+            "sweep_grace_s": "SWEEP_GRACE_S",
             "db_acquire_timeout_s": "DB_ACQUIRE_TIMEOUT_S",
         }
         for field, var in simple.items():

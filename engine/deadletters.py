@@ -67,6 +67,16 @@ async def record(pool: Pool, job: procrastinate.jobs.Job, exc: BaseException) ->
         ).fetchone()
         if inserted is None or queue is None:
             return
+        # A step that failed for good leaves its task waiting (money frozen until a
+        # replay): that is for a person, so the withdrawal shows up in /attention.
+        await conn.execute(
+            "UPDATE order_queues SET needs_attention = true, attention_reason = %s,"
+            " updated_at = now() WHERE id = %s",
+            (
+                f"dead_letter {inserted['id']}: {job.task_name} {args.get('activity', '')}".strip(),
+                queue["id"],
+            ),
+        )
         payload = {
             "dead_letter_id": inserted["id"],
             "job": job.task_name,

@@ -29,6 +29,7 @@ from engine.contracts import Origin, StaleEvent, UnknownTask
 from engine.engine import Engine
 from engine.journal import Conn
 from engine.retry import CappedBackoff
+from engine.sweep import sweep
 from workflows.core import Event, IllegalTransition
 
 log = logging.getLogger("payment.jobs")
@@ -46,6 +47,7 @@ class Runtime:
     # The queue's final outcome -> cascade-core (None: notifications are off).
     notify: Callable[[dict[str, Any], dict[str, str]], Awaitable[None]] | None = None
     stalled_after_s: float = 10.0
+    sweep_grace_s: float = 60.0  # how long a live task may wait for nothing
 
 
 class ProcrastinateScheduler:
@@ -194,6 +196,12 @@ async def retry_stalled_job(context: procrastinate.JobContext, timestamp: int) -
         await manager.retry_job(job)
 
 
+async def sweep_job(context: procrastinate.JobContext, timestamp: int) -> None:
+    runtime = _runtime(context)
+    async with runtime.pool.connection() as conn:
+        await sweep(conn, runtime.engine.scheduler, runtime.sweep_grace_s)
+
+
 def build_app(conninfo: str, retry: CappedBackoff) -> procrastinate.App:
     """The procrastinate app with every job; any worker on any host can run any of them."""
     app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=conninfo))
@@ -208,6 +216,10 @@ def build_app(conninfo: str, retry: CappedBackoff) -> procrastinate.App:
         name="retry_stalled", queue="maintenance", queueing_lock="retry_stalled", pass_context=True
     )(retry_stalled_job)
     app.periodic(cron="* * * * * */5")(stalled)  # the 6th field is seconds: every 5 s
+    swept = app.task(name="sweep", queue="maintenance", queueing_lock="sweep", pass_context=True)(
+        sweep_job
+    )
+    app.periodic(cron="* * * * * */10")(swept)
     return app
 
 

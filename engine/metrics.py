@@ -60,6 +60,11 @@ WEBHOOK_OUTCOMES = Counter(
     "Stored webhooks by what applying them did (applied, wrong_provider, ...)",
     ["provider", "outcome"],
 )
+SWEEP_ACTIONS = Counter(
+    "sweep_actions_total",
+    "Live tasks that waited for nothing: lost jobs deferred again, or flagged",
+    ["action"],
+)
 OUTBOX_PUBLISHED = Counter("outbox_published_total", "Outbox events published to JetStream")
 
 # Database-derived, refreshed by the API server at scrape time.

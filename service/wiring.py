@@ -94,6 +94,7 @@ async def open_services(
         activities=WithdrawalActivities(ledger, adapters).registry(),
         translate_webhook=translate_webhook,
         stalled_after_s=settings.stalled_after_s,
+        sweep_grace_s=settings.sweep_grace_s,
         notify=notifier,
     )
     gate = RolloutGate.load(settings.rollout_file, settings.rollout_cascade_percent)
