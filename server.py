@@ -15,7 +15,7 @@ from starlette.routing import Route
 
 from engine import logs
 from engine.config import Settings
-from engine.db import apply_schema
+from engine.db import apply_schema_when_reachable
 from engine.embedded import database_url
 from service.api import ROUTES
 from service.edge import EXCEPTION_HANDLERS
@@ -51,7 +51,7 @@ def main() -> None:
     args = parser.parse_args()
     logs.setup()
     url = database_url(keep_running=True)
-    apply_schema(url)
+    apply_schema_when_reachable(url)
     settings = Settings.from_env(url)
     uvicorn.run(
         build_app(settings), host=args.host, port=args.port, log_config=logs.UVICORN_LOG_CONFIG

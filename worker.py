@@ -23,7 +23,7 @@ import prometheus_client
 from activities.outbox_relay import OutboxRelay
 from engine import logs
 from engine.config import Settings
-from engine.db import apply_schema
+from engine.db import apply_schema_when_reachable
 from engine.embedded import database_url
 from engine.timers import run_pump
 from service.wiring import open_services
@@ -122,7 +122,7 @@ def main() -> None:
     args = parser.parse_args()
     logs.setup()
     url = database_url(keep_running=True)
-    apply_schema(url)
+    apply_schema_when_reachable(url)
     settings = Settings.from_env(url)
     if args.metrics_port:
         addr = os.environ.get("METRICS_ADDR", "127.0.0.1")

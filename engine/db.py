@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import logging
+import time
 from pathlib import Path
 
 import psycopg
@@ -10,6 +12,7 @@ from psycopg import AsyncConnection
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 
+log = logging.getLogger("payment.db")
 SCHEMA_FILE = Path(__file__).resolve().parent.parent / "schema.sql"
 _SCHEMA_LOCK = 7_303_001  # advisory lock id: N processes may start at once
 
@@ -66,6 +69,22 @@ def apply_schema(conninfo: str) -> None:
                     conn.execute(_RECORD, (digest,))
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_SCHEMA_LOCK,))
+
+
+def apply_schema_when_reachable(conninfo: str, timeout_s: float = 300.0) -> None:
+    """apply_schema, waiting (with backoff) for a database that is restarting: a
+    process started during an outage, by a supervisor say, waits instead of exiting."""
+    deadline, backoff = time.monotonic() + timeout_s, 0.5
+    while True:
+        try:
+            apply_schema(conninfo)
+            return
+        except psycopg.OperationalError as exc:
+            if time.monotonic() + backoff > deadline:
+                raise
+            log.warning("database unreachable (%s); retrying in %.1fs", type(exc).__name__, backoff)
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
 
 
 _APPLIED_TABLE = (

@@ -88,12 +88,16 @@ class StackClient:
         ).raise_for_status()
 
     def set_ledger_faults(
-        self, error_rate: float = 0.0, latency_ms: int = 0, seed: int = 1
+        self,
+        error_rate: float = 0.0,
+        latency_ms: int = 0,
+        seed: int = 1,
+        error_after_rate: float = 0.0,
     ) -> None:
-        self.sandbox.put(
-            "/ledger/_admin/faults",
-            json={"error_rate": error_rate, "latency_ms": latency_ms, "seed": seed},
-        ).raise_for_status()
+        """`error_rate`: a 503 before applying; `error_after_rate`: a 500 after applying."""
+        body = {"error_rate": error_rate, "latency_ms": latency_ms, "seed": seed}
+        body["error_after_rate"] = error_after_rate
+        self.sandbox.put("/ledger/_admin/faults", json=body).raise_for_status()
 
     def send_webhook(self, provider: str, reference: str, status: str, **extra: Any) -> None:
         """Make the sandbox provider (re)send a signed webhook now."""

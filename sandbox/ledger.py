@@ -34,13 +34,19 @@ MAX_LATENCY_MS = 60_000
 
 @dataclass
 class Faults:
-    error_rate: float = 0.0
+    error_rate: float = 0.0  # a 503 before anything is applied
     latency_ms: int = 0
     seed: int | None = None
     rng: random.Random = field(default_factory=random.Random)
+    error_after_rate: float = 0.0  # applied, then a 500 all the same: the ambiguous case
 
     def to_json(self) -> dict[str, object]:
-        return {"error_rate": self.error_rate, "latency_ms": self.latency_ms, "seed": self.seed}
+        return {
+            "error_rate": self.error_rate,
+            "error_after_rate": self.error_after_rate,
+            "latency_ms": self.latency_ms,
+            "seed": self.seed,
+        }
 
 
 class Ledger:
@@ -95,9 +101,17 @@ class Ledger:
                 return unauthorized()
             if self.faults.latency_ms:
                 await asyncio.sleep(self.faults.latency_ms / 1000)
-            if self.faults.error_rate and self.faults.rng.random() < self.faults.error_rate:
+            faults = self.faults
+            if faults.error_rate and faults.rng.random() < faults.error_rate:
                 return error(503, "injected_fault", "fault injected by the sandbox")
-            return await _translate_errors(handler, request)
+            response = await _translate_errors(handler, request)
+            if (
+                faults.error_after_rate
+                and response.status_code == 200
+                and faults.rng.random() < faults.error_after_rate
+            ):
+                return error(500, "injected_after_apply", "applied, then failed to answer")
+            return response
 
         return wrapped
 
@@ -161,14 +175,16 @@ class Ledger:
             body.get("latency_ms", 0),
             body.get("seed"),
         )
-        if not isinstance(rate, int | float) or isinstance(rate, bool) or not 0 <= rate <= 1:
-            raise LedgerError(422, "invalid_request", "error_rate must be a number in [0, 1]")
+        after = body.get("error_after_rate", 0)
+        for name, value in (("error_rate", rate), ("error_after_rate", after)):
+            if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= 1:
+                raise LedgerError(422, "invalid_request", f"{name} must be a number in [0, 1]")
         if not is_int(latency) or not 0 <= latency <= MAX_LATENCY_MS:
             raise LedgerError(422, "invalid_request", "latency_ms must be an integer >= 0")
         if seed is not None and not is_int(seed):
             raise LedgerError(422, "invalid_request", "seed must be an integer")
         # A fresh seeded generator makes a fault sequence reproducible per PUT.
-        self.faults = Faults(float(rate), latency, seed, random.Random(seed))
+        self.faults = Faults(float(rate), latency, seed, random.Random(seed), float(after))
         return JSONResponse(self.faults.to_json())
 
     async def get_faults(self, request: Request) -> Response:

@@ -13,14 +13,14 @@ import pytest
 
 from engine.db import apply_schema
 from sandbox.client import StackClient
+from sandbox.pg import RestartablePostgres
 from sandbox.stack import ProviderSpec, Stack, wait_until
 from tests.openapi_contract import hook
-from tests.own_postgres import OwnPostgres
 
 
 @pytest.fixture(scope="module")
-def own_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnPostgres]:
-    server = OwnPostgres(tmp_path_factory.mktemp("own-pg") / "pg")
+def own_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RestartablePostgres]:
+    server = RestartablePostgres(tmp_path_factory.mktemp("own-pg") / "pg")
     try:
         yield server
     finally:
@@ -28,7 +28,9 @@ def own_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnPostgr
 
 
 @pytest.fixture(scope="module")
-def api_only(own_postgres: OwnPostgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def api_only(
+    own_postgres: RestartablePostgres, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
     """The sandbox and the API on the test's own database; no worker is needed."""
     url = own_postgres.database("outage")
     apply_schema(url)
@@ -64,7 +66,7 @@ def assert_unavailable(response: httpx.Response) -> None:
 
 
 def test_database_crash_answers_503_then_recovers_without_a_restart(
-    api_only: StackClient, own_postgres: OwnPostgres
+    api_only: StackClient, own_postgres: RestartablePostgres
 ) -> None:
     client = api_only
     api_process = next(p for p in client.stack.procs if "server.py" in str(p.args))
@@ -96,7 +98,7 @@ def test_database_crash_answers_503_then_recovers_without_a_restart(
 
 @pytest.fixture(scope="module")
 def with_workers(
-    own_postgres: OwnPostgres, tmp_path_factory: pytest.TempPathFactory
+    own_postgres: RestartablePostgres, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Any]:
     url = own_postgres.database("outage_workers")
     apply_schema(url)
@@ -114,7 +116,7 @@ def with_workers(
 
 
 def test_withdrawals_in_flight_finish_after_a_database_crash_and_no_worker_exits(
-    with_workers: StackClient, own_postgres: OwnPostgres
+    with_workers: StackClient, own_postgres: RestartablePostgres
 ) -> None:
     client = with_workers
     in_flight = [client.submit(["alpha"]).json()["id"] for _ in range(8)]

