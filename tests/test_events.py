@@ -3,48 +3,15 @@ through a relay crash and a NATS outage."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 import signal
 from collections import Counter
-from typing import Any
 
-import nats
 import psycopg
-from nats.js.errors import NotFoundError
 
 from sandbox.client import StackClient
+from sandbox.servers import NatsServer
+from sandbox.soak_checks import stream_messages
 from sandbox.stack import wait_until
-from tests.conftest import NatsServer
-
-
-async def _stream_messages(url: str) -> list[dict[str, Any]]:
-    client = await nats.connect(url)
-    try:
-        js = client.jetstream()
-        try:
-            info = await js.stream_info("ORDERS")
-        except NotFoundError:
-            return []
-        messages = []
-        for seq in range(info.state.first_seq, info.state.last_seq + 1):
-            msg = await js.get_msg("ORDERS", seq)
-            headers = msg.headers or {}
-            messages.append(
-                {
-                    "seq": seq,
-                    "subject": msg.subject,
-                    "id": int(headers["Nats-Msg-Id"]),
-                    "body": json.loads(msg.data or b"{}"),
-                }
-            )
-        return messages
-    finally:
-        await client.close()
-
-
-def stream_messages(url: str) -> list[dict[str, Any]]:
-    return asyncio.run(_stream_messages(url))
 
 
 def outbox(url: str, queue_ids: list[str]) -> list[tuple[int, str, str]]:

