@@ -12,7 +12,7 @@ export OPS_TOKENS   ?= dev-ops-token
 export CORE_CALLBACK_URL   ?= http://127.0.0.1:8090/core
 export CORE_CALLBACK_TOKEN ?= dev-ledger-token
 
-.PHONY: setup demo run sandbox migrate test lint bench fuzz clean
+.PHONY: setup demo run sandbox migrate test lint bench fuzz soak clean
 
 setup: $(STAMP)
 
@@ -47,6 +47,9 @@ lint: setup
 fuzz: setup ## schemathesis against the served OpenAPI document of a local stack (FUZZ_EXAMPLES per operation)
 	$(PY) -m pip install -q -e '.[dev,fuzz]'
 	$(PY) -m sandbox.fuzz --max-examples $${FUZZ_EXAMPLES:-100}
+
+soak: setup ## seeded chaos soak, every fault at once (SHORT=1: about a minute; also in make test)
+	$(PY) -m sandbox.soak $(if $(SHORT),--short,) $(if $(SEED),--seed $(SEED),)
 
 bench: setup
 	@ls bench/*.py >/dev/null 2>&1 || { echo "no benchmarks yet"; exit 0; }

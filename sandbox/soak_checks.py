@@ -158,3 +158,14 @@ def manual_checks_by_cause(url: str) -> dict[str, int]:
         " WHERE status = 'MANUAL_CHECK' GROUP BY 1 ORDER BY 2 DESC",
     )
     return {r["cause"]: int(r["n"]) for r in rows}
+
+
+def outcome_counts(url: str) -> dict[str, int]:
+    rows = _rows(
+        url,
+        "SELECT CASE WHEN q.status <> 'ACTIVE' THEN lower(q.status::text)"
+        " WHEN EXISTS (SELECT 1 FROM order_tasks t WHERE t.queue_id = q.id"
+        "   AND t.status = 'MANUAL_CHECK') THEN 'waiting for a person' ELSE 'open' END AS outcome,"
+        " count(*) AS n FROM order_queues q GROUP BY 1 ORDER BY 1",
+    )
+    return {r["outcome"]: int(r["n"]) for r in rows}

@@ -1,0 +1,208 @@
+"""`make soak`: a seeded chaos soak of the whole stack, with every fault at once.
+
+Its own PostgreSQL (embedded, in a temporary directory: it is crashed) and its
+own nats-server; the sandbox ledger and the market of config/market.toml plus a
+provider whose creates hang; the API and workers under a supervisor. While the
+withdrawals go in, it SIGKILLs workers on a schedule (the supervisor starts
+replacements), crashes PostgreSQL in immediate mode and starts it again, makes
+the ledger fail before and after applying, stops nats-server, cancels some
+withdrawals and resends stale and duplicate webhooks. Then it lets the system go
+quiet and checks money, liveness and events from the outside (soak_checks.py).
+The last line is the verdict; the exit status is non-zero when any check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import signal
+import sys
+import tempfile
+import threading
+import time
+import tomllib
+from collections import Counter
+from pathlib import Path
+
+from engine.db import apply_schema
+from sandbox import soak_checks as checks
+from sandbox.chaos import Chaos, Plan, submit_all
+from sandbox.client import StackClient
+from sandbox.demo import MARKET_FILE, market_specs
+from sandbox.servers import NatsServer, RestartablePostgres
+from sandbox.stack import ProviderSpec, Stack
+
+SOAK_ENV = {
+    "ACTIVITY_MAX_RETRIES": "200",
+    "ACTIVITY_RETRY_BASE_S": "0.25",
+    "ACTIVITY_RETRY_CAP_S": "3",
+    "SWEEP_GRACE_S": "15",
+    "DB_ACQUIRE_TIMEOUT_S": "2",
+}
+
+
+def plan_from(args: argparse.Namespace) -> Plan:
+    if args.short:
+        return Plan(count=200, spread_s=40, pg_restarts=2, nats_down_s=8, seed=args.seed)
+    return Plan(
+        count=args.count, spread_s=args.spread, pg_restarts=3, nats_down_s=60, seed=args.seed
+    )
+
+
+def quiet(url: str) -> bool:
+    """Every withdrawal final or with a person; no step queued; every event out."""
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT (SELECT count(*) FROM order_queues q WHERE q.status = 'ACTIVE' AND NOT EXISTS"
+            "   (SELECT 1 FROM order_tasks t WHERE t.queue_id = q.id AND t.status = 'MANUAL_CHECK'"
+            "    AND t.target IS NULL))"
+            " + (SELECT count(*) FROM procrastinate_jobs WHERE status IN ('todo', 'doing')"
+            "    AND queue_name IN ('activities', 'webhooks'))"
+            " + (SELECT count(*) FROM outbox WHERE published_at IS NULL)"
+        ).fetchone()
+    return row == (0,)
+
+
+def api_5xx_other_than_503(log: Path) -> int:
+    statuses = re.findall(r'HTTP/1\.1\\?" (5\d\d)', log.read_text(errors="replace"))
+    return sum(s != "503" for s in statuses)
+
+
+def run(args: argparse.Namespace) -> int:
+    plan = plan_from(args)
+    market = tomllib.loads(Path(args.market).read_text())
+    workdir = Path(tempfile.mkdtemp(prefix="soak-"))
+    pg = RestartablePostgres(workdir / "pg")
+    nats_server = NatsServer(workdir / "nats")
+    nats_server.start()
+    url = pg.database("soak")
+    apply_schema(url)
+    specs = [*market_specs(market), ProviderSpec("hangs", behaviour="timeout")]
+    stack = Stack(
+        url,
+        workdir / "stack",
+        specs,
+        workers=plan.workers,
+        nats_url=nats_server.url,
+        market_seed=plan.seed,
+        worker_concurrency=8,
+        extra_env=SOAK_ENV,
+    )
+    print(
+        f"soak: seed {plan.seed}, {plan.count} withdrawals over {plan.spread_s:.0f}s,"
+        f" logs in {workdir}"
+    )
+    started = time.monotonic()
+    try:
+        stack.start()
+        client = StackClient(stack)
+        chaos = Chaos(stack, client, pg, nats_server, plan)
+        chaos_thread = threading.Thread(target=chaos.run, name="chaos")
+        chaos_thread.start()
+        answers, chaos.cancels = submit_all(client, market, plan)
+        submitted = plan.count
+        chaos_thread.join()
+        client.set_ledger_faults()  # the last fault; from here on the system settles alone
+        last_fault = time.monotonic()
+        deadline = last_fault + args.quiet_timeout
+        while not quiet(url) and time.monotonic() < deadline:
+            time.sleep(1)
+        quiet_after = time.monotonic() - last_fault
+        chaos.stop_supervising()
+        return report(
+            client,
+            stack,
+            url,
+            nats_server.url,
+            plan,
+            chaos,
+            answers,
+            submitted,
+            quiet_after,
+            args.quiet_timeout,
+            time.monotonic() - started,
+        )
+    finally:
+        stack.stop()
+        nats_server.stop()
+        pg.close()
+
+
+def report(
+    client: StackClient,
+    stack: Stack,
+    url: str,
+    nats_url: str,
+    plan: Plan,
+    chaos: Chaos,
+    answers: Counter[int],
+    submitted: int,
+    quiet_after: float,
+    quiet_timeout: float,
+    wall: float,
+) -> int:
+    found = [
+        *checks.money_checks(client, url),
+        *checks.liveness_checks(url),
+        checks.audit_replay(url),
+        *checks.outbox_checks(url, nats_url),
+        checks.Check(
+            "worker exits other than the ones killed",
+            chaos.unexpected_exits,
+            chaos.unexpected_exits == 0,
+        ),
+        checks.Check(
+            "API 5xx other than 503",
+            api_5xx_other_than_503(stack.workdir / "api.log"),
+            api_5xx_other_than_503(stack.workdir / "api.log") == 0,
+        ),
+        checks.Check(
+            "seconds to quiet after the last fault",
+            f"{quiet_after:.0f}",
+            quiet_after < min(quiet_timeout, 120),
+        ),
+    ]
+    outcomes = checks.outcome_counts(url)
+    manual = checks.manual_checks_by_cause(url)
+    print()
+    print(f"{'figure':<44} {'value':>14}")
+    for name, value in [
+        ("withdrawals submitted", submitted),
+        *((f"  {k}", v) for k, v in outcomes.items()),
+        ("API answers (every try; 0: no answer)", dict(sorted(answers.items()))),
+        ("workers SIGKILLed (and replaced)", chaos.kills),
+        ("PostgreSQL crash-restarts", chaos.pg_restarts),
+        ("nats-server outage, s", plan.nats_down_s),
+        ("stale or duplicate webhooks resent", chaos.webhooks_resent),
+        ("cancels by cascade-core", chaos.cancels),
+        ("manual checks by cause", manual or "none"),
+        ("wall time, s", f"{wall:.0f}"),
+    ]:
+        print(f"{name:<44} {value!s:>14}")
+    print()
+    for check in found:
+        print(f"{'ok ' if check.ok else 'FAIL'} {check.name:<44} {check.value!s:>10}")
+    failed = [c.name for c in found if not c.ok]
+    verdict = "PASSED" if not failed else "FAILED: " + "; ".join(failed)
+    print(f"\nsoak seed {plan.seed}, {submitted} withdrawals: {verdict}")
+    return 0 if not failed else 1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--short", action="store_true", help="about two minutes (make test)")
+    parser.add_argument("--count", type=int, default=2000, help="withdrawals (long run)")
+    parser.add_argument("--spread", type=float, default=240.0, help="seconds to submit over")
+    parser.add_argument("--seed", type=int, default=20261126)
+    parser.add_argument("--quiet-timeout", type=float, default=300.0)
+    parser.add_argument("--market", default=str(MARKET_FILE))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    sys.exit(run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
