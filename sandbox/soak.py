@@ -165,9 +165,13 @@ def report(
         ),
     ]
     outcomes = checks.outcome_counts(url)
-    manual = checks.manual_checks_by_cause(url)
+    manual = checks.manual_checks_by_cause(client, url)
+    avoidable = sum(n for cause, n in manual.items() if not cause.endswith("order pending"))
+    found.append(
+        checks.Check("manual checks whose provider had settled", avoidable, avoidable == 0)
+    )
     print()
-    print(f"{'figure':<44} {'value':>14}")
+    print(f"{'figure':<64} {'value':>14}")
     for name, value in [
         ("withdrawals submitted", submitted),
         *((f"  {k}", v) for k, v in outcomes.items()),
@@ -177,13 +181,13 @@ def report(
         ("nats-server outage, s", plan.nats_down_s),
         ("stale or duplicate webhooks resent", chaos.webhooks_resent),
         ("cancels by cascade-core", chaos.cancels),
-        ("manual checks by cause", manual or "none"),
+        *((f"manual check: {cause}", n) for cause, n in manual.items()),
         ("wall time, s", f"{wall:.0f}"),
     ]:
-        print(f"{name:<44} {value!s:>14}")
+        print(f"{name:<64} {value!s:>14}")
     print()
     for check in found:
-        print(f"{'ok ' if check.ok else 'FAIL'} {check.name:<44} {check.value!s:>10}")
+        print(f"{'ok  ' if check.ok else 'FAIL'} {check.name:<59} {check.value!s:>14}")
     failed = [c.name for c in found if not c.ok]
     verdict = "PASSED" if not failed else "FAILED: " + "; ".join(failed)
     print(f"\nsoak seed {plan.seed}, {submitted} withdrawals: {verdict}")
