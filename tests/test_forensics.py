@@ -12,7 +12,9 @@ import psycopg
 from psycopg.rows import dict_row
 
 from sandbox.client import StackClient
+from sandbox.soak_checks import money_checks
 from sandbox.stack import ROOT, wait_until
+from tests.conftest import executing_at_alpha
 
 
 def query(url: str, sql: str, *args: Any) -> list[dict[str, Any]]:
@@ -152,3 +154,20 @@ def test_reconcile_reports_zero_drift_then_finds_planted_drift(
         ).fetchall()
         conn.rollback()  # ...only inside this transaction
     assert [r["drift"] for r in drift] == ["funds RELEASED but ledger frozen"]
+
+
+# The soak's outside checks (sandbox/soak_checks.py) can see drift ----------------------
+def test_money_checks_see_a_hold_committed_behind_the_services_back(
+    client: StackClient, migrated_url: str
+) -> None:
+    queue_id, task = executing_at_alpha(client)
+    # cascade-core's ledger commits the hold without payment-service knowing
+    client.sandbox.post(f"/ledger/v1/holds/{task['id']}/commit", json={}).raise_for_status()
+    failing = {c.name for c in money_checks(client, migrated_url) if not c.ok}
+    assert failing == {
+        "holds out of step with the task's funds",
+        "providers whose ledger sum differs",
+    }
+    client.send_webhook("alpha", task["id"], "succeeded")  # the service catches up
+    client.wait_final(queue_id)
+    assert all(c.ok for c in money_checks(client, migrated_url))
