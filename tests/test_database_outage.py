@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -27,25 +29,32 @@ def own_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Restartab
         server.close()
 
 
-@pytest.fixture(scope="module")
-def api_only(
-    own_postgres: RestartablePostgres, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Any]:
-    """The sandbox and the API on the test's own database; no worker is needed."""
-    url = own_postgres.database("outage")
+@contextlib.contextmanager
+def stack_on(
+    server: RestartablePostgres, workdir: Path, name: str, spec: ProviderSpec, **options: Any
+) -> Iterator[StackClient]:
+    """A stack on a fresh database of the test's own server."""
+    url = server.database(name)
     apply_schema(url)
-    stack = Stack(
-        url,
-        tmp_path_factory.mktemp("outage-stack"),
-        [ProviderSpec("alpha")],
-        workers=0,
-        extra_env={"DB_ACQUIRE_TIMEOUT_S": "1"},
-    )
+    stack = Stack(url, workdir, [spec], **options)
     stack.start()
     try:
         yield StackClient(stack, on_response=hook)
     finally:
         stack.stop()
+
+
+@pytest.fixture(scope="module")
+def api_only(
+    own_postgres: RestartablePostgres, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[StackClient]:
+    """The sandbox and the API on the test's own database; no worker is needed."""
+    workdir = tmp_path_factory.mktemp("outage-stack")
+    extra = {"DB_ACQUIRE_TIMEOUT_S": "1"}
+    with stack_on(
+        own_postgres, workdir, "outage", ProviderSpec("alpha"), workers=0, extra_env=extra
+    ) as c:
+        yield c
 
 
 def submission() -> dict[str, Any]:
@@ -99,20 +108,11 @@ def test_database_crash_answers_503_then_recovers_without_a_restart(
 @pytest.fixture(scope="module")
 def with_workers(
     own_postgres: RestartablePostgres, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Any]:
-    url = own_postgres.database("outage_workers")
-    apply_schema(url)
-    stack = Stack(
-        url,
-        tmp_path_factory.mktemp("outage-workers"),
-        [ProviderSpec("alpha", behaviour="delayed_webhook", webhook_delay_ms=300)],
-        workers=2,
-    )
-    stack.start()
-    try:
-        yield StackClient(stack, on_response=hook)
-    finally:
-        stack.stop()
+) -> Iterator[StackClient]:
+    workdir = tmp_path_factory.mktemp("outage-workers")
+    alpha = ProviderSpec("alpha", behaviour="delayed_webhook", webhook_delay_ms=300)
+    with stack_on(own_postgres, workdir, "outage_workers", alpha, workers=2) as c:
+        yield c
 
 
 def test_withdrawals_in_flight_finish_after_a_database_crash_and_no_worker_exits(
