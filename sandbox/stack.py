@@ -69,6 +69,7 @@ class Stack:
     secrets: dict[str, str] = field(default_factory=dict)
     stopped: list[subprocess.Popen[bytes]] = field(default_factory=list)
     worker_metrics_ports: dict[int, int] = field(default_factory=dict)
+    ledger_database_url: str | None = None  # the sandbox's own database (default: ours)
 
     @property
     def api_url(self) -> str:
@@ -152,7 +153,7 @@ class Stack:
             "--port",
             str(self.sandbox_port),
             "--database-url",
-            self.database_url,
+            self.ledger_database_url or self.database_url,
         )
         self._spawn("api", "server.py", "--port", str(self.api_port))
         for url in (self.sandbox_url, self.api_url):

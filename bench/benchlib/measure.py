@@ -1,0 +1,69 @@
+"""Counters read from outside the processes measured: the server's commit counter,
+the processes' CPU and memory, procrastinate's job sequence."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import psutil
+import psycopg
+
+STATS_SETTLE_S = 11.0  # an idle backend flushes its statistics within about 10 s
+
+
+def commits(url: str, database: str) -> int:
+    """Transactions committed in `database`, as the server counts them."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        row = conn.execute(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = %s", (database,)
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def job_sequence(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT last_value FROM procrastinate_jobs_id_seq").fetchone()
+    return int(row[0]) if row else 0
+
+
+def cpu_s(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            times = psutil.Process(pid).cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def rss_mb(pids: list[int]) -> float:
+    return float(sum(psutil.Process(pid).memory_info().rss for pid in pids)) / 2**20
+
+
+@dataclass
+class Snapshot:
+    at: float
+    commits: int
+    jobs: int
+    api_cpu: float
+    worker_cpu: float
+
+    @classmethod
+    def take(cls, url: str, database: str, api: list[int], workers: list[int]) -> Snapshot:
+        return cls(
+            time.monotonic(), commits(url, database), job_sequence(url), cpu_s(api), cpu_s(workers)
+        )
+
+
+def idle_commits_per_s(url: str, database: str, seconds: float) -> float:
+    """The server's own count over `seconds` with nothing to do (after a stats flush)."""
+    time.sleep(STATS_SETTLE_S)
+    before, started = commits(url, database), time.monotonic()
+    time.sleep(seconds)
+    time.sleep(STATS_SETTLE_S)  # let every backend flush what it did in the window
+    after = commits(url, database)
+    # the settle wait after the window is idle too: count the whole stretch
+    return (after - before) / (time.monotonic() - started)

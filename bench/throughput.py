@@ -1,0 +1,298 @@
+"""Engine cost: the service against a bare procrastinate state machine, same server, same run.
+
+Starts the real stack (API, workers, sandbox ledger in its own database, an
+instant provider, nats-server) on a fresh database of `DATABASE_URL`'s server
+(the embedded PostgreSQL when unset), and the baseline of benchlib/baseline.py
+on another, then prints for each: burst throughput with 1 and 2 workers,
+commits and jobs per withdrawal (the server's own counters, idle traffic
+subtracted), Python CPU per withdrawal by process, idle commits per second per
+worker, submit -> SUCCEEDED latency at steady rates, webhook ingest, worker
+memory. The last column is service / baseline. Options: --help.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import procrastinate
+import psycopg
+from benchlib import baseline, load, measure, pct, sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg_pool import AsyncConnectionPool
+
+from engine.db import apply_schema
+from engine.embedded import database_url, start_embedded_nats
+from sandbox.stack import API_TOKEN, ProviderSpec, Stack, wait_until
+
+# The service's own defaults (the test stack speeds some of them up).
+SERVICE_DEFAULTS = {
+    "WORKER_FETCH_INTERVAL_S": "0.5",
+    "WORKER_HEARTBEAT_S": "2",
+    "WORKER_STALLED_AFTER_S": "10",
+    "TIMER_PUMP_INTERVAL_S": "0.2",
+    "ACTIVITY_MAX_RETRIES": "70",
+    "ACTIVITY_RETRY_BASE_S": "1",
+    "ACTIVITY_RETRY_CAP_S": "60",
+    "WORKER_CONCURRENCY": "8",
+}
+
+
+def fresh(name: str, schema: bool = True) -> str:
+    admin = database_url(keep_running=True)
+    sql(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', f'CREATE DATABASE "{name}"')
+    url = make_conninfo(admin, dbname=name)
+    if schema:
+        apply_schema(url)
+    return url
+
+
+def finished(url: str, query: str) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(query).fetchone()
+    return int(row[0]) if row else 0
+
+
+def latencies(url: str, query: str) -> dict[str, float]:
+    with psycopg.connect(url) as conn:
+        xs = [float(r[0]) * 1000 for r in conn.execute(query).fetchall()]
+    return {f"p{q}": pct(xs, q / 100) for q in (50, 95, 99)} if xs else {}
+
+
+class Target(Protocol):
+    """One system under test: start it with N workers, send load, count what finished."""
+
+    name: str
+    database: str
+    done_query: str
+    latency_query: str  # {prefix}: the order ids of one steady run
+    url: str
+
+    def start(self, workers: int) -> None: ...
+    def stop(self) -> None: ...
+    def burst(self, prefix: str, count: int) -> None: ...
+    def steady(self, prefix: str, rate: float, seconds: float) -> int: ...
+    def pids(self) -> tuple[list[int], list[int]]: ...
+
+
+class Service:
+    name, database = "service", "bench_service"
+    done_query = "SELECT count(*) FROM order_queues WHERE status <> 'ACTIVE'"
+    latency_query = (
+        "SELECT extract(epoch FROM t.updated_at - q.created_at) FROM order_queues q"
+        " JOIN order_tasks t ON t.queue_id = q.id AND t.status = 'SUCCEEDED'"
+        " WHERE q.order_id LIKE '{prefix}-%'"
+    )
+
+    def __init__(self, nats_url: str) -> None:
+        self.nats_url = nats_url
+        self.stack: Stack | None = None
+
+    def start(self, workers: int) -> None:
+        self.url = fresh(self.database)
+        ledger = fresh("bench_ledger", schema=False)
+        spec = ProviderSpec("instant", behaviour="instant", webhook_delay_ms=0)
+        self.stack = Stack(
+            self.url,
+            Path(tempfile.mkdtemp(prefix="bench-")),
+            [spec],
+            workers=workers,
+            nats_url=self.nats_url,
+            worker_concurrency=8,
+            extra_env=SERVICE_DEFAULTS,
+            ledger_database_url=ledger,
+        )
+        self.stack.start()
+
+    def stop(self) -> None:
+        assert self.stack is not None
+        self.stack.stop()
+
+    def _submit(self, prefix: str) -> load.Submit:
+        assert self.stack is not None
+        return load.submitter(self.stack.api_url, API_TOKEN, prefix, "instant")
+
+    def burst(self, prefix: str, count: int) -> None:
+        load.burst(self._submit(prefix), count)
+
+    def steady(self, prefix: str, rate: float, seconds: float) -> int:
+        return load.steady(self._submit(prefix), rate, seconds)
+
+    def pids(self) -> tuple[list[int], list[int]]:
+        assert self.stack is not None
+        api = [p.pid for p in self.stack.procs if "server.py" in str(p.args)]
+        return api, [p.pid for p in self.stack.worker_procs]
+
+
+class Baseline:
+    name, database = "baseline", "bench_baseline"
+    done_query = "SELECT count(*) FROM base_tasks WHERE state = 'SUCCEEDED'"
+    latency_query = (
+        "SELECT extract(epoch FROM done_at - created_at) FROM base_tasks"
+        " WHERE done_at IS NOT NULL AND created_at >= (SELECT at FROM base_marks"
+        " WHERE name = '{prefix}')"
+    )
+
+    def start(self, workers: int) -> None:
+        self.url = fresh(self.database, schema=False)
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(procrastinate.schema.SchemaManager.get_schema())
+            conn.execute(baseline.SCHEMA)
+            conn.execute("CREATE TABLE base_marks (name text, at timestamptz)")
+        root = Path(__file__).resolve().parent.parent
+        self.procs = [
+            subprocess.Popen(
+                [sys.executable, str(root / "bench/benchlib/baseline.py"), self.url, "8"]
+            )
+            for _ in range(workers)
+        ]
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+    async def _send(self, count: int, rate: float | None) -> None:
+        app = baseline.build_app(self.url)
+        pool: baseline.Pool = AsyncConnectionPool(self.url, open=False, max_size=16)
+        await pool.open()
+        async with app.open_async():
+            slots, begin = asyncio.Semaphore(16), time.monotonic()
+
+            async def one(i: int) -> None:
+                if rate:
+                    await asyncio.sleep(max(0.0, begin + i / rate - time.monotonic()))
+                async with slots:
+                    await baseline.submit(pool, app)
+
+            await asyncio.gather(*(one(i) for i in range(count)))
+        await pool.close()
+
+    def burst(self, prefix: str, count: int) -> None:
+        asyncio.run(self._send(count, None))
+
+    def steady(self, prefix: str, rate: float, seconds: float) -> int:
+        sql(self.url, "INSERT INTO base_marks VALUES (%s, now())", params=(prefix,))
+        asyncio.run(self._send(int(rate * seconds), rate))
+        return int(rate * seconds)
+
+    def pids(self) -> tuple[list[int], list[int]]:
+        import os
+
+        return [os.getpid()], [p.pid for p in self.procs]  # the submitter stands for the API
+
+
+def wait_done(target: Target, count: int, timeout: float) -> None:
+    wait_until(lambda: finished(target.url, target.done_query) >= count, timeout, "the load", 0.2)
+
+
+def run_config(target: Target, workers: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Idle traffic, then a burst, then (with 2 workers) steady rates and webhooks."""
+    row: dict[str, Any] = {}
+    target.start(workers)
+    try:
+        target.burst("warm", 20)
+        wait_done(target, 20, 60)
+        idle = measure.idle_commits_per_s(target.url, target.database, args.idle_s)
+        row["idle commits/s per worker"] = idle / workers
+        api, ws = target.pids()
+        rss_before = measure.rss_mb(ws)
+        before = measure.Snapshot.take(target.url, target.database, api, ws)
+        started = time.monotonic()
+        target.burst("burst", args.count)
+        wait_done(target, 20 + args.count, args.count)
+        elapsed = time.monotonic() - started
+        time.sleep(measure.STATS_SETTLE_S)
+        after = measure.Snapshot.take(target.url, target.database, api, ws)
+        busy = after.commits - before.commits - idle * (after.at - before.at)
+        row["burst withdrawals/s"] = args.count / elapsed
+        row["commits per withdrawal"] = busy / args.count
+        row["jobs per withdrawal"] = (after.jobs - before.jobs) / args.count
+        row["CPU ms per withdrawal, API"] = 1000 * (after.api_cpu - before.api_cpu) / args.count
+        row["CPU ms per withdrawal, workers"] = (
+            1000 * (after.worker_cpu - before.worker_cpu) / args.count
+        )
+        row["worker RSS MB before -> after"] = f"{rss_before:.0f} -> {measure.rss_mb(ws):.0f}"
+        if workers == 2:
+            row |= steady_rates(target, args)
+            if isinstance(target, Service) and target.stack is not None:
+                row |= webhooks(target.stack, args)
+    finally:
+        target.stop()
+    return row
+
+
+def steady_rates(target: Target, args: argparse.Namespace) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    done = finished(target.url, target.done_query)
+    for rate in (10.0, 40.0):
+        prefix = f"steady{int(rate)}"
+        sent = target.steady(prefix, rate, args.steady_s)
+        ended = time.monotonic()
+        done += sent
+        wait_done(target, done, 120)
+        lat = latencies(target.url, target.latency_query.format(prefix=prefix))
+        row[f"{rate:.0f}/s: drain after the last submit, s"] = time.monotonic() - ended
+        row[f"{rate:.0f}/s: submit->SUCCEEDED p50/p95/p99 ms"] = "/".join(
+            f"{lat.get(k, float('nan')):.0f}" for k in ("p50", "p95", "p99")
+        )
+    return row
+
+
+def webhooks(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
+    url, secret = f"{stack.api_url}/webhooks/instant", stack.secrets["instant"]
+    lat, errors, achieved = load.webhook_flood(url, secret, args.webhook_rate, 10)
+    ms = [x * 1000 for x in lat]
+    return {
+        f"webhooks at {args.webhook_rate:.0f}/s: achieved/s": achieved,
+        "webhooks: p50/p99 ms, errors": f"{pct(ms, 0.5):.0f}/{pct(ms, 0.99):.0f}, {errors}",
+    }
+
+
+def report(results: dict[str, dict[str, Any]]) -> None:
+    names = list(results)
+    keys = list(dict.fromkeys(k for r in results.values() for k in r))
+    print(f"\n{'figure':<46}" + "".join(f"{n:>20}" for n in names) + f"{'ratio (2 workers)':>20}")
+    for key in keys:
+        cells = [results[n].get(key, "") for n in names]
+        svc, base = results.get("service, 2 workers", {}), results.get("baseline, 2 workers", {})
+        a, b = svc.get(key), base.get(key)
+        ratio = f"{a / b:.2f}" if isinstance(a, float) and isinstance(b, float) and b else ""
+        print(f"{key:<46}" + "".join(f"{_fmt(c):>20}" for c in cells) + f"{ratio:>20}")
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.1f}" if isinstance(value, float) else str(value)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=2000, help="withdrawals per burst")
+    parser.add_argument("--idle-s", type=float, default=30.0)
+    parser.add_argument("--steady-s", type=float, default=15.0)
+    parser.add_argument("--webhook-rate", type=float, default=500.0)
+    args = parser.parse_args()
+    nats_proc, nats_url = start_embedded_nats(store=Path(tempfile.mkdtemp()) / "nats")
+    server = conninfo_to_dict(database_url(keep_running=True)).get("host", "?")
+    print(f"throughput bench: {args.count} per burst, PostgreSQL at {server}")
+    results: dict[str, dict[str, Any]] = {}
+    try:
+        for target in (Service(nats_url), Baseline()):
+            for workers in (1, 2):
+                print(f"... {target.name} with {workers} worker(s)", flush=True)
+                results[f"{target.name}, {workers} worker{'s' * (workers > 1)}"] = run_config(
+                    target, workers, args
+                )
+    finally:
+        nats_proc.terminate()
+    report(results)
+
+
+if __name__ == "__main__":
+    main()
