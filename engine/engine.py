@@ -143,20 +143,29 @@ class Engine:
         pending = row["activity_token"]
         if result is not None and result.strict and pending != result.token:
             raise StaleEvent(f"task {task_id} no longer awaits activity #{result.token}")
-        if result is not None and pending == result.token:
-            await conn.execute(
-                "UPDATE order_tasks SET activity_token = NULL WHERE id = %s", (task_id,)
-            )
         definition = self.definition
         state = definition.load(row, self.context_for(row))
         new_state, commands = definition.decide(state, event, self.clock())
         from_status, to_status = definition.status_of(state), definition.status_of(new_state)
         version = row["version"]
         changed = new_state != state
+        # The token names the one activity whose result the task now awaits: a new
+        # activity's (its version), none once its result is applied, else unchanged
+        # (a cancel request or a pending status does not supersede it). It is written
+        # with the state, in the same UPDATE.
+        issues = any(isinstance(c, RunActivity) for c in commands)
+        consumed = result is not None and pending == result.token
+        kept = None if consumed else pending
         if changed:
-            version = await self._write_state(conn, row, definition.dump(new_state))
+            token = version + 1 if issues else kept
+            values = {**definition.dump(new_state), "activity_token": token}
+            version = await self._write_state(conn, row, values)
             await self._record(conn, queue, task_id, from_status, to_status, event, origin, version)
             _observe_transition(from_status, to_status, row["updated_at"], self.clock())
+        elif (token := version if issues else kept) != pending:
+            await conn.execute(
+                "UPDATE order_tasks SET activity_token = %s WHERE id = %s", (token, task_id)
+            )
         alerts: list[str] = []
         for command in commands:
             if isinstance(command, FollowUp):
@@ -168,7 +177,9 @@ class Engine:
                 version, to_status = followed.version, followed.to_status
                 alerts += followed.alerts
             elif isinstance(command, RunActivity):
-                await self._issue_activity(conn, task_id, command.activity, version)
+                # No handler asks for an activity and a follow-up at once; the token
+                # written above is this activity's.
+                await self.scheduler.defer_activity(conn, task_id, command.activity, version)
             elif isinstance(command, StartTimer):
                 await self.scheduler.defer_timer(conn, task_id, command.kind, command.due_at)
             elif isinstance(command, Alert):
@@ -177,14 +188,6 @@ class Engine:
         if depth == 0 and from_status != to_status:
             await self._run_queue_rule(conn, str(queue["id"]), origin)
         return Applied(task_id, from_status, to_status, version, changed, tuple(alerts))
-
-    async def _issue_activity(self, conn: Conn, task_id: str, activity: str, token: int) -> None:
-        # The token names the one activity whose result the task now awaits. Events
-        # that don't supersede it (a cancel request, a pending status) leave it be.
-        await conn.execute(
-            "UPDATE order_tasks SET activity_token = %s WHERE id = %s", (token, task_id)
-        )
-        await self.scheduler.defer_activity(conn, task_id, activity, token)
 
     async def _write_state(self, conn: Conn, row: dict[str, Any], values: dict[str, Any]) -> int:
         assignments = sql.SQL(", ").join(
