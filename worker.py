@@ -36,7 +36,13 @@ async def run(settings: Settings, concurrency: int, name: str, graceful_timeout:
     stop_pump = asyncio.Event()
     background = [
         asyncio.create_task(
-            run_pump(services.pool, services.app, settings.timer_pump_interval_s, stop_pump)
+            run_pump(
+                services.pool,
+                services.app,
+                settings.timer_pump_interval_s,
+                stop_pump,
+                conninfo=settings.database_url,
+            )
         )
     ]
     if settings.nats_url:

@@ -26,7 +26,7 @@ from procrastinate import App
 
 from engine.config import Settings
 from engine.db import Pool, open_pool
-from engine.timers import run_pump
+from engine.timers import CHANNEL, run_pump
 
 SEED = 20_261_102
 N_TIMERS = 2_000
@@ -77,7 +77,7 @@ async def run(url: str, cfg: Settings) -> list[Fired]:
 
         async def pump(pool: Pool, app: App, phase: float) -> None:
             await asyncio.sleep(phase)
-            await run_pump(pool, app, cfg.timer_pump_interval_s, stop)
+            await run_pump(pool, app, cfg.timer_pump_interval_s, stop, conninfo=url)
 
         # separate processes tick at unrelated moments: random start phases
         phases = [rng.uniform(0, cfg.timer_pump_interval_s) for _ in apps]
@@ -109,6 +109,7 @@ async def run(url: str, cfg: Settings) -> list[Fired]:
             " FROM generate_series(1, %s) g",
             params=(TASK_ID, LEAD_S, SPREAD_S, N_TIMERS),
         )
+        sql(url, f"NOTIFY {CHANNEL}")  # as engine.timers.schedule does for a timer due soon
         print(f"inserted {N_TIMERS} timers in {(time.perf_counter() - t0) * 1000:.0f} ms")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(all_in.wait(), timeout=LEAD_S + SPREAD_S + 20)

@@ -13,10 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import procrastinate
+import psycopg
 
 from engine.db import Pool
 from engine.journal import Conn
@@ -28,16 +29,27 @@ DELETE FROM timers WHERE id IN (
     SELECT id FROM timers WHERE due_at <= now() ORDER BY due_at LIMIT %s FOR UPDATE SKIP LOCKED
 ) RETURNING task_id::text, kind, due_at
 """
+# Seconds until the next timer is due (None: no timer at all).
+_NEXT_DUE = "SELECT extract(epoch FROM min(due_at) - now())::float AS wait_s FROM timers"
+CHANNEL = "payment_timers"
+SOON_S = 5.0  # a pump sleeps at most this long; a timer due sooner wakes it
 
 
 async def schedule(conn: Conn, task_id: str, kind: str, due_at: datetime) -> None:
     await conn.execute(
         "INSERT INTO timers (task_id, kind, due_at) VALUES (%s, %s, %s)", (task_id, kind, due_at)
     )
+    if due_at - datetime.now(UTC) < timedelta(seconds=SOON_S):
+        # Delivered when the transition commits: the pumps, asleep until the next
+        # due timer they knew of, wake up for this one.
+        await conn.execute(f"NOTIFY {CHANNEL}")
 
 
-async def pump_once(pool: Pool, app: procrastinate.App, batch: int = 500) -> int:
-    """Hand every due timer (up to `batch`) to procrastinate. Returns how many."""
+async def pump_once(
+    pool: Pool, app: procrastinate.App, batch: int = 500
+) -> tuple[int, float | None]:
+    """Hand every due timer (up to `batch`) to procrastinate, in one transaction.
+    Returns how many, and the seconds until the next one is due (None: none left)."""
     async with pool.connection() as conn, conn.transaction():
         rows: list[dict[str, Any]] = await (await conn.execute(_TAKE_DUE, (batch,))).fetchall()
         if rows:
@@ -46,19 +58,91 @@ async def pump_once(pool: Pool, app: procrastinate.App, batch: int = 500) -> int
                 for r in rows
             ]
             await app.tasks["timer"].configure(connection=conn).batch_defer_async(*jobs)
-    return len(rows)
+        next_due = await (await conn.execute(_NEXT_DUE)).fetchone()
+    wait_s = next_due["wait_s"] if next_due else None
+    return len(rows), wait_s
 
 
 async def run_pump(
-    pool: Pool, app: procrastinate.App, interval_s: float, stop: asyncio.Event, batch: int = 500
+    pool: Pool,
+    app: procrastinate.App,
+    interval_s: float,
+    stop: asyncio.Event,
+    batch: int = 500,
+    conninfo: str | None = None,
 ) -> None:
-    """Pump until `stop` is set. A full batch means more are due: go again at once."""
-    while not stop.is_set():
+    """Pump until `stop` is set. Asleep, the pump waits for the next due timer it
+    knows of (at most SOON_S), or for a NOTIFY of a timer due sooner. With no
+    `conninfo` (or no listening connection for now) it polls every `interval_s`."""
+    wakeups = _Wakeups(conninfo) if conninfo else None
+    try:
+        while not stop.is_set():
+            try:
+                moved, wait_s = await pump_once(pool, app, batch)
+            except Exception:  # the database may blip; a timer is only ever late, never lost
+                log.exception("timer pump failed; retrying")
+                moved, wait_s = 0, None
+            if moved >= batch:
+                continue  # more are due: go again at once
+            await _sleep(stop, wakeups, interval_s, wait_s)
+    finally:
+        if wakeups is not None:
+            await wakeups.close()
+
+
+async def _sleep(
+    stop: asyncio.Event, wakeups: _Wakeups | None, interval_s: float, wait_s: float | None
+) -> None:
+    listening = wakeups is not None and await wakeups.ready()
+    if not listening:
+        timeout = interval_s
+    else:
+        # a due timer another pump holds right now (SKIP LOCKED) is not worth a busy loop
+        timeout = SOON_S if wait_s is None else min(max(wait_s, 0.05), SOON_S)
+    waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait())]
+    if listening and wakeups is not None:
+        waiters.append(asyncio.ensure_future(wakeups.next()))
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)
+
+
+class _Wakeups:
+    """A LISTEN connection for CHANNEL, opened again (later) when it breaks."""
+
+    def __init__(self, conninfo: str) -> None:
+        self._conninfo = conninfo
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._retry_at = 0.0
+
+    async def ready(self) -> bool:
+        if self._conn is not None and not self._conn.closed:
+            return True
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._retry_at:
+            return False
         try:
-            moved = await pump_once(pool, app, batch)
-        except Exception:  # the database may blip; a timer is only ever late, never lost
-            log.exception("timer pump failed; retrying")
-            moved = 0
-        if moved < batch:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=interval_s)
+            self._conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
+            await self._conn.execute(f"LISTEN {CHANNEL}")
+            return True
+        except psycopg.Error:
+            self._conn, self._retry_at = None, loop.time() + 2.0
+            return False
+
+    async def next(self) -> None:
+        """Return at the next notification; a broken connection returns at once."""
+        assert self._conn is not None
+        try:
+            async for _ in self._conn.notifies(stop_after=1):
+                return
+        except psycopg.Error:
+            await self.close()
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                await self._conn.close()
+            self._conn = None
