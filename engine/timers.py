@@ -6,6 +6,12 @@ procrastinate as immediate jobs: `DELETE … WHERE id IN (SELECT … WHERE due_a
 <= now() ORDER BY due_at LIMIT n FOR UPDATE SKIP LOCKED)` plus the job inserts,
 in one transaction. N workers pump concurrently without taking the same row,
 and a crash between the delete and the commit loses nothing.
+
+Between pumps it sleeps until the next due timer, at most SOON_S: an idle
+worker costs one transaction every few seconds, not five a second. A timer
+scheduled to fall due sooner than that sends a NOTIFY with its transaction, and
+the pumps' LISTEN connections wake them. Without that connection (the database
+restarting) a pump polls every `interval_s` until it can listen again.
 """
 
 from __future__ import annotations
