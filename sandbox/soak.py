@@ -24,6 +24,8 @@ import tomllib
 from collections import Counter
 from pathlib import Path
 
+import psycopg
+
 from engine.db import apply_schema
 from sandbox import soak_checks as checks
 from sandbox.chaos import Chaos, Plan, submit_all
@@ -51,8 +53,6 @@ def plan_from(args: argparse.Namespace) -> Plan:
 
 def quiet(url: str) -> bool:
     """Every withdrawal final or with a person; no step queued; every event out."""
-    import psycopg
-
     with psycopg.connect(url) as conn:
         row = conn.execute(
             "SELECT (SELECT count(*) FROM order_queues q WHERE q.status = 'ACTIVE' AND NOT EXISTS"
@@ -143,6 +143,7 @@ def report(
     quiet_timeout: float,
     wall: float,
 ) -> int:
+    api_errors = api_5xx_other_than_503(stack.workdir / "api.log")
     found = [
         *checks.money_checks(client, url),
         *checks.liveness_checks(url),
@@ -153,11 +154,7 @@ def report(
             chaos.unexpected_exits,
             chaos.unexpected_exits == 0,
         ),
-        checks.Check(
-            "API 5xx other than 503",
-            api_5xx_other_than_503(stack.workdir / "api.log"),
-            api_5xx_other_than_503(stack.workdir / "api.log") == 0,
-        ),
+        checks.Check("API 5xx other than 503", api_errors, api_errors == 0),
         checks.Check(
             "seconds to quiet after the last fault",
             f"{quiet_after:.0f}",
