@@ -40,6 +40,9 @@ CREATE TABLE IF NOT EXISTS order_queues (
     finished_at      timestamptz
 );
 CREATE INDEX IF NOT EXISTS order_queues_active ON order_queues (created_at) WHERE status = 'ACTIVE';
+-- Final outcomes not yet told to cascade-core (the sweep's notification repair).
+CREATE INDEX IF NOT EXISTS order_queues_untold ON order_queues (finished_at)
+    WHERE core_notified_at IS NULL AND status <> 'ACTIVE';
 
 -- One row per provider attempt. Columns after `version` are the machine's state.
 CREATE TABLE IF NOT EXISTS order_tasks (
@@ -51,6 +54,7 @@ CREATE TABLE IF NOT EXISTS order_tasks (
     -- the version at which the activity the task awaits was requested; a job
     -- result carrying another token is stale (engine/engine.py)
     activity_token   integer,
+    activity         text,  -- the name of that activity (the sweep re-defers a lost one)
     status           task_status NOT NULL DEFAULT 'PENDING',
     funds            funds_status NOT NULL DEFAULT 'NONE',
     target           task_status,
@@ -72,6 +76,8 @@ CREATE TABLE IF NOT EXISTS order_tasks (
         status NOT IN ('SKIPPED', 'FAILED', 'CANCELLED') OR funds IN ('NONE', 'RELEASED')),
     CONSTRAINT pending_holds_nothing CHECK (status <> 'PENDING' OR funds = 'NONE')
 );
+-- Databases made before the column existed (issue 11 brings numbered migrations).
+ALTER TABLE order_tasks ADD COLUMN IF NOT EXISTS activity text;
 -- At most one live attempt per withdrawal, one success, and one hold holding money.
 CREATE UNIQUE INDEX IF NOT EXISTS order_tasks_one_live ON order_tasks (queue_id)
     WHERE status IN ('CREATING', 'EXECUTING', 'NEGATIVE_EVAL', 'RECHECKING', 'MANUAL_CHECK');

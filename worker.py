@@ -71,7 +71,7 @@ async def run(settings: Settings, concurrency: int, name: str, graceful_timeout:
     finally:
         stop_pump.set()
         await asyncio.gather(*background)
-        await services.close()
+        await services.close(drain_s=graceful_timeout)
 
 
 def _shutdown_requested() -> asyncio.Event:

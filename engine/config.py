@@ -110,6 +110,9 @@ class Settings(_Strict):
     heartbeat_s: float = 2.0
     stalled_after_s: float = 10.0
     sweep_grace_s: float = Field(60.0, gt=0)
+    # Activities a process runs at once right after the transitions it commits
+    # (engine/inline.py); beyond 8 times this in hand, or at 0, steps are jobs.
+    inline_steps: int = Field(8, ge=0)
     # How long a request waits for a database connection before answering 503.
     db_acquire_timeout_s: float = Field(5.0, gt=0)
 
@@ -144,6 +147,7 @@ class Settings(_Strict):
             "stalled_after_s": "WORKER_STALLED_AFTER_S",
             "sweep_grace_s": "SWEEP_GRACE_S",
             "db_acquire_timeout_s": "DB_ACQUIRE_TIMEOUT_S",
+            "inline_steps": "INLINE_STEPS",
         }
         for field, var in simple.items():
             if var in env:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from engine.journal import Conn
 
@@ -22,11 +22,21 @@ class QueueFinished(Exception):
 
 
 class Scheduler(Protocol):
-    async def defer_activity(self, conn: Conn, task_id: str, activity: str, token: int) -> None: ...
+    async def defer_activity(
+        self,
+        conn: Conn,
+        task_id: str,
+        activity: str,
+        token: int,
+        rows: tuple[dict[str, Any], dict[str, Any]] | None = None,
+        delay_s: float = 0.0,
+    ) -> None: ...
+
+    def token_written(self, task_id: str, token: int | None) -> None: ...
 
     async def defer_timer(self, conn: Conn, task_id: str, kind: str, due_at: datetime) -> None: ...
 
-    async def defer_notification(self, conn: Conn, queue_id: str) -> None: ...
+    async def defer_notification(self, conn: Conn, queue_id: str, delay_s: float = 0.0) -> None: ...
 
 
 @dataclass(frozen=True)

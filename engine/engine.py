@@ -19,7 +19,7 @@ from typing import Any
 
 from psycopg import sql
 
-from engine import metrics
+from engine import commit_hooks, metrics
 from engine.contracts import (
     SYSTEM,
     Applied,
@@ -73,7 +73,7 @@ class Engine:
         """Apply `event`. `result_of` is the token of the activity that produced it:
         with `strict`, the result is stale (and dropped) unless that activity is still
         the task's pending one; either way, applying it consumes the token."""
-        with metrics.transaction_scope():
+        with metrics.transaction_scope(), commit_hooks.savepoint():
             async with conn.transaction():
                 queue = await self._lock_queue(conn, task_id)
                 result = _Result(result_of, strict) if result_of is not None else None
@@ -81,7 +81,7 @@ class Engine:
 
     async def cancel_queue(self, conn: Conn, queue_id: str, origin: Origin, reason: str) -> None:
         """Request cancellation of a whole queue: each open task gets a Cancel event."""
-        with metrics.transaction_scope():
+        with metrics.transaction_scope(), commit_hooks.savepoint():
             await self._cancel_queue(conn, queue_id, origin, reason)
 
     async def _cancel_queue(self, conn: Conn, queue_id: str, origin: Origin, reason: str) -> None:
@@ -153,19 +153,25 @@ class Engine:
         # activity's (its version), none once its result is applied, else unchanged
         # (a cancel request or a pending status does not supersede it). It is written
         # with the state, in the same UPDATE.
-        issues = any(isinstance(c, RunActivity) for c in commands)
+        issued = next((c.activity for c in commands if isinstance(c, RunActivity)), None)
         consumed = result is not None and pending == result.token
-        kept = None if consumed else pending
+        kept = (None, None) if consumed else (pending, row["activity"])
+        values: dict[str, Any] = {}
         if changed:
-            token = version + 1 if issues else kept
-            values = {**definition.dump(new_state), "activity_token": token}
+            token, activity = (version + 1, issued) if issued else kept
+            values = {**definition.dump(new_state), "activity_token": token, "activity": activity}
             version = await self._write_state(conn, row, values)
             await self._record(conn, queue, task_id, from_status, to_status, event, origin, version)
             _observe_transition(from_status, to_status, row["updated_at"], self.clock())
-        elif (token := version if issues else kept) != pending:
+        elif (token := version if issued else kept[0]) != pending:
+            activity = issued if issued else kept[1]
+            values = {"activity_token": token, "activity": activity}
             await conn.execute(
-                "UPDATE order_tasks SET activity_token = %s WHERE id = %s", (token, task_id)
+                "UPDATE order_tasks SET activity_token = %s, activity = %s WHERE id = %s",
+                (token, activity, task_id),
             )
+        if token != pending:
+            self.scheduler.token_written(task_id, token)
         alerts: list[str] = []
         for command in commands:
             if isinstance(command, FollowUp):
@@ -178,8 +184,12 @@ class Engine:
                 alerts += followed.alerts
             elif isinstance(command, RunActivity):
                 # No handler asks for an activity and a follow-up at once; the token
-                # written above is this activity's.
-                await self.scheduler.defer_activity(conn, task_id, command.activity, version)
+                # written above is this activity's. The rows as this transition
+                # leaves them let the activity run without reading them again.
+                task_row = {**row, **values, "version": version}
+                await self.scheduler.defer_activity(
+                    conn, task_id, command.activity, version, rows=(task_row, queue)
+                )
             elif isinstance(command, StartTimer):
                 await self.scheduler.defer_timer(conn, task_id, command.kind, command.due_at)
             elif isinstance(command, Alert):
@@ -274,12 +284,12 @@ class Engine:
         if decision.status is not None:
             status = decision.status
             metrics.on_commit(lambda: metrics.WITHDRAWAL_OUTCOMES.labels(status).inc())
-            await self.scheduler.defer_notification(conn, queue_id)
             await conn.execute(
                 "UPDATE order_queues SET status = %s, updated_at = now(), finished_at = now()"
                 " WHERE id = %s",
                 (decision.status, queue_id),
             )
+            await self.scheduler.defer_notification(conn, queue_id)  # reads the final row
             await self._record(
                 conn,
                 queue,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -23,13 +23,16 @@ from typing import Any
 import procrastinate
 from psycopg_pool import AsyncConnectionPool
 
-from engine import deadletters, logs, metrics, timers
+from engine import deadletters, logs, metrics, notifications
 from engine.activity import Activity, ActivityContext
 from engine.contracts import Origin, StaleEvent, UnknownTask
 from engine.engine import Engine
+from engine.inline import Intent
 from engine.journal import Conn
 from engine.retry import CappedBackoff
+from engine.scheduler import ProcrastinateScheduler
 from engine.sweep import sweep
+from engine.webhooks import apply_webhook
 from workflows.core import Event, IllegalTransition
 
 log = logging.getLogger("payment.jobs")
@@ -45,31 +48,16 @@ class Runtime:
     activities: Mapping[str, Activity]
     translate_webhook: WebhookTranslator
     # The queue's final outcome -> cascade-core (None: notifications are off).
-    notify: Callable[[dict[str, Any], dict[str, str]], Awaitable[None]] | None = None
+    notify: notifications.Notify | None = None
     stalled_after_s: float = 10.0
     sweep_grace_s: float = 60.0  # how long a live task may wait for nothing
+    first_retry_s: float = 1.0  # a step that failed in-process is retried as a job after this
 
-
-class ProcrastinateScheduler:
-    """The engine's Scheduler: defers jobs on the engine's own connection."""
-
-    def __init__(self, app: procrastinate.App) -> None:
-        self._app = app
-
-    async def defer_activity(self, conn: Conn, task_id: str, activity: str, token: int) -> None:
-        task = self._app.tasks["activity"]
-        await task.configure(connection=conn).defer_async(
-            task_id=task_id, activity=activity, token=token
-        )
-
-    async def defer_timer(self, conn: Conn, task_id: str, kind: str, due_at: datetime) -> None:
-        await timers.schedule(conn, task_id, kind, due_at)
-
-    async def defer_notification(self, conn: Conn, queue_id: str) -> None:
-        await self._app.tasks["notify"].configure(connection=conn).defer_async(queue_id=queue_id)
-
-    async def defer_webhook(self, conn: Conn, inbox_id: int) -> None:
-        await self._app.tasks["webhook"].configure(connection=conn).defer_async(inbox_id=inbox_id)
+    @property
+    def scheduler(self) -> ProcrastinateScheduler:
+        scheduler = self.engine.scheduler
+        assert isinstance(scheduler, ProcrastinateScheduler)
+        return scheduler
 
 
 def _runtime(context: procrastinate.JobContext) -> Runtime:
@@ -110,10 +98,16 @@ def _trace_headers(queue: dict[str, Any]) -> dict[str, str]:
     return {"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"} if trace_id else {}
 
 
-async def run_activity(runtime: Runtime, task_id: str, name: str, token: int) -> str:
-    """Run one activity; returns what happened (for logs and tests)."""
+Rows = tuple[dict[str, Any], dict[str, Any]]
+
+
+async def run_activity(
+    runtime: Runtime, task_id: str, name: str, token: int, rows: Rows | None = None
+) -> str:
+    """Run one activity; returns what happened (for logs and tests). `rows`: the
+    task and queue as the transition that asked for it left them (else read here)."""
     async with runtime.pool.connection() as conn:
-        task, queue = await _load(conn, task_id)
+        task, queue = rows if rows is not None else await _load(conn, task_id)
         logs.bind(
             task_id=task_id,
             queue_id=queue["id"],
@@ -139,6 +133,43 @@ async def run_activity(runtime: Runtime, task_id: str, name: str, token: int) ->
                 return "stale"
             raise
         return "applied"
+
+
+async def run_inline(runtime: Runtime, intent: Intent) -> None:
+    """An activity run right after the commit that asked for it (engine/inline.py).
+    A failed attempt becomes a job, which retries it; if even that cannot be
+    written, the sweep defers it later."""
+    rows = (intent.task, intent.queue)
+    try:
+        outcome = await run_activity(runtime, intent.task_id, intent.activity, intent.token, rows)
+        log.info("activity %s on task %s: %s", intent.activity, intent.task_id, outcome)
+    except Exception as exc:
+        log.warning(
+            "activity %s on task %s failed in-process (%s); a job retries it",
+            intent.activity,
+            intent.task_id,
+            type(exc).__name__,
+        )
+        async with runtime.pool.connection() as conn:
+            await runtime.scheduler.defer_activity(
+                conn, intent.task_id, intent.activity, intent.token, delay_s=runtime.first_retry_s
+            )
+
+
+async def notify_inline(runtime: Runtime, row: dict[str, Any]) -> None:
+    """The final outcome, told right after the commit that made it final."""
+    try:
+        await _deliver(runtime, row)
+    except Exception as exc:
+        log.warning(
+            "notifying withdrawal %s failed (%s); a job retries it",
+            row["withdrawal_id"],
+            type(exc).__name__,
+        )
+        async with runtime.pool.connection() as conn:
+            await runtime.scheduler.defer_notification(
+                conn, row["withdrawal_id"], delay_s=runtime.first_retry_s
+            )
 
 
 @contextlib.asynccontextmanager
@@ -199,7 +230,12 @@ async def retry_stalled_job(context: procrastinate.JobContext, timestamp: int) -
 async def sweep_job(context: procrastinate.JobContext, timestamp: int) -> None:
     runtime = _runtime(context)
     async with runtime.pool.connection() as conn:
-        await sweep(conn, runtime.engine.scheduler, runtime.sweep_grace_s)
+        await sweep(
+            conn,
+            runtime.engine.scheduler,
+            runtime.sweep_grace_s,
+            notifications=runtime.notify is not None,
+        )
 
 
 def build_app(conninfo: str, retry: CappedBackoff) -> procrastinate.App:
@@ -223,77 +259,21 @@ def build_app(conninfo: str, retry: CappedBackoff) -> procrastinate.App:
     return app
 
 
-_OUTCOME = """
-SELECT q.id::text AS withdrawal_id, q.order_id, q.merchant_id, q.status::text AS status,
-       q.amount_minor, q.currency, q.finished_at, q.trace_id,
-       t.provider, t.provider_ref
-FROM order_queues q LEFT JOIN order_tasks t ON t.queue_id = q.id AND t.status = 'SUCCEEDED'
-WHERE q.id = %s
-"""
-
-
 async def notify_outcome(runtime: Runtime, queue_id: str) -> str:
     """Send the final outcome to cascade-core, then note that it was delivered."""
     if runtime.notify is None:
         return "disabled"
     async with runtime.pool.connection() as conn:
-        row = await (await conn.execute(_OUTCOME, (queue_id,))).fetchone()
-        if row is None:
-            raise UnknownTask(queue_id)
-        await runtime.notify(row, _trace_headers(row))
-        await conn.execute(
-            "UPDATE order_queues SET core_notified_at = now() WHERE id = %s AND"
-            " core_notified_at IS NULL",
-            (queue_id,),
-        )
+        row = await notifications.outcome_of(conn, queue_id)
+    if row is None:
+        raise UnknownTask(queue_id)
+    return await _deliver(runtime, row)
+
+
+async def _deliver(runtime: Runtime, row: dict[str, Any]) -> str:
+    if runtime.notify is None:
+        return "disabled"
+    await runtime.notify(row, _trace_headers(row))
+    async with runtime.pool.connection() as conn:
+        await notifications.mark_delivered(conn, row["withdrawal_id"])
     return "delivered"
-
-
-async def apply_webhook(runtime: Runtime, inbox_id: int) -> str:
-    """Apply a stored webhook exactly once; its outcome is written on the inbox row."""
-    with metrics.transaction_scope():  # the engine's observations count on our commit
-        return await _apply_webhook(runtime, inbox_id)
-
-
-async def _apply_webhook(runtime: Runtime, inbox_id: int) -> str:
-    async with runtime.pool.connection() as conn, conn.transaction():
-        cur = await conn.execute(
-            "SELECT * FROM webhook_inbox WHERE id = %s FOR UPDATE", (inbox_id,)
-        )
-        row = await cur.fetchone()
-        if row is None or row["processed_at"] is not None:
-            return "done"
-        outcome = await _apply_inbox_row(runtime, conn, row)
-        await conn.execute(
-            "UPDATE webhook_inbox SET processed_at = now(), outcome = %s WHERE id = %s",
-            (outcome, inbox_id),
-        )
-        return outcome
-
-
-# Alerts that mean the webhook was refused, in the order they are reported.
-_REFUSALS = ("wrong_provider", "provider_conflict")
-
-
-async def _apply_inbox_row(runtime: Runtime, conn: Conn, row: dict[str, Any]) -> str:
-    outcome = await _inbox_outcome(runtime, conn, row)
-    provider = str(row["provider"])
-    metrics.on_commit(lambda: metrics.WEBHOOK_OUTCOMES.labels(provider, outcome).inc())
-    if outcome in _REFUSALS:
-        log.warning("webhook %s from %s refused: %s", row["id"], provider, outcome)
-    return outcome
-
-
-async def _inbox_outcome(runtime: Runtime, conn: Conn, row: dict[str, Any]) -> str:
-    try:
-        task_id, event = runtime.translate_webhook(row)
-        origin = Origin(actor=f"provider:{row['provider']}")
-        applied = await runtime.engine.apply(conn, task_id, event, origin=origin)
-    except (UnknownTask, ValueError):
-        return "unknown_task"
-    except IllegalTransition:
-        return "not_applicable"
-    refused = [kind for kind in _REFUSALS if kind in applied.alerts]
-    if refused:
-        return refused[0]
-    return "applied" if applied.changed else "ignored"

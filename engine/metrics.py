@@ -9,11 +9,11 @@ is computed from SQL by the API server only, so it is never counted N times.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-from collections.abc import Callable, Iterator
-
 from prometheus_client import Counter, Gauge, Histogram
+
+# Observations made inside a transaction count once it commits.
+from engine.commit_hooks import on_commit as on_commit
+from engine.commit_hooks import transaction_scope as transaction_scope
 
 TIME_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 900, 1800, 3600)
 FAST_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -73,33 +73,3 @@ OUTBOX_LAG = Gauge("outbox_lag_seconds", "Age of the oldest unpublished outbox e
 OUTBOX_BACKLOG = Gauge("outbox_unpublished", "Outbox events not yet published")
 TASKS_IN_STATE = Gauge("tasks_in_state", "Tasks currently in each state", ["state"])
 MANUAL_CHECKS = Gauge("manual_check_queue", "Tasks awaiting a manual check")
-
-
-# Observations made inside a transaction are only real once it commits.
-_pending: contextvars.ContextVar[list[Callable[[], None]] | None] = contextvars.ContextVar(
-    "metrics_pending", default=None
-)
-
-
-def on_commit(observe: Callable[[], None]) -> None:
-    """Record now if no transaction scope is open, else when the scope commits."""
-    pending = _pending.get()
-    if pending is None:
-        observe()
-    else:
-        pending.append(observe)
-
-
-@contextlib.contextmanager
-def transaction_scope() -> Iterator[None]:
-    """Wrap a transaction: its observations count only if the block succeeds."""
-    if _pending.get() is not None:  # nested: the outermost scope decides
-        yield
-        return
-    token = _pending.set([])
-    try:
-        yield
-        for observe in _pending.get() or []:
-            observe()
-    finally:
-        _pending.reset(token)

@@ -115,6 +115,7 @@ class Chaos:
         )
         self.rng = random.Random(plan.seed + 1)
         self.kills = self.pg_restarts = self.webhooks_resent = self.unexpected_exits = 0
+        self.api_kills = 0
         self.cancels = 0  # set by the caller from submit_all
         self._killed: set[int] = set()
         self._supervising = threading.Event()
@@ -149,7 +150,9 @@ class Chaos:
         outage: threading.Thread | None = None
         for at, fault in self.schedule():
             time.sleep(max(0.0, started + at - time.monotonic()))
-            if fault == "kill":
+            if fault == "kill" and self.rng.random() < 1 / 3:
+                self._kill_the_api()
+            elif fault == "kill":
                 self._kill_a_worker()
             elif fault == "pg":
                 self._crash_postgres()
@@ -172,6 +175,14 @@ class Chaos:
             self._killed.add(victim.pid)
             victim.send_signal(signal.SIGKILL)
             self.kills += 1
+
+    def _kill_the_api(self) -> None:
+        """The API runs the steps of the withdrawals it accepts: SIGKILL it mid-step."""
+        try:
+            self.stack.restart_api()
+        except TimeoutError:  # the database may be down right now; it comes up later
+            return
+        self.api_kills += 1
 
     def _crash_postgres(self) -> None:
         self.pg.crash()

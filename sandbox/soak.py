@@ -174,6 +174,7 @@ def report(
         *((f"  {k}", v) for k, v in outcomes.items()),
         ("API answers (every try; 0: no answer)", dict(sorted(answers.items()))),
         ("workers SIGKILLed (and replaced)", chaos.kills),
+        ("API SIGKILLed mid-step (and restarted)", chaos.api_kills),
         ("PostgreSQL crash-restarts", chaos.pg_restarts),
         ("nats-server outage, s", plan.nats_down_s),
         ("stale or duplicate webhooks resent", chaos.webhooks_resent),

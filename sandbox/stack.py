@@ -97,6 +97,8 @@ class Stack:
             "ACTIVITY_RETRY_BASE_S": "0.25",
             "ACTIVITY_RETRY_CAP_S": "2",
             "TIMER_PUMP_INTERVAL_S": "0.1",
+            # a step lost with its process is resumed after this (its calls time out sooner)
+            "SWEEP_GRACE_S": "8",
             "PYTHONUNBUFFERED": "1",
             **({"NATS_URL": self.nats_url} if self.nats_url else {}),
             **self.extra_env,
@@ -190,6 +192,16 @@ class Stack:
         for proc in self.procs:
             if proc.poll() is not None and proc not in self.stopped:
                 raise RuntimeError(f"stack process {proc.args!r} exited with {proc.returncode}")
+
+    def restart_api(self, sig: int = signal.SIGKILL) -> None:
+        """Kill the API process (with the steps it was running) and start a new one."""
+        for proc in self.procs:
+            if "server.py" in proc.args and proc.poll() is None:  # type: ignore[operator]
+                self.stopped.append(proc)
+                proc.send_signal(sig)
+                proc.wait(timeout=30)
+        self._spawn("api", "server.py", "--port", str(self.api_port))
+        wait_until(functools.partial(_healthy, self.api_url), 30, f"{self.api_url}/healthz")
 
     def kill_workers(self, sig: int = signal.SIGKILL) -> None:
         for proc in self.worker_procs:

@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse
 
 from activities.standard_webhooks import WebhookRejected
 from engine import logs, metrics
+from engine.webhooks import accept_webhook
 from service.edge import error_response, require_json
 from service.models import BadRequest, parse_withdrawal, withdrawal_ident
 from service.openapi import for_providers
@@ -119,19 +120,13 @@ async def receive_webhook(request: Request) -> JSONResponse:
         metrics.WEBHOOK_VERIFICATIONS.labels(provider, exc.reason).inc()
         raise BadRequest(status, "webhook_rejected", exc.reason) from None
     logs.bind(task_id=notice.reference if _UUID.match(notice.reference) else None)
-    async with svc.pool.connection() as conn, conn.transaction():
-        cur = await conn.execute(
-            "INSERT INTO webhook_inbox (provider, webhook_id, reference, body)"
-            " VALUES (%s, %s, %s, %s::jsonb) ON CONFLICT (provider, webhook_id) DO NOTHING"
-            " RETURNING id",
-            (provider, notice.webhook_id, notice.reference, body.decode()),
-        )
-        row = await cur.fetchone()
-        if row is not None:
-            await svc.scheduler.defer_webhook(conn, int(row["id"]))
-    metrics.WEBHOOK_VERIFICATIONS.labels(provider, "accepted" if row else "duplicate").inc()
+    outcome = await accept_webhook(
+        svc.runtime, provider, notice.webhook_id, notice.reference, body.decode()
+    )
+    fresh = outcome is not None  # None: a duplicate, stored and applied before
+    metrics.WEBHOOK_VERIFICATIONS.labels(provider, "accepted" if fresh else "duplicate").inc()
     return JSONResponse(
-        {"status": "accepted" if row else "duplicate"}, status_code=202 if row else 200
+        {"status": "accepted" if fresh else "duplicate"}, status_code=202 if fresh else 200
     )
 
 

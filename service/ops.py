@@ -97,7 +97,8 @@ async def reconcile(svc: Services) -> list[dict[str, Any]]:
 
 
 async def run(args: argparse.Namespace) -> int:
-    svc = await open_services(Settings.from_env(database_url(keep_running=True)), pool_size=2)
+    settings = Settings.from_env(database_url(keep_running=True))
+    svc = await open_services(settings, pool_size=2, inline_steps=0)  # workers take the steps
     try:
         rows: list[dict[str, Any]]
         match args.command:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 import uuid
 from dataclasses import dataclass
 from functools import cache
@@ -17,12 +19,16 @@ from activities.withdrawal import WithdrawalActivities, status_event
 from engine.config import ProviderConfig, Settings
 from engine.db import Pool, open_pool
 from engine.engine import Engine
-from engine.jobs import ProcrastinateScheduler, Runtime, build_app
+from engine.inline import InlineRunner
+from engine.jobs import Runtime, build_app, notify_inline, run_inline
 from engine.retry import CappedBackoff
+from engine.scheduler import ProcrastinateScheduler
 from service.rollout import RolloutGate
 from workflows.core import Event
 from workflows.withdrawal_definition import WITHDRAWAL
 from workflows.withdrawal_events import Timing
+
+log = logging.getLogger("payment.wiring")
 
 
 @dataclass
@@ -38,7 +44,11 @@ class Services:
     runtime: Runtime
     gate: RolloutGate
 
-    async def close(self) -> None:
+    async def close(self, drain_s: float = 10.0) -> None:
+        """Finish (or leave to the sweep) the steps in hand, then close."""
+        runner = self.scheduler.runner
+        if runner is not None and (left := await runner.drain(drain_s)):
+            log.warning("%d in-process steps left unfinished; the sweep will resume them", left)
         await self.app.close_async()
         await self.http.aclose()
         await self.pool.close()
@@ -54,15 +64,22 @@ def translate_webhook(row: dict[str, Any]) -> tuple[str, Event]:
 
 
 async def open_services(
-    settings: Settings, *, pool_size: int = 10, serving_requests: bool = False
+    settings: Settings,
+    *,
+    pool_size: int = 10,
+    serving_requests: bool = False,
+    inline_steps: int | None = None,
 ) -> Services:
     """`serving_requests` (the API): checked connections and a short wait for one,
     so a client gets a 503 to retry rather than a hung request or a dead connection.
-    Jobs keep the pool's long wait: a short outage should delay them, not fail them."""
+    Jobs keep the pool's long wait: a short outage should delay them, not fail them.
+    `inline_steps`: how many activities this process runs at once right after the
+    transitions it commits (engine/inline.py); 0: every step is a job."""
     providers = settings.providers()
+    steps = settings.inline_steps if inline_steps is None else inline_steps
     pool = await open_pool(
         settings.database_url,
-        max_size=pool_size,
+        max_size=pool_size + steps,
         acquire_timeout_s=settings.db_acquire_timeout_s if serving_requests else 30.0,
         check=serving_requests,
     )
@@ -71,7 +88,8 @@ async def open_services(
     )
     app = build_app(settings.database_url, retry)
     await app.open_async()
-    scheduler = ProcrastinateScheduler(app)
+    runner = InlineRunner(steps, max_backlog=steps * 8) if steps > 0 else None
+    scheduler = ProcrastinateScheduler(app, runner)
 
     @cache
     def timing(provider: str) -> Timing:
@@ -95,8 +113,13 @@ async def open_services(
         translate_webhook=translate_webhook,
         stalled_after_s=settings.stalled_after_s,
         sweep_grace_s=settings.sweep_grace_s,
+        first_retry_s=settings.activity_retry_base_s,
         notify=notifier,
     )
+    if runner is not None:
+        scheduler.inline_activity = functools.partial(run_inline, runtime)
+        if notifier is not None:
+            scheduler.inline_notification = functools.partial(notify_inline, runtime)
     gate = RolloutGate.load(settings.rollout_file, settings.rollout_cascade_percent)
     return Services(
         settings, providers, pool, app, scheduler, engine, http, adapters, runtime, gate

@@ -40,8 +40,9 @@ from engine.activity import Activity, ActivityContext
 from engine.contracts import Origin, QueueFinished
 from engine.db import apply_schema, open_pool
 from engine.engine import Engine
-from engine.jobs import Runtime, apply_webhook, run_activity
+from engine.jobs import Runtime, run_activity
 from engine.journal import Conn
+from engine.webhooks import apply_webhook
 from service.models import WithdrawalRequest
 from service.wiring import translate_webhook
 from service.withdrawals import submit
@@ -198,13 +199,24 @@ class RecordingScheduler:
 
     jobs: list[tuple[str, str, int]] = field(default_factory=list)
 
-    async def defer_activity(self, conn: Conn, task_id: str, activity: str, version: int) -> None:
-        self.jobs.append((task_id, activity, version))
+    async def defer_activity(
+        self,
+        conn: Conn,
+        task_id: str,
+        activity: str,
+        token: int,
+        rows: tuple[dict[str, Any], dict[str, Any]] | None = None,
+        delay_s: float = 0.0,
+    ) -> None:
+        self.jobs.append((task_id, activity, token))
+
+    def token_written(self, task_id: str, token: int | None) -> None:
+        pass  # every activity here is a job: a superseded one finds its token stale
 
     async def defer_timer(self, conn: Conn, task_id: str, kind: str, due_at: datetime) -> None:
         await timers.schedule(conn, task_id, kind, due_at)
 
-    async def defer_notification(self, conn: Conn, queue_id: str) -> None:
+    async def defer_notification(self, conn: Conn, queue_id: str, delay_s: float = 0.0) -> None:
         pass  # cascade-core's callback is not part of this model
 
 

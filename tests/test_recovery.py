@@ -22,14 +22,17 @@ def _doing_job(url: str, task_id: str) -> bool:
     return bool(row and row[0])
 
 
-def test_sigkilled_worker_mid_job_is_recovered_without_double_spend(
+def test_sigkilled_processes_mid_step_are_recovered_without_double_spend(
     client: StackClient, migrated_url: str
 ) -> None:
-    # The ledger answers slowly, so the freeze job is certainly running when we kill.
-    client.set_ledger_faults(latency_ms=2500)
+    """Both ways a step runs, both killed in the middle of a ledger call: the API
+    running the freeze right after the submission's commit (the sweep resumes it
+    as a job), then the worker running that job (the stalled-job retry resumes it)."""
+    client.set_ledger_faults(latency_ms=2500)  # every ledger call is certainly in flight
     queue_id = client.submit(["alpha", "beta"]).json()["id"]
     task_id = client.withdrawal(queue_id)["tasks"][0]["id"]
-    wait_until(lambda: _doing_job(migrated_url, task_id), 20, "the freeze job to be running")
+    client.stack.restart_api()  # SIGKILL: its freeze call dies with it
+    wait_until(lambda: _doing_job(migrated_url, task_id), 40, "the sweep's freeze job to run")
     client.stack.kill_workers()
     client.set_ledger_faults()
     for _ in range(2):

@@ -10,8 +10,9 @@ import pytest
 
 from engine.db import Pool, apply_schema, open_pool
 from engine.engine import Engine
-from engine.jobs import ProcrastinateScheduler, build_app
+from engine.jobs import build_app
 from engine.retry import CappedBackoff
+from engine.scheduler import ProcrastinateScheduler
 from engine.sweep import sweep
 from service.models import WithdrawalRequest
 from service.withdrawals import submit
@@ -76,9 +77,10 @@ async def test_a_job_that_failed_without_its_dead_letter_is_deferred_again(
             "UPDATE procrastinate_jobs SET status = 'failed' WHERE args->>'task_id' = %s",
             (task_id,),
         )
-        assert await sweep(conn, engine.scheduler, grace_s=3600) == {"repaired": 0, "flagged": 0}
+        quiet = await sweep(conn, engine.scheduler, grace_s=3600)
         done = await sweep(conn, engine.scheduler, grace_s=0)
-    assert done == {"repaired": 1, "flagged": 0}
+    assert quiet == {"repaired": 0, "flagged": 0, "renotified": 0}
+    assert done == {"repaired": 1, "flagged": 0, "renotified": 0}
     todo = await _one(
         pool,
         "SELECT count(*) FROM procrastinate_jobs WHERE status = 'todo' AND args->>'task_id' = %s"
@@ -92,6 +94,27 @@ async def test_a_job_that_failed_without_its_dead_letter_is_deferred_again(
     )
 
 
+async def test_a_step_lost_with_the_process_running_it_is_deferred_again(
+    parts: tuple[Pool, Engine],
+) -> None:
+    """A step runs right after its commit in the process that made it; if that
+    process dies, no job exists at all. The row names the activity and its token."""
+    pool, engine = parts
+    _, task_id = await _creating_task(pool, engine)
+    async with pool.connection() as conn:
+        await conn.execute("DELETE FROM procrastinate_jobs WHERE args->>'task_id' = %s", (task_id,))
+        done = await sweep(conn, engine.scheduler, grace_s=0)
+    assert done == {"repaired": 1, "flagged": 0, "renotified": 0}
+    job = await _one(
+        pool,
+        "SELECT args->>'token' FROM procrastinate_jobs WHERE status = 'todo'"
+        " AND args->>'task_id' = %s AND args->>'activity' = 'freeze'",
+        task_id,
+    )
+    token = await _one(pool, "SELECT activity_token FROM order_tasks WHERE id = %s", task_id)
+    assert job == str(token)
+
+
 async def test_a_task_waiting_for_no_job_and_no_timer_is_flagged_once(
     parts: tuple[Pool, Engine],
 ) -> None:
@@ -99,9 +122,44 @@ async def test_a_task_waiting_for_no_job_and_no_timer_is_flagged_once(
     queue_id, task_id = await _creating_task(pool, engine)
     async with pool.connection() as conn:
         await conn.execute("DELETE FROM procrastinate_jobs WHERE args->>'task_id' = %s", (task_id,))
+        # nothing says what it waits for
+        await conn.execute(
+            "UPDATE order_tasks SET activity = NULL, activity_token = NULL WHERE id = %s",
+            (task_id,),
+        )
         first = await sweep(conn, engine.scheduler, grace_s=0)
         second = await sweep(conn, engine.scheduler, grace_s=0)
-    assert first == {"repaired": 0, "flagged": 1}
+    assert first == {"repaired": 0, "flagged": 1, "renotified": 0}
     reason = await _one(pool, "SELECT attention_reason FROM order_queues WHERE id = %s", queue_id)
     assert reason.startswith("stuck: task " + task_id)
-    assert second == {"repaired": 0, "flagged": 0}  # flagged once, not on every pass
+    assert second == {
+        "repaired": 0,
+        "flagged": 0,
+        "renotified": 0,
+    }  # flagged once, not on every pass
+
+
+async def test_an_outcome_never_told_to_cascade_core_is_told_again(
+    parts: tuple[Pool, Engine],
+) -> None:
+    """The process that finished a withdrawal died before telling cascade-core."""
+    pool, engine = parts
+    queue_id, _ = await _creating_task(pool, engine)
+    async with pool.connection() as conn:
+        await conn.execute(
+            "UPDATE order_queues SET status = 'FAILED', finished_at = now() - interval '1 hour'"
+            " WHERE id = %s",
+            (queue_id,),
+        )
+        off = await sweep(conn, engine.scheduler, grace_s=60)
+        on = await sweep(conn, engine.scheduler, grace_s=60, notifications=True)
+        again = await sweep(conn, engine.scheduler, grace_s=60, notifications=True)
+    assert off["renotified"] == 0  # notifications off: nobody to tell
+    assert (on["renotified"], again["renotified"]) == (1, 0)  # its job is queued now
+    jobs = await _one(
+        pool,
+        "SELECT count(*) FROM procrastinate_jobs WHERE task_name = 'notify'"
+        " AND status = 'todo' AND args->>'queue_id' = %s",
+        queue_id,
+    )
+    assert jobs == 1
