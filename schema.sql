@@ -130,6 +130,17 @@ CREATE TABLE IF NOT EXISTS outbox (
     published_at timestamptz
 );
 CREATE INDEX IF NOT EXISTS outbox_unpublished ON outbox (id) WHERE published_at IS NULL;
+-- Wakes the relay (activities/outbox_relay.py) when a transaction that wrote
+-- events commits; one notification per transaction, however many rows.
+CREATE OR REPLACE FUNCTION outbox_wake_relay() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('payment_outbox', '');
+    RETURN NULL;
+END $$;
+DROP TRIGGER IF EXISTS outbox_wake_relay ON outbox;
+CREATE TRIGGER outbox_wake_relay AFTER INSERT ON outbox
+    FOR EACH STATEMENT EXECUTE FUNCTION outbox_wake_relay();
 
 -- Verified provider webhooks; (provider, webhook_id) deduplicates deliveries.
 CREATE TABLE IF NOT EXISTS webhook_inbox (

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import os
+import signal
 from collections.abc import AsyncIterator
 
 import uvicorn
@@ -44,14 +47,46 @@ def build_app(settings: Settings) -> Starlette:
     return app
 
 
+def create_app() -> Starlette:
+    """The app of one API process (`uvicorn --factory`): settings from the environment."""
+    if os.environ.get("API_PROCESS_CHILD"):
+        _die_with_parent()
+    return build_app(Settings.from_env(database_url(keep_running=True)))
+
+
+def _die_with_parent() -> None:
+    """A process of several must not outlive its supervisor (SIGKILLed, say) and
+    keep the port: Linux delivers SIGTERM to it when the parent dies."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="payment-service HTTP API")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=int(os.environ.get("API_PROCESSES", "1")),
+        help="API processes sharing the port (webhook ingest scales with them)",
+    )
     args = parser.parse_args()
     logs.setup()
     url = database_url(keep_running=True)
     apply_schema_when_reachable(url)
+    if args.processes > 1:
+        os.environ["DATABASE_URL"] = url  # the children find the same (embedded) database
+        os.environ["API_PROCESS_CHILD"] = "1"
+        uvicorn.run(
+            "server:create_app",
+            factory=True,
+            workers=args.processes,
+            host=args.host,
+            port=args.port,
+            log_config=logs.UVICORN_LOG_CONFIG,
+        )
+        return
     settings = Settings.from_env(url)
     uvicorn.run(
         build_app(settings), host=args.host, port=args.port, log_config=logs.UVICORN_LOG_CONFIG

@@ -10,6 +10,10 @@
 - NATS down: publishing fails, nothing is marked, events accumulate in the
   outbox, and the loop retries with backoff until NATS is back.
 - Published rows are pruned after `retention_s`.
+- Idle, the relay sleeps on a LISTEN connection: every commit that writes the
+  outbox notifies it (a statement trigger), and it lingers a moment after a
+  wake-up so that a busy stream is published and marked in batches, one
+  transaction a batch. The other workers try for the lock every few seconds.
 """
 
 from __future__ import annotations
@@ -28,12 +32,17 @@ from nats.js.errors import NotFoundError
 
 from engine import metrics
 from engine.db import Pool
+from engine.wakeups import Wakeups, sleep
 
 log = logging.getLogger("payment.relay")
 RELAY_LOCK = 7_303_002
 STREAM = "ORDERS"
 SUBJECTS = ["order.>"]
 DEDUP_WINDOW_S = 24 * 3600.0
+CHANNEL = "payment_outbox"  # NOTIFY on every outbox insert (a trigger, schema.sql)
+IDLE_POLL_S = 5.0  # listening, the leader still looks this often (a missed NOTIFY)
+LINGER_S = 0.05  # after a wake-up, so that a busy stream goes out in batches
+FOLLOWER_RETRY_S = 5.0  # how often a worker that is not the relay tries to become it
 
 _BATCH = """
 SELECT id, subject, payload, trace_id FROM outbox
@@ -64,6 +73,7 @@ class OutboxRelay:
     async def run(self, stop: asyncio.Event) -> None:
         backoff = self._interval
         lock_conn: psycopg.AsyncConnection[Any] | None = None
+        wakeups = Wakeups(self._conninfo, CHANNEL)
         try:
             while not stop.is_set():
                 try:
@@ -78,10 +88,17 @@ class OutboxRelay:
                     if lock_conn is not None and lock_conn.broken:
                         lock_conn, self._leader = None, False
                     moved, backoff = 0, min(backoff * 2, 5.0)
-                if moved < self._batch:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), timeout=backoff)
+                    await sleep(stop, None, backoff, backoff)
+                    continue
+                if moved >= self._batch:
+                    continue  # more are waiting: go again at once
+                if not self._leader:  # the leader's connection dropping frees the lock
+                    await sleep(stop, None, FOLLOWER_RETRY_S, FOLLOWER_RETRY_S)
+                elif await sleep(stop, wakeups, self._interval, IDLE_POLL_S):
+                    # woken by a commit: let the commits right behind it join the batch
+                    await sleep(stop, None, LINGER_S, LINGER_S)
         finally:
+            await wakeups.close()
             await self._disconnect()
             if lock_conn is not None:
                 await lock_conn.close()
@@ -94,22 +111,29 @@ class OutboxRelay:
         return self._leader
 
     async def _step(self) -> int:
+        """Publish one batch and mark it, in one transaction (one commit a batch)."""
         await self._connect()
+        failure: Exception | None = None
         async with self._pool.connection() as conn:
-            rows = await (await conn.execute(_BATCH, (self._batch,))).fetchall()
-            published: list[int] = []
-            try:
-                for row in rows:
-                    await self._publish(row)
-                    published.append(row["id"])
-                    if self._pause:
-                        await asyncio.sleep(self._pause)
-            finally:
+            async with conn.transaction():
+                rows = await (await conn.execute(_BATCH, (self._batch,))).fetchall()
+                published: list[int] = []
+                try:
+                    for row in rows:
+                        await self._publish(row)
+                        published.append(row["id"])
+                        if self._pause:
+                            await asyncio.sleep(self._pause)
+                except Exception as exc:  # mark what went out, then report it
+                    failure = exc
                 if published:
                     await conn.execute(
                         "UPDATE outbox SET published_at = now() WHERE id = ANY(%s)", (published,)
                     )
-                    metrics.OUTBOX_PUBLISHED.inc(len(published))
+            if published:
+                metrics.OUTBOX_PUBLISHED.inc(len(published))
+            if failure is not None:
+                raise failure
             await self._prune(conn)
         return len(rows)
 

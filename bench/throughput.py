@@ -33,9 +33,11 @@ from sandbox.stack import API_TOKEN, ProviderSpec, Stack, wait_until
 
 # The service's own defaults (the test stack speeds some of them up).
 SERVICE_DEFAULTS = {
-    "WORKER_FETCH_INTERVAL_S": "0.5",
-    "WORKER_HEARTBEAT_S": "2",
-    "WORKER_STALLED_AFTER_S": "10",
+    "WORKER_FETCH_INTERVAL_S": "5",
+    "WORKER_HEARTBEAT_S": "10",
+    "WORKER_STALLED_AFTER_S": "30",
+    "MAINTENANCE_EVERY_S": "15",
+    "SWEEP_GRACE_S": "60",
     "TIMER_PUMP_INTERVAL_S": "0.2",
     "ACTIVITY_MAX_RETRIES": "70",
     "ACTIVITY_RETRY_BASE_S": "1",

@@ -105,10 +105,13 @@ class Settings(_Strict):
     activity_max_retries: int = Field(70, ge=0)
     activity_retry_base_s: float = Field(1.0, gt=0)
     activity_retry_cap_s: float = Field(60.0, gt=0)
-    fetch_interval_s: float = 0.5
-    timer_pump_interval_s: float = 0.2
-    heartbeat_s: float = 2.0
-    stalled_after_s: float = 10.0
+    # Idle, a worker waits for LISTEN/NOTIFY; these polls are the safety net (and
+    # what starts a retry whose delay ran out: up to fetch_interval_s late).
+    fetch_interval_s: float = 5.0
+    timer_pump_interval_s: float = 0.2  # only while it cannot LISTEN
+    heartbeat_s: float = 10.0
+    stalled_after_s: float = 30.0  # a dead worker's jobs start again after this
+    maintenance_every_s: int = Field(15, ge=1, le=59)  # stalled jobs and the sweep
     sweep_grace_s: float = Field(60.0, gt=0)
     # Activities a process runs at once right after the transitions it commits
     # (engine/inline.py); beyond 8 times this in hand, or at 0, steps are jobs.
@@ -145,6 +148,7 @@ class Settings(_Strict):
             "timer_pump_interval_s": "TIMER_PUMP_INTERVAL_S",
             "heartbeat_s": "WORKER_HEARTBEAT_S",
             "stalled_after_s": "WORKER_STALLED_AFTER_S",
+            "maintenance_every_s": "MAINTENANCE_EVERY_S",
             "sweep_grace_s": "SWEEP_GRACE_S",
             "db_acquire_timeout_s": "DB_ACQUIRE_TIMEOUT_S",
             "inline_steps": "INLINE_STEPS",

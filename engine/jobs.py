@@ -3,7 +3,8 @@
 - `activity(task_id, activity, token)`: run a side effect, then apply its event.
 - `timer(task_id, kind, due_at)`: deliver a durable timer's event.
 - `webhook(inbox_id)`: apply a verified, stored provider webhook.
-- `retry_stalled` (periodic): put the jobs of dead workers back in the queue.
+- `maintenance` (periodic): put the jobs of dead workers back in the queue, and
+  sweep for tasks that wait for nothing (engine/sweep.py).
 
 A job only ever reads its arguments and the database, so any worker on any
 host can run it, and running it twice is harmless (activity tokens and
@@ -219,16 +220,15 @@ async def notify_job(context: procrastinate.JobContext, queue_id: str) -> None:
         await notify_outcome(runtime, queue_id)
 
 
-async def retry_stalled_job(context: procrastinate.JobContext, timestamp: int) -> None:
+async def maintenance_job(context: procrastinate.JobContext, timestamp: int) -> None:
+    """Periodic, in one worker at a time: the jobs of dead workers go back in the
+    queue, then the sweep (engine/sweep.py). One job, so that an idle deployment
+    pays for one periodic hand-off, not two."""
     runtime = _runtime(context)
     manager = context.app.job_manager
     for job in await manager.get_stalled_jobs(seconds_since_heartbeat=runtime.stalled_after_s):
         log.warning("retrying stalled job %s (%s)", job.id, job.task_name)
         await manager.retry_job(job)
-
-
-async def sweep_job(context: procrastinate.JobContext, timestamp: int) -> None:
-    runtime = _runtime(context)
     async with runtime.pool.connection() as conn:
         await sweep(
             conn,
@@ -238,7 +238,9 @@ async def sweep_job(context: procrastinate.JobContext, timestamp: int) -> None:
         )
 
 
-def build_app(conninfo: str, retry: CappedBackoff) -> procrastinate.App:
+def build_app(
+    conninfo: str, retry: CappedBackoff, maintenance_every_s: int = 15
+) -> procrastinate.App:
     """The procrastinate app with every job; any worker on any host can run any of them."""
     app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=conninfo))
     for name, queue, function in (
@@ -248,14 +250,12 @@ def build_app(conninfo: str, retry: CappedBackoff) -> procrastinate.App:
         ("notify", "notifications", notify_job),
     ):
         app.task(name=name, queue=queue, retry=retry, pass_context=True)(function)
-    stalled = app.task(
-        name="retry_stalled", queue="maintenance", queueing_lock="retry_stalled", pass_context=True
-    )(retry_stalled_job)
-    app.periodic(cron="* * * * * */5")(stalled)  # the 6th field is seconds: every 5 s
-    swept = app.task(name="sweep", queue="maintenance", queueing_lock="sweep", pass_context=True)(
-        sweep_job
-    )
-    app.periodic(cron="* * * * * */10")(swept)
+    maintenance = app.task(
+        name="maintenance", queue="maintenance", queueing_lock="maintenance", pass_context=True
+    )(maintenance_job)
+    # The 6th cron field is seconds. Every worker offers each tick; the queueing
+    # lock and procrastinate's periodic ledger let one of them run it.
+    app.periodic(cron=f"* * * * * */{maintenance_every_s}")(maintenance)
     return app
 
 

@@ -8,7 +8,7 @@ in one transaction. N workers pump concurrently without taking the same row,
 and a crash between the delete and the commit loses nothing.
 
 Between pumps it sleeps until the next due timer, at most SOON_S: an idle
-worker costs one transaction every few seconds, not five a second. A timer
+worker's pump costs one transaction every half minute, not five a second. A timer
 scheduled to fall due sooner than that sends a NOTIFY with its transaction, and
 the pumps' LISTEN connections wake them. Without that connection (the database
 restarting) a pump polls every `interval_s` until it can listen again.
@@ -17,16 +17,15 @@ restarting) a pump polls every `interval_s` until it can listen again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import procrastinate
-import psycopg
 
 from engine.db import Pool
 from engine.journal import Conn
+from engine.wakeups import Wakeups, sleep
 
 log = logging.getLogger("payment.timers")
 
@@ -38,7 +37,7 @@ DELETE FROM timers WHERE id IN (
 # Seconds until the next timer is due (None: no timer at all).
 _NEXT_DUE = "SELECT extract(epoch FROM min(due_at) - now())::float AS wait_s FROM timers"
 CHANNEL = "payment_timers"
-SOON_S = 5.0  # a pump sleeps at most this long; a timer due sooner wakes it
+SOON_S = 30.0  # a pump sleeps at most this long; a timer due sooner wakes it
 
 
 async def schedule(conn: Conn, task_id: str, kind: str, due_at: datetime) -> None:
@@ -80,7 +79,7 @@ async def run_pump(
     """Pump until `stop` is set. Asleep, the pump waits for the next due timer it
     knows of (at most SOON_S), or for a NOTIFY of a timer due sooner. With no
     `conninfo` (or no listening connection for now) it polls every `interval_s`."""
-    wakeups = _Wakeups(conninfo) if conninfo else None
+    wakeups = Wakeups(conninfo, CHANNEL) if conninfo else None
     try:
         while not stop.is_set():
             try:
@@ -90,65 +89,9 @@ async def run_pump(
                 moved, wait_s = 0, None
             if moved >= batch:
                 continue  # more are due: go again at once
-            await _sleep(stop, wakeups, interval_s, wait_s)
+            # a due timer another pump holds right now (SKIP LOCKED) is not worth a busy loop
+            listening_s = SOON_S if wait_s is None else min(max(wait_s, 0.05), SOON_S)
+            await sleep(stop, wakeups, interval_s, listening_s)
     finally:
         if wakeups is not None:
             await wakeups.close()
-
-
-async def _sleep(
-    stop: asyncio.Event, wakeups: _Wakeups | None, interval_s: float, wait_s: float | None
-) -> None:
-    listening = wakeups is not None and await wakeups.ready()
-    if not listening:
-        timeout = interval_s
-    else:
-        # a due timer another pump holds right now (SKIP LOCKED) is not worth a busy loop
-        timeout = SOON_S if wait_s is None else min(max(wait_s, 0.05), SOON_S)
-    waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait())]
-    if listening and wakeups is not None:
-        waiters.append(asyncio.ensure_future(wakeups.next()))
-    try:
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
-        await asyncio.gather(*waiters, return_exceptions=True)
-
-
-class _Wakeups:
-    """A LISTEN connection for CHANNEL, opened again (later) when it breaks."""
-
-    def __init__(self, conninfo: str) -> None:
-        self._conninfo = conninfo
-        self._conn: psycopg.AsyncConnection[Any] | None = None
-        self._retry_at = 0.0
-
-    async def ready(self) -> bool:
-        if self._conn is not None and not self._conn.closed:
-            return True
-        loop = asyncio.get_running_loop()
-        if loop.time() < self._retry_at:
-            return False
-        try:
-            self._conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
-            await self._conn.execute(f"LISTEN {CHANNEL}")
-            return True
-        except psycopg.Error:
-            self._conn, self._retry_at = None, loop.time() + 2.0
-            return False
-
-    async def next(self) -> None:
-        """Return at the next notification; a broken connection returns at once."""
-        assert self._conn is not None
-        try:
-            async for _ in self._conn.notifies(stop_after=1):
-                return
-        except psycopg.Error:
-            await self.close()
-
-    async def close(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(psycopg.Error):
-                await self._conn.close()
-            self._conn = None
