@@ -19,6 +19,7 @@ from typing import Any
 
 import procrastinate
 import prometheus_client
+import uvloop
 
 from activities.outbox_relay import OutboxRelay
 from engine import logs
@@ -133,7 +134,8 @@ def main() -> None:
     if args.metrics_port:
         addr = os.environ.get("METRICS_ADDR", "127.0.0.1")
         prometheus_client.start_http_server(args.metrics_port, addr=addr)
-    asyncio.run(run(settings, args.concurrency, args.name, args.graceful_timeout))
+    # uvloop (installed with uvicorn[standard]): the event loop's own cost halves.
+    uvloop.run(run(settings, args.concurrency, args.name, args.graceful_timeout))
 
 
 if __name__ == "__main__":

@@ -24,35 +24,12 @@ from typing import Any, Protocol
 import procrastinate
 import psycopg
 from benchlib import baseline, load, measure, pct, sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from benchlib.servicestack import SERVICE_DEFAULTS, fresh
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 
-from engine.db import apply_schema
 from engine.embedded import database_url, start_embedded_nats
 from sandbox.stack import API_TOKEN, ProviderSpec, Stack, wait_until
-
-# The service's own defaults (the test stack speeds some of them up).
-SERVICE_DEFAULTS = {
-    "WORKER_FETCH_INTERVAL_S": "5",
-    "WORKER_HEARTBEAT_S": "10",
-    "WORKER_STALLED_AFTER_S": "30",
-    "MAINTENANCE_EVERY_S": "15",
-    "SWEEP_GRACE_S": "60",
-    "TIMER_PUMP_INTERVAL_S": "0.2",
-    "ACTIVITY_MAX_RETRIES": "70",
-    "ACTIVITY_RETRY_BASE_S": "1",
-    "ACTIVITY_RETRY_CAP_S": "60",
-    "WORKER_CONCURRENCY": "8",
-}
-
-
-def fresh(name: str, schema: bool = True) -> str:
-    admin = database_url(keep_running=True)
-    sql(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', f'CREATE DATABASE "{name}"')
-    url = make_conninfo(admin, dbname=name)
-    if schema:
-        apply_schema(url)
-    return url
 
 
 def finished(url: str, query: str) -> int:

@@ -11,13 +11,12 @@ it runs any WorkflowDefinition.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
-
-from psycopg import sql
 
 from engine import commit_hooks, metrics
 from engine.contracts import (
@@ -75,9 +74,9 @@ class Engine:
         the task's pending one; either way, applying it consumes the token."""
         with metrics.transaction_scope(), commit_hooks.savepoint():
             async with conn.transaction():
-                queue = await self._lock_queue(conn, task_id)
+                queue, row = await self._lock(conn, task_id)
                 result = _Result(result_of, strict) if result_of is not None else None
-                return await self._apply_locked(conn, queue, task_id, event, result, origin, 0)
+                return await self._apply_locked(conn, queue, task_id, event, result, origin, 0, row)
 
     async def cancel_queue(self, conn: Conn, queue_id: str, origin: Origin, reason: str) -> None:
         """Request cancellation of a whole queue: each open task gets a Cancel event."""
@@ -108,23 +107,27 @@ class Engine:
             event = self.definition.cancel_event(origin.actor, reason)
             for row in rows:  # depth 1: the queue rule runs once, below, not per task
                 await self._apply_locked(conn, queue, str(row["id"]), event, None, origin, 1)
-            await self._run_queue_rule(conn, queue_id, origin)
+            await self._run_queue_rule(conn, {**queue, "cancel_requested": True}, origin)
 
     async def activate(self, conn: Conn, queue_id: str, origin: Origin) -> None:
-        """Run the queue rule for a freshly inserted queue (starts the first task)."""
-        await self._run_queue_rule(conn, queue_id, origin)
-
-    # -- internals -------------------------------------------------------------------
-    async def _lock_queue(self, conn: Conn, task_id: str) -> dict[str, Any]:
-        cur = await conn.execute(
-            "SELECT q.* FROM order_queues q"
-            " WHERE q.id = (SELECT queue_id FROM order_tasks WHERE id = %s) FOR UPDATE",
-            (task_id,),
-        )
+        """Run the queue rule for a queue inserted in this transaction (starts its first
+        task); no other transaction can see it yet, so it needs no lock."""
+        cur = await conn.execute("SELECT * FROM order_queues WHERE id = %s", (queue_id,))
         queue = await cur.fetchone()
         if queue is None:
+            raise UnknownTask(queue_id)
+        await self._run_queue_rule(conn, queue, origin)
+
+    # -- internals -------------------------------------------------------------------
+    async def _lock(self, conn: Conn, task_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The queue row, then the task row, locked in that order in one statement
+        (the queue as JSON: both rows have an `id`). Every writer of a withdrawal
+        locks its queue first, so two transitions of one withdrawal never deadlock."""
+        cur = await conn.execute(_LOCK, (task_id,))
+        row = await cur.fetchone()
+        if row is None:
             raise UnknownTask(task_id)
-        return queue
+        return row.pop("queue_row"), row
 
     async def _apply_locked(
         self,
@@ -135,11 +138,16 @@ class Engine:
         result: _Result | None,
         origin: Origin,
         depth: int,
+        row: dict[str, Any] | None = None,
     ) -> Applied:
-        cur = await conn.execute("SELECT * FROM order_tasks WHERE id = %s FOR UPDATE", (task_id,))
-        row = await cur.fetchone()
+        """`row`: the task row, when the caller has just locked it."""
         if row is None:
-            raise UnknownTask(task_id)
+            cur = await conn.execute(
+                "SELECT * FROM order_tasks WHERE id = %s FOR UPDATE", (task_id,)
+            )
+            row = await cur.fetchone()
+            if row is None:
+                raise UnknownTask(task_id)
         pending = row["activity_token"]
         if result is not None and result.strict and pending != result.token:
             raise StaleEvent(f"task {task_id} no longer awaits activity #{result.token}")
@@ -196,17 +204,11 @@ class Engine:
                 await self._alert(conn, queue, task_id, to_status, command, origin)
                 alerts.append(command.kind)
         if depth == 0 and from_status != to_status:
-            await self._run_queue_rule(conn, str(queue["id"]), origin)
+            await self._run_queue_rule(conn, queue, origin)
         return Applied(task_id, from_status, to_status, version, changed, tuple(alerts))
 
     async def _write_state(self, conn: Conn, row: dict[str, Any], values: dict[str, Any]) -> int:
-        assignments = sql.SQL(", ").join(
-            sql.SQL("{} = {}").format(sql.Identifier(k), sql.Placeholder(k)) for k in values
-        )
-        query = sql.SQL(
-            "UPDATE order_tasks SET {}, version = version + 1, updated_at = now()"
-            " WHERE id = %(id)s AND version = %(version)s RETURNING version"
-        ).format(assignments)
+        query = _update_query(tuple(values))
         cur = await conn.execute(query, {**values, "id": row["id"], "version": row["version"]})
         updated = await cur.fetchone()
         if updated is None:  # cannot happen under FOR UPDATE; the check is the contract
@@ -262,10 +264,9 @@ class Engine:
             ),
         )
 
-    async def _run_queue_rule(self, conn: Conn, queue_id: str, origin: Origin) -> None:
-        cur = await conn.execute("SELECT * FROM order_queues WHERE id = %s FOR UPDATE", (queue_id,))
-        queue = await cur.fetchone()
-        assert queue is not None
+    async def _run_queue_rule(self, conn: Conn, queue: dict[str, Any], origin: Origin) -> None:
+        """`queue`: its row, locked (or inserted) by this transaction."""
+        queue_id = str(queue["id"])
         rows = await (
             await conn.execute(
                 "SELECT id, position, status::text AS status FROM order_tasks"
@@ -304,6 +305,25 @@ class Engine:
             await self._apply_locked(
                 conn, queue, task_id, self.definition.start_event(), None, origin, 1
             )
+
+
+_LOCK = """
+SELECT to_jsonb(q) AS queue_row, t.*
+FROM order_queues q JOIN order_tasks t ON t.queue_id = q.id
+WHERE t.id = %s
+FOR UPDATE OF q, t
+"""
+
+
+@functools.cache
+def _update_query(columns: tuple[str, ...]) -> str:
+    """The state UPDATE for these columns (the definition's own names), built once."""
+    assert all(c.isidentifier() for c in columns)
+    assignments = ", ".join(f'"{c}" = %({c})s' for c in columns)
+    return (
+        f"UPDATE order_tasks SET {assignments}, version = version + 1, updated_at = now()"  # noqa: S608 - identifiers checked above
+        " WHERE id = %(id)s AND version = %(version)s RETURNING version"
+    )
 
 
 def _observe_transition(from_status: str, to_status: str, since: datetime, now: datetime) -> None:

@@ -10,14 +10,17 @@ from psycopg.types.json import Jsonb
 
 Conn = AsyncConnection[dict[str, Any]]
 
-_AUDIT = (
-    "INSERT INTO order_task_events"
-    " (queue_id, task_id, from_state, to_state, event_type, payload, actor, trace_id)"
-    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+# Both rows in one statement: one round trip per journal entry.
+_AUDIT_AND_OUTBOX = """
+WITH audit AS (
+    INSERT INTO order_task_events
+        (queue_id, task_id, from_state, to_state, event_type, payload, actor, trace_id)
+    VALUES (%(queue_id)s, %(task_id)s, %(from)s, %(to)s, %(event)s, %(payload)s, %(actor)s,
+            %(trace_id)s)
 )
-_OUTBOX = (
-    "INSERT INTO outbox (subject, queue_id, task_id, payload, trace_id) VALUES (%s, %s, %s, %s, %s)"
-)
+INSERT INTO outbox (subject, queue_id, task_id, payload, trace_id)
+VALUES (%(subject)s, %(queue_id)s, %(task_id)s, %(body)s, %(trace_id)s)
+"""
 
 
 @dataclass(frozen=True)
@@ -35,20 +38,7 @@ class Entry:
 
 
 async def journal(conn: Conn, queue: dict[str, Any], entry: Entry) -> None:
-    trace_id = entry.trace_id or queue.get("trace_id")
-    await conn.execute(
-        _AUDIT,
-        (
-            queue["id"],
-            entry.task_id,
-            entry.from_state,
-            entry.to_state,
-            entry.event_type,
-            Jsonb(entry.payload),
-            entry.actor,
-            trace_id,
-        ),
-    )
+    """The audit row and its outbox event, in the caller's transaction."""
     body = {
         "order_id": queue["order_id"],
         "queue_id": str(queue["id"]),
@@ -57,4 +47,16 @@ async def journal(conn: Conn, queue: dict[str, Any], entry: Entry) -> None:
         "to": entry.to_state,
         **entry.payload,
     }
-    await conn.execute(_OUTBOX, (entry.subject, queue["id"], entry.task_id, Jsonb(body), trace_id))
+    params = {
+        "queue_id": queue["id"],
+        "task_id": entry.task_id,
+        "from": entry.from_state,
+        "to": entry.to_state,
+        "event": entry.event_type,
+        "payload": Jsonb(entry.payload),
+        "actor": entry.actor,
+        "trace_id": entry.trace_id or queue.get("trace_id"),
+        "subject": entry.subject,
+        "body": Jsonb(body),
+    }
+    await conn.execute(_AUDIT_AND_OUTBOX, params)

@@ -74,6 +74,9 @@ def setup(level: int = logging.INFO) -> None:
         logger = logging.getLogger(name)
         logger.handlers[:] = []
         logger.propagate = True
+    # httpx logs every request at INFO; each step already logs its call's outcome
+    # (and failures are classified and logged where they are handled).
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 UVICORN_LOG_CONFIG: dict[str, Any] = {"version": 1, "disable_existing_loggers": False}

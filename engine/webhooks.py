@@ -2,9 +2,10 @@
 
 The API applies a verified webhook in the same transaction that stores it, so a
 webhook costs one commit and its effect (a settlement, say) starts at once. A
-webhook that cannot be applied there for an unexpected reason stays stored and
-a `webhook` job applies it later; a duplicate (same provider and webhook id) is
-stored once and applied once.
+webhook that cannot be applied there for an unexpected reason is stored alone
+and a `webhook` job applies it later; a duplicate (same provider and webhook
+id) is stored once and applied once: a second application is rolled back with
+the insert that found the first.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from engine import commit_hooks, metrics
+from engine import metrics
 from engine.contracts import Origin, UnknownTask
 from engine.journal import Conn
 from workflows.core import IllegalTransition
@@ -30,37 +31,47 @@ INSERT INTO webhook_inbox (provider, webhook_id, reference, body)
 VALUES (%s, %s, %s, %s::jsonb) ON CONFLICT (provider, webhook_id) DO NOTHING
 RETURNING id
 """
+_STORE_APPLIED = """
+INSERT INTO webhook_inbox (provider, webhook_id, reference, body, processed_at, outcome)
+VALUES (%s, %s, %s, %s::jsonb, now(), %s) ON CONFLICT (provider, webhook_id) DO NOTHING
+RETURNING id
+"""
 _DONE = "UPDATE webhook_inbox SET processed_at = now(), outcome = %s WHERE id = %s"
 # Alerts that mean the webhook was refused, in the order they are reported.
 _REFUSALS = ("wrong_provider", "provider_conflict")
 
 
+class _Duplicate(Exception):
+    """Raised to roll back what applying a webhook seen before did."""
+
+
 async def accept_webhook(
     runtime: Runtime, provider: str, webhook_id: str, reference: str, body: str
 ) -> str | None:
-    """Store a verified webhook and apply it, in one transaction. Returns what applying
-    it did, "deferred" when a job will, or None for a duplicate."""
-    with metrics.transaction_scope():
-        async with runtime.pool.connection() as conn, conn.transaction():
-            stored = await conn.execute(_STORE, (provider, webhook_id, reference, body))
-            row = await stored.fetchone()
-            if row is None:
-                return None
-            inbox = {"id": row["id"], "provider": provider, "body": json.loads(body)}
-            try:
-                with commit_hooks.savepoint():
-                    async with conn.transaction():
-                        outcome = await _apply_inbox_row(runtime, conn, inbox)
-            except psycopg.OperationalError:
-                raise  # the database is away: nothing is stored, the provider retries
-            except Exception:
-                log.exception(
-                    "webhook %s from %s: applying it failed; a job retries", row["id"], provider
-                )
-                await runtime.scheduler.defer_webhook(conn, int(row["id"]))
-                return "deferred"
-            await conn.execute(_DONE, (outcome, row["id"]))
-            return outcome
+    """Apply a verified webhook and store it with its outcome, in one transaction.
+    Returns the outcome, "deferred" when a job will apply it, or None for a
+    duplicate (its second application is rolled back with the insert that failed)."""
+    inbox = {"id": webhook_id, "provider": provider, "body": json.loads(body)}
+    try:
+        with metrics.transaction_scope():
+            async with runtime.pool.connection() as conn, conn.transaction():
+                outcome = await _apply_inbox_row(runtime, conn, inbox)
+                values = (provider, webhook_id, reference, body, outcome)
+                if await (await conn.execute(_STORE_APPLIED, values)).fetchone() is None:
+                    raise _Duplicate
+                return outcome
+    except _Duplicate:
+        return None
+    except psycopg.OperationalError:
+        raise  # the database is away: nothing is stored, the provider sends it again
+    except Exception:
+        log.exception("webhook %s from %s: applying it failed; a job retries", webhook_id, provider)
+    async with runtime.pool.connection() as conn, conn.transaction():
+        row = await (await conn.execute(_STORE, (provider, webhook_id, reference, body))).fetchone()
+        if row is None:
+            return None
+        await runtime.scheduler.defer_webhook(conn, int(row["id"]))
+    return "deferred"
 
 
 async def apply_webhook(runtime: Runtime, inbox_id: int) -> str:
