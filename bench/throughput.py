@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import procrastinate
+import psutil
 import psycopg
 from benchlib import baseline, load, measure, pct, sql
 from benchlib.servicestack import SERVICE_DEFAULTS, fresh
@@ -69,8 +70,9 @@ class Service:
         " WHERE q.order_id LIKE '{prefix}-%'"
     )
 
-    def __init__(self, nats_url: str) -> None:
+    def __init__(self, nats_url: str, api_processes: int = 1) -> None:
         self.nats_url = nats_url
+        self.api_processes = api_processes
         self.stack: Stack | None = None
 
     def start(self, workers: int) -> None:
@@ -84,7 +86,7 @@ class Service:
             workers=workers,
             nats_url=self.nats_url,
             worker_concurrency=8,
-            extra_env=SERVICE_DEFAULTS,
+            extra_env={**SERVICE_DEFAULTS, "API_PROCESSES": str(self.api_processes)},
             ledger_database_url=ledger,
         )
         self.stack.start()
@@ -105,7 +107,8 @@ class Service:
 
     def pids(self) -> tuple[list[int], list[int]]:
         assert self.stack is not None
-        api = [p.pid for p in self.stack.procs if "server.py" in str(p.args)]
+        api = [p.pid for p in self.stack.procs if "server.py" in str(p.args) and p.poll() is None]
+        api += [c.pid for pid in api for c in psutil.Process(pid).children(recursive=True)]
         return api, [p.pid for p in self.stack.worker_procs]
 
 
@@ -256,14 +259,22 @@ def main() -> None:
     parser.add_argument("--idle-s", type=float, default=30.0)
     parser.add_argument("--steady-s", type=float, default=15.0)
     parser.add_argument("--webhook-rate", type=float, default=500.0)
+    parser.add_argument(
+        "--workers",
+        default="1,2",
+        help="worker counts to run, comma-separated (steady rates and webhooks run with 2)",
+    )
+    parser.add_argument("--api-processes", type=int, default=1, help="API_PROCESSES")
+    parser.add_argument("--only", choices=["service", "baseline"], help="run one side only")
     args = parser.parse_args()
     nats_proc, nats_url = start_embedded_nats(store=Path(tempfile.mkdtemp()) / "nats")
     server = conninfo_to_dict(database_url(keep_running=True)).get("host", "?")
     print(f"throughput bench: {args.count} per burst, PostgreSQL at {server}")
     results: dict[str, dict[str, Any]] = {}
     try:
-        for target in (Service(nats_url), Baseline()):
-            for workers in (1, 2):
+        targets: list[Target] = [Service(nats_url, args.api_processes), Baseline()]
+        for target in [t for t in targets if args.only in (None, t.name)]:
+            for workers in [int(w) for w in args.workers.split(",")]:
                 print(f"... {target.name} with {workers} worker(s)", flush=True)
                 results[f"{target.name}, {workers} worker{'s' * (workers > 1)}"] = run_config(
                     target, workers, args

@@ -88,7 +88,7 @@ async def open_services(
     )
     app = build_app(settings.database_url, retry, settings.maintenance_every_s)
     await app.open_async()
-    runner = InlineRunner(steps, max_backlog=steps * 8) if steps > 0 else None
+    runner = InlineRunner(steps, max_backlog=steps * 32) if steps > 0 else None
     scheduler = ProcrastinateScheduler(app, runner)
 
     @cache
