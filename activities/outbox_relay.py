@@ -40,9 +40,9 @@ STREAM = "ORDERS"
 SUBJECTS = ["order.>"]
 DEDUP_WINDOW_S = 24 * 3600.0
 CHANNEL = "payment_outbox"  # NOTIFY on every outbox insert (a trigger, schema.sql)
-IDLE_POLL_S = 5.0  # listening, the leader still looks this often (a missed NOTIFY)
+IDLE_POLL_S = 30.0  # listening, the leader still looks this often (a missed NOTIFY)
 LINGER_S = 0.05  # after a wake-up, so that a busy stream goes out in batches
-FOLLOWER_RETRY_S = 5.0  # how often a worker that is not the relay tries to become it
+FOLLOWER_RETRY_S = 10.0  # how often a worker that is not the relay tries to become it
 
 _BATCH = """
 SELECT id, subject, payload, trace_id FROM outbox

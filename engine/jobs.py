@@ -27,6 +27,7 @@ from psycopg_pool import AsyncConnectionPool
 from engine import deadletters, logs, metrics, notifications
 from engine.activity import Activity, ActivityContext
 from engine.contracts import Origin, StaleEvent, UnknownTask
+from engine.db import check_idle_connection
 from engine.engine import Engine
 from engine.inline import Intent
 from engine.journal import Conn
@@ -238,11 +239,18 @@ async def maintenance_job(context: procrastinate.JobContext, timestamp: int) -> 
         )
 
 
+def _job_pool(**options: Any) -> AsyncConnectionPool[Any]:
+    """procrastinate's pool, with our check: its own is an empty query (a round trip
+    and a server transaction) on every hand-out, most of an idle worker's load."""
+    return AsyncConnectionPool(**{**options, "check": check_idle_connection})
+
+
 def build_app(
     conninfo: str, retry: CappedBackoff, maintenance_every_s: int = 15
 ) -> procrastinate.App:
     """The procrastinate app with every job; any worker on any host can run any of them."""
-    app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=conninfo))
+    connector = procrastinate.PsycopgConnector(conninfo=conninfo, pool_factory=_job_pool)
+    app = procrastinate.App(connector=connector)
     for name, queue, function in (
         ("activity", "activities", activity_job),
         ("timer", "timers", timer_job),
