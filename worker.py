@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -26,6 +27,7 @@ from engine import logs
 from engine.config import Settings
 from engine.db import apply_schema_when_reachable
 from engine.embedded import database_url
+from engine.steps import fire_timer
 from engine.timers import run_pump
 from service.wiring import open_services
 
@@ -43,6 +45,7 @@ async def run(settings: Settings, concurrency: int, name: str, graceful_timeout:
                 settings.timer_pump_interval_s,
                 stop_pump,
                 conninfo=settings.database_url,
+                fire=functools.partial(fire_timer, services.runtime),
             )
         )
     ]

@@ -73,6 +73,10 @@ class ProcrastinateScheduler:
         task = self._app.tasks["notify"].configure(connection=conn, schedule_in=_after(delay_s))
         await task.defer_async(queue_id=queue_id)
 
+    async def defer_timer_job(self, conn: Conn, args: dict[str, Any]) -> None:
+        """A due timer whose delivery failed: a job retries it."""
+        await self._app.tasks["timer"].configure(connection=conn).defer_async(**args)
+
     async def defer_webhook(self, conn: Conn, inbox_id: int) -> None:
         await self._app.tasks["webhook"].configure(connection=conn).defer_async(inbox_id=inbox_id)
 

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import procrastinate
 
+from engine import commit_hooks
 from engine.db import Pool
 from engine.journal import Conn
 from engine.wakeups import Wakeups, sleep
@@ -32,6 +34,11 @@ log = logging.getLogger("payment.timers")
 _TAKE_DUE = """
 DELETE FROM timers WHERE id IN (
     SELECT id FROM timers WHERE due_at <= now() ORDER BY due_at LIMIT %s FOR UPDATE SKIP LOCKED
+) RETURNING task_id::text, kind, due_at
+"""
+_TAKE_ONE = """
+DELETE FROM timers WHERE id = (
+    SELECT id FROM timers WHERE due_at <= now() ORDER BY due_at LIMIT 1 FOR UPDATE SKIP LOCKED
 ) RETURNING task_id::text, kind, due_at
 """
 # Seconds until the next timer is due (None: no timer at all).
@@ -68,6 +75,30 @@ async def pump_once(
     return len(rows), wait_s
 
 
+# Delivers one due timer's event inside the transaction that took the timer.
+Fire = Callable[[Conn, dict[str, Any]], Awaitable[None]]
+
+
+async def fire_due(pool: Pool, fire: Fire, batch: int = 500) -> tuple[int, float | None]:
+    """Deliver due timers here, each in the transaction that deletes it: the timer
+    and the transition it causes commit together, so it fires exactly once and a
+    crash in between loses nothing. No job hand-off (whose NOTIFY procrastinate
+    can miss while it fetches: up to a poll interval late). Returns how many,
+    and the seconds until the next one is due (None: none left)."""
+    fired = 0
+    async with pool.connection() as conn:
+        while fired < batch:
+            with commit_hooks.transaction_scope():  # the steps it asks for run after
+                async with conn.transaction():
+                    row = await (await conn.execute(_TAKE_ONE)).fetchone()
+                    if row is None:
+                        break
+                    await fire(conn, row)
+            fired += 1
+        next_due = await (await conn.execute(_NEXT_DUE)).fetchone()
+    return fired, next_due["wait_s"] if next_due else None
+
+
 async def run_pump(
     pool: Pool,
     app: procrastinate.App,
@@ -75,15 +106,20 @@ async def run_pump(
     stop: asyncio.Event,
     batch: int = 500,
     conninfo: str | None = None,
+    fire: Fire | None = None,
 ) -> None:
     """Pump until `stop` is set. Asleep, the pump waits for the next due timer it
     knows of (at most SOON_S), or for a NOTIFY of a timer due sooner. With no
-    `conninfo` (or no listening connection for now) it polls every `interval_s`."""
+    `conninfo` (or no listening connection for now) it polls every `interval_s`.
+    With `fire`, due timers are delivered here (`fire_due`), else as jobs."""
     wakeups = Wakeups(conninfo, CHANNEL) if conninfo else None
     try:
         while not stop.is_set():
             try:
-                moved, wait_s = await pump_once(pool, app, batch)
+                if fire is not None:
+                    moved, wait_s = await fire_due(pool, fire, batch)
+                else:
+                    moved, wait_s = await pump_once(pool, app, batch)
             except Exception:  # the database may blip; a timer is only ever late, never lost
                 log.exception("timer pump failed; retrying")
                 moved, wait_s = 0, None

@@ -22,7 +22,7 @@ from engine.journal import Conn
 from workflows.core import IllegalTransition
 
 if TYPE_CHECKING:
-    from engine.jobs import Runtime
+    from engine.steps import Runtime
 
 log = logging.getLogger("payment.webhooks")
 

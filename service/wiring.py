@@ -20,9 +20,10 @@ from engine.config import ProviderConfig, Settings
 from engine.db import Pool, open_pool
 from engine.engine import Engine
 from engine.inline import InlineRunner
-from engine.jobs import Runtime, build_app, notify_inline, run_inline
+from engine.jobs import build_app
 from engine.retry import CappedBackoff
 from engine.scheduler import ProcrastinateScheduler
+from engine.steps import Runtime, notify_inline, run_inline
 from service.rollout import RolloutGate
 from workflows.core import Event
 from workflows.withdrawal_definition import WITHDRAWAL

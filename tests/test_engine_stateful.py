@@ -40,8 +40,8 @@ from engine.activity import Activity, ActivityContext
 from engine.contracts import Origin, QueueFinished
 from engine.db import apply_schema, open_pool
 from engine.engine import Engine
-from engine.jobs import Runtime, run_activity
 from engine.journal import Conn
+from engine.steps import Runtime, run_activity
 from engine.webhooks import apply_webhook
 from service.models import WithdrawalRequest
 from service.wiring import translate_webhook
