@@ -182,6 +182,7 @@ def run_config(target: Target, workers: int, args: argparse.Namespace) -> dict[s
         target.burst("warm", 20)
         wait_done(target, 20, 60)
         idle = measure.idle_commits_per_s(target.url, target.database, args.idle_s)
+        args.idle_rate = idle
         row["idle commits/s per worker"] = idle / workers
         api, ws = target.pids()
         rss_before = measure.rss_mb(ws)
@@ -200,6 +201,9 @@ def run_config(target: Target, workers: int, args: argparse.Namespace) -> dict[s
         row["CPU ms per withdrawal, workers"] = (
             1000 * (after.worker_cpu - before.worker_cpu) / args.count
         )
+        row["PostgreSQL CPU ms per withdrawal"] = (
+            1000 * (after.server_cpu - before.server_cpu) / args.count
+        )
         row["worker RSS MB before -> after"] = f"{rss_before:.0f} -> {measure.rss_mb(ws):.0f}"
         if workers == 2:
             row |= steady_rates(target, args)
@@ -210,15 +214,32 @@ def run_config(target: Target, workers: int, args: argparse.Namespace) -> dict[s
     return row
 
 
+def row_idle(args: argparse.Namespace) -> float:
+    """The idle commit rate measured for the running configuration."""
+    return float(getattr(args, "idle_rate", 0.0))
+
+
 def steady_rates(target: Target, args: argparse.Namespace) -> dict[str, Any]:
     row: dict[str, Any] = {}
     done = finished(target.url, target.done_query)
+    api, ws = target.pids()
     for rate in (10.0, 40.0):
         prefix = f"steady{int(rate)}"
+        before = measure.Snapshot.take(target.url, target.database, api, ws)
         sent = target.steady(prefix, rate, args.steady_s)
         ended = time.monotonic()
         done += sent
         wait_done(target, done, 120)
+        if rate == 40.0:  # the cost when the service keeps up (no burst backlog)
+            time.sleep(measure.STATS_SETTLE_S)
+            after = measure.Snapshot.take(target.url, target.database, api, ws)
+            idle = row_idle(args) * (after.at - before.at)
+            row["40/s: commits per withdrawal"] = (after.commits - before.commits - idle) / sent
+            row["40/s: CPU ms per withdrawal, API + workers"] = (
+                1000
+                * (after.api_cpu - before.api_cpu + after.worker_cpu - before.worker_cpu)
+                / sent
+            )
         lat = latencies(target.url, target.latency_query.format(prefix=prefix))
         row[f"{rate:.0f}/s: drain after the last submit, s"] = time.monotonic() - ended
         row[f"{rate:.0f}/s: submit->SUCCEEDED p50/p95/p99 ms"] = "/".join(

@@ -125,14 +125,18 @@ async def maintenance_job(context: procrastinate.JobContext, timestamp: int) -> 
 def _job_pool(**options: Any) -> AsyncConnectionPool[Any]:
     """procrastinate's pool, with our check: its own is an empty query (a round trip
     and a server transaction) on every hand-out, most of an idle worker's load."""
-    return AsyncConnectionPool(**{**options, "check": check_idle_connection})
+    return AsyncConnectionPool(**{"min_size": 1, **options, "check": check_idle_connection})
 
 
 def build_app(
-    conninfo: str, retry: CappedBackoff, maintenance_every_s: int = 15
+    conninfo: str, retry: CappedBackoff, maintenance_every_s: int = 15, pool_size: int = 10
 ) -> procrastinate.App:
-    """The procrastinate app with every job; any worker on any host can run any of them."""
-    connector = procrastinate.PsycopgConnector(conninfo=conninfo, pool_factory=_job_pool)
+    """The procrastinate app with every job; any worker on any host can run any of them.
+    `pool_size`: its own connections (fetching, finishing, heartbeats); an API
+    process defers on its transactions' connections and needs few."""
+    connector = procrastinate.PsycopgConnector(
+        conninfo=conninfo, pool_factory=_job_pool, max_size=pool_size
+    )
     app = procrastinate.App(connector=connector)
     for name, queue, function in (
         ("activity", "activities", activity_job),

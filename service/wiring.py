@@ -87,7 +87,12 @@ async def open_services(
     retry = CappedBackoff(
         settings.activity_max_retries, settings.activity_retry_base_s, settings.activity_retry_cap_s
     )
-    app = build_app(settings.database_url, retry, settings.maintenance_every_s)
+    app = build_app(
+        settings.database_url,
+        retry,
+        settings.maintenance_every_s,
+        pool_size=2 if serving_requests else pool_size,
+    )
     await app.open_async()
     runner = InlineRunner(steps, max_backlog=steps * 32) if steps > 0 else None
     scheduler = ProcrastinateScheduler(app, runner)

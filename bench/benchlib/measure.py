@@ -39,6 +39,25 @@ def cpu_s(pids: list[int]) -> float:
     return total
 
 
+# The server's own processes that work for every database: WAL and checkpoints.
+_SHARED = ("walwriter", "checkpointer", "background writer", "autovacuum")
+
+
+def server_cpu_s(database: str) -> float:
+    """CPU of the PostgreSQL backends serving `database`, plus the server's shared
+    writers (they write for the sandbox's ledger database too: an upper bound).
+    Backends that exited meanwhile are not counted (pools keep theirs)."""
+    total = 0.0
+    for proc in psutil.process_iter(["name", "cmdline", "cpu_times"]):
+        title = " ".join(proc.info["cmdline"] or [])
+        if not title.startswith("postgres:"):
+            continue
+        if f" {database} " in title or any(name in title for name in _SHARED):
+            times = proc.info["cpu_times"]
+            total += times.user + times.system
+    return total
+
+
 def rss_mb(pids: list[int]) -> float:
     return float(sum(psutil.Process(pid).memory_info().rss for pid in pids)) / 2**20
 
@@ -50,11 +69,17 @@ class Snapshot:
     jobs: int
     api_cpu: float
     worker_cpu: float
+    server_cpu: float
 
     @classmethod
     def take(cls, url: str, database: str, api: list[int], workers: list[int]) -> Snapshot:
         return cls(
-            time.monotonic(), commits(url, database), job_sequence(url), cpu_s(api), cpu_s(workers)
+            time.monotonic(),
+            commits(url, database),
+            job_sequence(url),
+            cpu_s(api),
+            cpu_s(workers),
+            server_cpu_s(database),
         )
 
 
