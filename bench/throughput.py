@@ -230,6 +230,7 @@ def steady_rates(target: Target, args: argparse.Namespace) -> dict[str, Any]:
         ended = time.monotonic()
         done += sent
         wait_done(target, done, 120)
+        row[f"{rate:.0f}/s: drain after the last submit, s"] = time.monotonic() - ended
         if rate == 40.0:  # the cost when the service keeps up (no burst backlog)
             time.sleep(measure.STATS_SETTLE_S)
             after = measure.Snapshot.take(target.url, target.database, api, ws)
@@ -241,7 +242,6 @@ def steady_rates(target: Target, args: argparse.Namespace) -> dict[str, Any]:
                 / sent
             )
         lat = latencies(target.url, target.latency_query.format(prefix=prefix))
-        row[f"{rate:.0f}/s: drain after the last submit, s"] = time.monotonic() - ended
         row[f"{rate:.0f}/s: submit->SUCCEEDED p50/p95/p99 ms"] = "/".join(
             f"{lat.get(k, float('nan')):.0f}" for k in ("p50", "p95", "p99")
         )

@@ -2,12 +2,14 @@
 
 2 000 timers due uniformly over 10 s (starting 0.5 s after the insert) go into the
 `timers` table while two in-process "workers" run, each as the service runs one: the
-real timer pump (engine.timers.run_pump, every 0.2 s) beside a real procrastinate
-worker (fetch_job_polling_interval 0.5 s, concurrency 2; 4 job slots in all). The
-"timer" task records when it starts; lateness = started_at - due_at. Two pumps compete
-for the same rows (FOR UPDATE SKIP LOCKED), so the count also checks exactly-once.
+real timer pump (engine.timers.run_pump) beside a real procrastinate worker
+(concurrency 2). By default the pump delivers each due timer itself, as the service's
+workers do (`fire`, one transaction per timer); `--via jobs` measures the older path
+(the pump hands due timers to procrastinate as jobs; their start is recorded).
+Lateness = delivered - due_at. Two pumps compete for the same rows (FOR UPDATE SKIP
+LOCKED), so the count also checks exactly-once.
 
-Run: .venv/bin/python bench/timer_lateness.py   (DATABASE_URL unset: embedded PostgreSQL)
+Run: .venv/bin/python bench/timer_lateness.py [--via jobs]
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import sys
 import time
 import uuid
 from collections import Counter
 from datetime import datetime
+from typing import Any
 
 import procrastinate
 from benchlib import drop_database, fresh_database, pct, sql
@@ -26,6 +30,7 @@ from procrastinate import App
 
 from engine.config import Settings
 from engine.db import Pool, open_pool
+from engine.journal import Conn
 from engine.timers import CHANNEL, run_pump
 
 SEED = 20_261_102
@@ -34,6 +39,7 @@ SPREAD_S, LEAD_S = 10.0, 0.5
 WORKERS, CONCURRENCY = 2, 2
 TASK_ID = str(uuid.UUID(int=SEED))
 LIMIT_MS = 1000.0
+VIA = "pump"  # or "jobs": see the docstring
 Fired = tuple[str, str, float, int]  # kind (unique per timer), due_at ISO, started_at, job id
 # bench-only: when each job row was inserted (the pump's moment), kept after the job's delete
 INSERT_CLOCK = """
@@ -75,9 +81,15 @@ async def run(url: str, cfg: Settings) -> list[Fired]:
         for app in apps:
             await stack.enter_async_context(app.open_async())
 
+        async def deliver(conn: Conn, row: dict[str, Any]) -> None:  # the pump's own path
+            fired.append((row["kind"], row["due_at"].isoformat(), time.time(), len(fired) + 1))
+            if len(fired) >= N_TIMERS:
+                all_in.set()
+
         async def pump(pool: Pool, app: App, phase: float) -> None:
             await asyncio.sleep(phase)
-            await run_pump(pool, app, cfg.timer_pump_interval_s, stop, conninfo=url)
+            fire = deliver if VIA == "pump" else None
+            await run_pump(pool, app, cfg.timer_pump_interval_s, stop, conninfo=url, fire=fire)
 
         # separate processes tick at unrelated moments: random start phases
         phases = [rng.uniform(0, cfg.timer_pump_interval_s) for _ in apps]
@@ -152,10 +164,14 @@ def report(url: str, fired: list[Fired]) -> None:
     )
     rows = sql(url, "SELECT job_id, extract(epoch FROM at)::float8 FROM bench_inserted")
     inserted: dict[int, float] = dict(rows)
-    parts = {
-        "due -> pump inserted the job": [(inserted[j] - due[j]) * 1000 for *_, j in fired],
-        "job inserted -> started": [(at - inserted[j]) * 1000 for *_, at, j in fired],
-    }
+    parts = (
+        {}
+        if VIA == "pump"
+        else {
+            "due -> pump inserted the job": [(inserted[j] - due[j]) * 1000 for *_, j in fired],
+            "job inserted -> started": [(at - inserted[j]) * 1000 for *_, at, j in fired],
+        }
+    )
     for name, xs in parts.items():
         print(
             f"  {name:<29}: p50 {pct(xs, 0.5):6.1f}  p99 {pct(xs, 0.99):6.1f}  max {max(xs):6.1f}"
@@ -170,7 +186,7 @@ async def main() -> None:
     sql(url, INSERT_CLOCK)
     cfg = Settings(database_url=url)
     print(
-        f"{WORKERS} in-process workers, each: run_pump every {cfg.timer_pump_interval_s}s +"
+        f"{WORKERS} in-process workers, each: run_pump (due timers delivered via {VIA}) +"
         f" procrastinate worker (concurrency={CONCURRENCY}, fetch_job_polling_interval="
         f"{cfg.fetch_interval_s}s, heartbeat {cfg.heartbeat_s}s, delete_jobs=successful)"
     )
@@ -183,4 +199,5 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
+    VIA = "jobs" if sys.argv[1:] == ["--via", "jobs"] else "pump"
     asyncio.run(main())
