@@ -114,7 +114,7 @@ class Settings(_Strict):
     maintenance_every_s: int = Field(15, ge=1, le=59)  # stalled jobs and the sweep
     sweep_grace_s: float = Field(60.0, gt=0)
     # Activities a process runs at once right after the transitions it commits
-    # (engine/inline.py); beyond 32 times this in hand, or at 0, steps are jobs.
+    # (engine/inline.py); once one has waited sweep_grace_s / 4, or at 0, steps are jobs.
     inline_steps: int = Field(8, ge=0)
     # How long a request waits for a database connection before answering 503.
     db_acquire_timeout_s: float = Field(5.0, gt=0)

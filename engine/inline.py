@@ -10,14 +10,18 @@ Nothing is lost when this process cannot finish one:
   (retries with backoff, dead letter);
 - a process that dies with steps in hand leaves tasks whose token is set and no
   job: the sweep defers them again after its grace (engine/sweep.py);
-- a backlog beyond `max_backlog` goes to jobs at once, so a burst is shared by
-  every worker instead of queueing in one process's memory.
+- while the oldest step waiting here has waited `max_wait_s` (a quarter of the
+  sweep's grace by default, so the sweep never mistakes a waiting step for a
+  lost one), or `max_backlog` are in hand, new steps go to jobs at once: a
+  burst beyond what this process can soon do is shared by every worker.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -37,23 +41,37 @@ class Intent:
 
 
 class InlineRunner:
-    """At most `concurrency` steps at a time, `max_backlog` in hand (running or waiting)."""
+    """At most `concurrency` steps at a time; takes more while none has waited
+    `max_wait_s` to start and fewer than `max_backlog` are in hand."""
 
-    def __init__(self, concurrency: int = 8, max_backlog: int = 64) -> None:
+    def __init__(
+        self,
+        concurrency: int = 8,
+        max_backlog: int = 2048,
+        max_wait_s: float = 15.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._clock = clock
         self._concurrency = concurrency
         self._slots: asyncio.Semaphore | None = None  # made in the running loop
         self._max_backlog = max_backlog
+        self._max_wait_s = max_wait_s
+        self._waiting: collections.deque[float] = collections.deque()  # since when, FIFO
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
 
     def has_room(self) -> bool:
-        return not self._closing and len(self._tasks) < self._max_backlog
+        if self._closing or len(self._tasks) >= self._max_backlog:
+            return False
+        oldest = self._waiting[0] if self._waiting else None
+        return oldest is None or self._clock() - oldest < self._max_wait_s
 
     @property
     def in_hand(self) -> int:
         return len(self._tasks)
 
     def submit(self, work: Callable[[], Awaitable[None]]) -> None:
+        self._waiting.append(self._clock())
         task = asyncio.get_running_loop().create_task(self._run(work))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -61,11 +79,16 @@ class InlineRunner:
     async def _run(self, work: Callable[[], Awaitable[None]]) -> None:
         if self._slots is None:
             self._slots = asyncio.Semaphore(self._concurrency)
-        async with self._slots:
-            try:
-                await work()
-            except Exception:  # work hands its own failures on; this is a bug's last stop
-                log.exception("in-process step failed; the sweep will find its task")
+        try:
+            await self._slots.acquire()  # FIFO: the oldest waiting step starts first
+        finally:
+            self._waiting.popleft()
+        try:
+            await work()
+        except Exception:  # work hands its own failures on; this is a bug's last stop
+            log.exception("in-process step failed; the sweep will find its task")
+        finally:
+            self._slots.release()
 
     async def drain(self, timeout_s: float) -> int:
         """Take nothing new (later steps go to jobs); wait for those in hand.

@@ -94,7 +94,10 @@ async def open_services(
         pool_size=2 if serving_requests else pool_size,
     )
     await app.open_async()
-    runner = InlineRunner(steps, max_backlog=steps * 32) if steps > 0 else None
+    # A step waiting here longer than a quarter of the sweep's grace goes to a job
+    # instead, so the sweep never takes a waiting step for a lost one.
+    wait_s = settings.sweep_grace_s / 4
+    runner = InlineRunner(steps, steps * 256, wait_s) if steps > 0 else None
     scheduler = ProcrastinateScheduler(app, runner)
 
     @cache
