@@ -12,15 +12,23 @@ export OPS_TOKENS   ?= dev-ops-token
 export CORE_CALLBACK_URL   ?= http://127.0.0.1:8090/core
 export CORE_CALLBACK_TOKEN ?= dev-ledger-token
 
-.PHONY: setup demo run sandbox migrate test lint bench fuzz soak clean
+.PHONY: setup lock demo run sandbox migrate test lint bench fuzz soak clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Exactly the locked versions (hashes checked), then the project itself.
+$(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --require-hashes -r requirements.lock
+	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
+
+lock: ## re-resolve requirements.lock from pyproject.toml (newest allowed versions, with hashes)
+	$(PY) -m pip install -q uv==0.13.9
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --generate-hashes --universal \
+		--python-version 3.11 --upgrade -o requirements.lock
+	rm -f $(STAMP)
 
 demo: setup ## start everything embedded, run a batch of withdrawals, print outcomes
 	$(PY) -m sandbox.demo
