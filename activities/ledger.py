@@ -10,9 +10,7 @@ import time
 from dataclasses import dataclass
 from enum import StrEnum
 
-import httpx
-
-from activities.http import call
+from activities.http import OutboundHttp, call
 from activities.outcomes import AmbiguousOutcome, HttpAnswer
 from engine import metrics
 
@@ -39,7 +37,7 @@ class Hold:
 
 
 class LedgerClient:
-    def __init__(self, client: httpx.AsyncClient, base_url: str, token: str) -> None:
+    def __init__(self, client: OutboundHttp, base_url: str, token: str) -> None:
         self._client = client
         self._base = base_url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {token}"}

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
-
-from activities.http import call
+from activities.http import OutboundHttp, call
 from activities.outcomes import AmbiguousOutcome
 from engine import metrics
 from workflows.money import format_minor
@@ -39,7 +37,7 @@ def outcome_body(row: dict[str, Any]) -> dict[str, Any]:
 
 
 class CoreNotifier:
-    def __init__(self, client: httpx.AsyncClient, url: str, token: str) -> None:
+    def __init__(self, client: OutboundHttp, url: str, token: str) -> None:
         self._client = client
         self._url = url.rstrip("/") + "/v1/withdrawal-outcomes"
         self._headers = {"Authorization": f"Bearer {token}"}

@@ -11,10 +11,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
-import httpx
-
 from activities import standard_webhooks, strict_json
-from activities.http import call
+from activities.http import OutboundHttp, call
 from activities.outcomes import AmbiguousOutcome, HttpAnswer, Verdict
 from engine.config import ProviderConfig
 
@@ -79,7 +77,7 @@ def _known_status(value: object) -> bool:
 class HttpProviderAdapter:
     """The reference protocol. One instance per configured provider."""
 
-    def __init__(self, config: ProviderConfig, client: httpx.AsyncClient) -> None:
+    def __init__(self, config: ProviderConfig, client: OutboundHttp) -> None:
         self.name = config.name
         self._config = config
         self._client = client
@@ -97,7 +95,7 @@ class HttpProviderAdapter:
                 f"{self._base}/v1/orders",
                 json=body,
                 headers=self._headers({"Idempotency-Key": order.reference, **headers}),
-                timeout=self._config.timeout_s,
+                timeout_s=self._config.timeout_s,
             )
         except AmbiguousOutcome as exc:
             return CreateResult(Verdict.AMBIGUOUS, reason=exc.reason)
@@ -127,7 +125,7 @@ class HttpProviderAdapter:
                 "GET",
                 f"{self._base}/v1/orders/{reference}",
                 headers=self._headers(headers),
-                timeout=self._config.timeout_s,
+                timeout_s=self._config.timeout_s,
             )
         except AmbiguousOutcome as exc:
             return StatusResult(OrderStatus.UNKNOWN, reason=exc.reason)

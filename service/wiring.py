@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import procrastinate
 
+from activities.http import OutboundHttp
 from activities.ledger import LedgerClient
 from activities.notifier import CoreNotifier
 from activities.providers import HttpProviderAdapter, OrderStatus, ProviderAdapter, StatusResult
@@ -41,6 +42,7 @@ class Services:
     scheduler: ProcrastinateScheduler
     engine: Engine
     http: httpx.AsyncClient
+    outbound: OutboundHttp
     adapters: dict[str, ProviderAdapter]
     runtime: Runtime
     gate: RolloutGate
@@ -52,6 +54,7 @@ class Services:
             log.warning("%d in-process steps left unfinished; the sweep will resume them", left)
         await self.app.close_async()
         await self.http.aclose()
+        await self.outbound.aclose()
         await self.pool.close()
 
 
@@ -106,15 +109,16 @@ async def open_services(
         return config.timing.to_timing() if config else Timing()
 
     engine = Engine(WITHDRAWAL, scheduler, lambda row: timing(row["provider"]))
-    http = httpx.AsyncClient(timeout=settings.ledger_timeout_s)
+    http = httpx.AsyncClient(timeout=settings.ledger_timeout_s)  # ops and tools
+    outbound = OutboundHttp(settings.ledger_timeout_s)  # the steps' calls
     adapters: dict[str, ProviderAdapter] = {
-        name: HttpProviderAdapter(config, http) for name, config in providers.items()
+        name: HttpProviderAdapter(config, outbound) for name, config in providers.items()
     }
-    ledger = LedgerClient(http, settings.ledger_url, settings.ledger_token.get_secret_value())
+    ledger = LedgerClient(outbound, settings.ledger_url, settings.ledger_token.get_secret_value())
     notifier = None
     if settings.core_callback_url:
         token = settings.core_callback_token.get_secret_value()
-        notifier = CoreNotifier(http, settings.core_callback_url, token).notify
+        notifier = CoreNotifier(outbound, settings.core_callback_url, token).notify
     runtime = Runtime(
         engine=engine,
         pool=pool,
@@ -131,5 +135,5 @@ async def open_services(
             scheduler.inline_notification = functools.partial(notify_inline, runtime)
     gate = RolloutGate.load(settings.rollout_file, settings.rollout_cascade_percent)
     return Services(
-        settings, providers, pool, app, scheduler, engine, http, adapters, runtime, gate
+        settings, providers, pool, app, scheduler, engine, http, outbound, adapters, runtime, gate
     )
