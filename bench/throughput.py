@@ -182,7 +182,6 @@ def run_config(target: Target, workers: int, args: argparse.Namespace) -> dict[s
         target.burst("warm", 20)
         wait_done(target, 20, 60)
         idle = measure.idle_commits_per_s(target.url, target.database, args.idle_s)
-        args.idle_rate = idle
         row["idle commits/s per worker"] = idle / workers
         api, ws = target.pids()
         rss_before = measure.rss_mb(ws)
@@ -206,7 +205,7 @@ def run_config(target: Target, workers: int, args: argparse.Namespace) -> dict[s
         )
         row["worker RSS MB before -> after"] = f"{rss_before:.0f} -> {measure.rss_mb(ws):.0f}"
         if workers == 2:
-            row |= steady_rates(target, args)
+            row |= steady_rates(target, args, idle)
             if isinstance(target, Service) and target.stack is not None:
                 row |= webhooks(target.stack, args)
     finally:
@@ -214,12 +213,8 @@ def run_config(target: Target, workers: int, args: argparse.Namespace) -> dict[s
     return row
 
 
-def row_idle(args: argparse.Namespace) -> float:
-    """The idle commit rate measured for the running configuration."""
-    return float(getattr(args, "idle_rate", 0.0))
-
-
-def steady_rates(target: Target, args: argparse.Namespace) -> dict[str, Any]:
+def steady_rates(target: Target, args: argparse.Namespace, idle_rate: float) -> dict[str, Any]:
+    """`idle_rate`: the configuration's idle commits/s, subtracted from the 40/s count."""
     row: dict[str, Any] = {}
     done = finished(target.url, target.done_query)
     api, ws = target.pids()
@@ -234,7 +229,7 @@ def steady_rates(target: Target, args: argparse.Namespace) -> dict[str, Any]:
         if rate == 40.0:  # the cost when the service keeps up (no burst backlog)
             time.sleep(measure.STATS_SETTLE_S)
             after = measure.Snapshot.take(target.url, target.database, api, ws)
-            idle = row_idle(args) * (after.at - before.at)
+            idle = idle_rate * (after.at - before.at)
             row["40/s: commits per withdrawal"] = (after.commits - before.commits - idle) / sent
             row["40/s: CPU ms per withdrawal, API + workers"] = (
                 1000

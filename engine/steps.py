@@ -22,7 +22,7 @@ from engine.journal import Conn
 from engine.scheduler import ProcrastinateScheduler
 from workflows.core import Event, IllegalTransition
 
-log = logging.getLogger("payment.jobs")
+log = logging.getLogger("payment.jobs")  # the name operators already search for
 WebhookTranslator = Callable[[dict[str, Any]], tuple[str, Event]]
 
 
