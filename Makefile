@@ -39,8 +39,8 @@ run: setup ## API + worker(s) against DATABASE_URL / NATS_URL (embedded when uns
 sandbox: setup ## the simulated ledger and providers of config/sandbox.toml on :8090
 	$(PY) -m sandbox --config config/sandbox.toml --port 8090
 
-migrate: setup ## apply procrastinate's schema and schema.sql (idempotent)
-	$(PY) -c 'from engine.embedded import database_url; from engine.db import apply_schema; apply_schema(database_url(keep_running=True))'
+migrate: setup ## apply the missing migrations (ours and procrastinate's), in order, once
+	$(PY) -m engine.migrations $(if $(PRE_DEPLOY),--pre-deploy,)
 
 test: setup ## the whole suite against a real PostgreSQL (embedded when DATABASE_URL is unset)
 	@$(PY) -m pytest -q; status=$$?; \

@@ -1,5 +1,8 @@
--- payment-service schema. Applied idempotently (`make migrate`, or at start-up)
--- after procrastinate's own schema. Enum values match workflows/withdrawal_events.py.
+-- payment-service schema: the current definition, to read. Databases are built and
+-- upgraded by the numbered files in migrations/ (`make migrate`); a test checks
+-- that applying them all gives exactly this (tests/test_migrations.py), so a
+-- change here goes with a new migration (docs/upgrades.md).
+-- Enum values match workflows/withdrawal_events.py.
 
 DO $$ BEGIN
     CREATE TYPE task_status AS ENUM ('PENDING', 'CREATING', 'EXECUTING', 'NEGATIVE_EVAL',
@@ -37,7 +40,10 @@ CREATE TABLE IF NOT EXISTS order_queues (
     trace_id         text,
     created_at       timestamptz NOT NULL DEFAULT now(),
     updated_at       timestamptz NOT NULL DEFAULT now(),
-    finished_at      timestamptz
+    finished_at      timestamptz,
+    -- the version of the workflow definition it runs on, to the end (0002;
+    -- workflows/registry.py). Columns added by a migration come last here too.
+    workflow_version integer NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS order_queues_active ON order_queues (created_at) WHERE status = 'ACTIVE';
 -- Final outcomes not yet told to cascade-core (the sweep's notification repair).
@@ -76,8 +82,6 @@ CREATE TABLE IF NOT EXISTS order_tasks (
         status NOT IN ('SKIPPED', 'FAILED', 'CANCELLED') OR funds IN ('NONE', 'RELEASED')),
     CONSTRAINT pending_holds_nothing CHECK (status <> 'PENDING' OR funds = 'NONE')
 );
--- Databases made before the column existed (issue 11 brings numbered migrations).
-ALTER TABLE order_tasks ADD COLUMN IF NOT EXISTS activity text;
 -- At most one live attempt per withdrawal, one success, and one hold holding money.
 CREATE UNIQUE INDEX IF NOT EXISTS order_tasks_one_live ON order_tasks (queue_id)
     WHERE status IN ('CREATING', 'EXECUTING', 'NEGATIVE_EVAL', 'RECHECKING', 'MANUAL_CHECK');
@@ -282,3 +286,9 @@ WHERE (o.key IS NULL AND l.status <> 'void')
      OR (o.funds = 'FROZEN' AND l.status = 'frozen')
      OR (o.funds = 'COMMITTED' AND l.status = 'committed')
      OR (o.funds = 'RELEASED' AND l.status IN ('released', 'void'))));
+
+-- The release before migrations applied schema.sql at start-up, again whenever its
+-- hash was not recorded here. 0001 records it, so a process of that release
+-- restarted during a rolling deploy leaves the database alone.
+CREATE TABLE IF NOT EXISTS schema_applied
+    (sha256 text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now());

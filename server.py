@@ -18,8 +18,8 @@ from starlette.routing import Route
 
 from engine import logs
 from engine.config import Settings
-from engine.db import apply_schema_when_reachable
 from engine.embedded import database_url
+from engine.startup import prepare_or_exit, startup_arguments
 from service.api import ROUTES
 from service.edge import EXCEPTION_HANDLERS
 from service.metrics_api import metrics_endpoint
@@ -71,10 +71,12 @@ def main() -> None:
         default=int(os.environ.get("API_PROCESSES", "1")),
         help="API processes sharing the port (webhook ingest scales with them)",
     )
+    startup_arguments(parser)
     args = parser.parse_args()
     logs.setup()
     url = database_url(keep_running=True)
-    apply_schema_when_reachable(url)
+    settings = Settings.from_env(url)
+    prepare_or_exit(settings, args)
     if args.processes > 1:
         os.environ["DATABASE_URL"] = url  # the children find the same (embedded) database
         os.environ["API_PROCESS_CHILD"] = "1"
@@ -87,7 +89,6 @@ def main() -> None:
             log_config=logs.UVICORN_LOG_CONFIG,
         )
         return
-    settings = Settings.from_env(url)
     uvicorn.run(
         build_app(settings), host=args.host, port=args.port, log_config=logs.UVICORN_LOG_CONFIG
     )

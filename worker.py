@@ -25,8 +25,8 @@ import uvloop
 from activities.outbox_relay import OutboxRelay
 from engine import logs
 from engine.config import Settings
-from engine.db import apply_schema_when_reachable
 from engine.embedded import database_url
+from engine.startup import prepare_or_exit, startup_arguments
 from engine.steps import fire_timer
 from engine.timers import run_pump
 from service.wiring import open_services
@@ -129,11 +129,12 @@ def main() -> None:
         default=int(os.environ.get("WORKER_METRICS_PORT", "0")),
         help="serve this worker's /metrics on this port (0: off)",
     )
+    startup_arguments(parser)
     args = parser.parse_args()
     logs.setup()
     url = database_url(keep_running=True)
-    apply_schema_when_reachable(url)
     settings = Settings.from_env(url)
+    prepare_or_exit(settings, args)
     if args.metrics_port:
         addr = os.environ.get("METRICS_ADDR", "127.0.0.1")
         prometheus_client.start_http_server(args.metrics_port, addr=addr)

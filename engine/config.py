@@ -6,6 +6,7 @@ SecretStr so they never print in logs, reprs or error bodies.
 
 from __future__ import annotations
 
+import importlib
 import os
 import tomllib
 from datetime import timedelta
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
+from workflows.registry import Definitions
 from workflows.withdrawal_events import Timing
 
 DEFAULT_PROVIDERS_FILE = Path(__file__).resolve().parent.parent / "config" / "providers.toml"
@@ -77,6 +79,15 @@ def load_providers(path: Path) -> dict[str, ProviderConfig]:
     return {name: ProviderConfig(name=name, **body) for name, body in entries.items()}
 
 
+def load_definitions(spec: str) -> Definitions:
+    """The Definitions object named "module:attribute"."""
+    module, _, attribute = spec.partition(":")
+    found = getattr(importlib.import_module(module), attribute or "DEFINITIONS")
+    if not isinstance(found, Definitions):
+        raise TypeError(f"{spec} is not a workflows.registry.Definitions")
+    return found
+
+
 def _tokens(value: str | None) -> tuple[SecretStr, ...]:
     return tuple(SecretStr(t.strip()) for t in (value or "").split(",") if t.strip())
 
@@ -116,6 +127,9 @@ class Settings(_Strict):
     # Activities a process runs at once right after the transitions it commits
     # (engine/inline.py); once one has waited sweep_grace_s / 4, or at 0, steps are jobs.
     inline_steps: int = Field(8, ge=0)
+    # "module:attribute" of the workflow definitions this build drives (every version
+    # with withdrawals in flight; docs/upgrades.md). Another value is for tests.
+    workflow_definitions: str = "workflows.registry:DEFINITIONS"
     # How long a request waits for a database connection before answering 503.
     db_acquire_timeout_s: float = Field(5.0, gt=0)
 
@@ -152,6 +166,7 @@ class Settings(_Strict):
             "sweep_grace_s": "SWEEP_GRACE_S",
             "db_acquire_timeout_s": "DB_ACQUIRE_TIMEOUT_S",
             "inline_steps": "INLINE_STEPS",
+            "workflow_definitions": "WORKFLOW_DEFINITIONS",
         }
         for field, var in simple.items():
             if var in env:

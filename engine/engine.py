@@ -6,7 +6,8 @@ is still awaited (its token), asks the definition to `decide`, and writes, in
 the caller's transaction: the new state (version + 1, checked again in the
 UPDATE), an audit row, an outbox row, the jobs and timers the decision asked
 for, and the queue rule's outcome. The engine knows nothing about withdrawals:
-it runs any WorkflowDefinition.
+it runs any WorkflowDefinition, each queue by the version it started on
+(`workflow`, `workflow_version` on its row; workflows/registry.py).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from workflows.core import (
     TaskView,
     WorkflowDefinition,
 )
+from workflows.registry import Definitions
 
 MAX_FOLLOW_UPS = 8
 
@@ -49,12 +51,12 @@ def event_payload(event: Event) -> dict[str, Any]:
 class Engine:
     def __init__(
         self,
-        definition: WorkflowDefinition,
+        definitions: Definitions,
         scheduler: Scheduler,
         context_for: Callable[[dict[str, Any]], Any],
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        self.definition = definition
+        self.definitions = definitions
         self.scheduler = scheduler
         self.context_for = context_for  # task row -> decide() context (e.g. provider timing)
         self.clock = clock
@@ -77,6 +79,20 @@ class Engine:
                 queue, row = await self._lock(conn, task_id)
                 result = _Result(result_of, strict) if result_of is not None else None
                 return await self._apply_locked(conn, queue, task_id, event, result, origin, 0, row)
+
+    async def apply_timer(
+        self, conn: Conn, task_id: str, kind: str, due_at: datetime, *, origin: Origin
+    ) -> Applied:
+        """A durable timer fired: its event is the one the task's own definition
+        (the version its queue started on) makes of it."""
+        with metrics.transaction_scope(), commit_hooks.savepoint():
+            async with conn.transaction():
+                queue, row = await self._lock(conn, task_id)
+                event = self.definition_of(queue).timer_event(kind, due_at)
+                return await self._apply_locked(conn, queue, task_id, event, None, origin, 0, row)
+
+    def definition_of(self, queue: dict[str, Any]) -> WorkflowDefinition:
+        return self.definitions.get(queue["workflow"], queue["workflow_version"])
 
     async def cancel_queue(self, conn: Conn, queue_id: str, origin: Origin, reason: str) -> None:
         """Request cancellation of a whole queue: each open task gets a Cancel event."""
@@ -101,10 +117,10 @@ class Engine:
                 await conn.execute(
                     "SELECT id FROM order_tasks WHERE queue_id = %s AND status::text <> ALL(%s)"
                     " ORDER BY position FOR UPDATE",
-                    (queue_id, sorted(self.definition.terminal_statuses)),
+                    (queue_id, sorted(self.definition_of(queue).terminal_statuses)),
                 )
             ).fetchall()
-            event = self.definition.cancel_event(origin.actor, reason)
+            event = self.definition_of(queue).cancel_event(origin.actor, reason)
             for row in rows:  # depth 1: the queue rule runs once, below, not per task
                 await self._apply_locked(conn, queue, str(row["id"]), event, None, origin, 1)
             await self._run_queue_rule(conn, {**queue, "cancel_requested": True}, origin)
@@ -151,7 +167,7 @@ class Engine:
         pending = row["activity_token"]
         if result is not None and result.strict and pending != result.token:
             raise StaleEvent(f"task {task_id} no longer awaits activity #{result.token}")
-        definition = self.definition
+        definition = self.definition_of(queue)
         state = definition.load(row, self.context_for(row))
         new_state, commands = definition.decide(state, event, self.clock())
         from_status, to_status = definition.status_of(state), definition.status_of(new_state)
@@ -275,13 +291,10 @@ class Engine:
             )
         ).fetchall()
         views = [TaskView(str(r["id"]), r["position"], r["status"]) for r in rows]
-        decision = self.definition.queue_decide(
-            str(queue["status"]), queue["cancel_requested"], views
-        )
+        definition = self.definition_of(queue)
+        decision = definition.queue_decide(str(queue["status"]), queue["cancel_requested"], views)
         for task_id in decision.stop:
-            await self._apply_locked(
-                conn, queue, task_id, self.definition.stop_event(), None, origin, 1
-            )
+            await self._apply_locked(conn, queue, task_id, definition.stop_event(), None, origin, 1)
         if decision.status is not None:
             status = decision.status
             metrics.on_commit(lambda: metrics.WITHDRAWAL_OUTCOMES.labels(status).inc())
@@ -303,7 +316,7 @@ class Engine:
             )
         for task_id in decision.start:
             await self._apply_locked(
-                conn, queue, task_id, self.definition.start_event(), None, origin, 1
+                conn, queue, task_id, definition.start_event(), None, origin, 1
             )
 
 

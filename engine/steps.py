@@ -159,8 +159,7 @@ async def deliver_timer(
     runtime: Runtime, conn: Conn, task_id: str, kind: str, due: datetime
 ) -> None:
     metrics.TIMER_LATENESS.observe(max((datetime.now(UTC) - due).total_seconds(), 0.0))
-    event = runtime.engine.definition.timer_event(kind, due)
-    await runtime.engine.apply(conn, task_id, event, origin=Origin(actor="timer"))
+    await runtime.engine.apply_timer(conn, task_id, kind, due, origin=Origin(actor="timer"))
 
 
 async def notify_outcome(runtime: Runtime, queue_id: str) -> str:

@@ -24,8 +24,8 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from engine.db import apply_schema
 from engine.embedded import PROJECT_ROOT, data_dir, database_url, start_embedded_nats
+from engine.migrations import migrate
 from sandbox import demo_report
 from sandbox.client import StackClient, expected_ledger_ops
 from sandbox.stack import ProviderSpec, Stack
@@ -38,7 +38,7 @@ def fresh_database(server_url: str, name: str) -> str:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{name}"')
     url = make_conninfo(server_url, dbname=name)
-    apply_schema(url)
+    migrate(url)
     return url
 
 

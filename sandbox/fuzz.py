@@ -19,8 +19,8 @@ from pathlib import Path
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from engine.db import apply_schema
 from engine.embedded import database_url
+from engine.migrations import migrate
 from sandbox.stack import ProviderSpec, Stack
 
 TOKEN = "fuzz-token"  # noqa: S105 - a local, throwaway credential
@@ -32,7 +32,7 @@ def fresh_database() -> str:
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     url = make_conninfo(admin, dbname=name)
-    apply_schema(url)
+    migrate(url)
     return url
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import psycopg
 
-from engine.db import apply_schema
+from engine.migrations import migrate
 from sandbox import soak_checks as checks
 from sandbox.chaos import Chaos, Plan, submit_all
 from sandbox.client import StackClient
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     nats_server = NatsServer(workdir / "nats")
     nats_server.start()
     url = pg.database("soak")
-    apply_schema(url)
+    migrate(url)
     specs = [*market_specs(market), ProviderSpec("hangs", behaviour="timeout")]
     stack = Stack(
         url,

@@ -70,6 +70,8 @@ class Stack:
     stopped: list[subprocess.Popen[bytes]] = field(default_factory=list)
     worker_metrics_ports: dict[int, int] = field(default_factory=dict)
     ledger_database_url: str | None = None  # the sandbox's own database (default: ours)
+    # The tree whose server.py and worker.py run: an upgrade test runs a release's.
+    service_root: Path = ROOT
 
     @property
     def api_url(self) -> str:
@@ -137,10 +139,10 @@ class Stack:
         (self.workdir / "sandbox.toml").write_text("\n".join(sandbox) + "\n")
         (self.workdir / "providers.toml").write_text("\n".join(service) + "\n")
 
-    def _spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+    def _spawn(self, name: str, *args: str, cwd: Path = ROOT) -> subprocess.Popen[bytes]:
         log = (self.workdir / f"{name}.log").open("ab")
         proc = subprocess.Popen(  # noqa: S603 - our own entry points
-            [sys.executable, *args], cwd=ROOT, env=self.env(), stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, *args], cwd=cwd, env=self.env(), stdout=log, stderr=subprocess.STDOUT
         )
         self.procs.append(proc)
         return proc
@@ -158,12 +160,31 @@ class Stack:
             "--database-url",
             self.ledger_database_url or self.database_url,
         )
-        self._spawn("api", "server.py", "--port", str(self.api_port))
-        for url in (self.sandbox_url, self.api_url):
-            wait_until(functools.partial(_healthy, url), 30, f"{url}/healthz")
+        wait_until(functools.partial(_healthy, self.sandbox_url), 30, "the sandbox")
+        self.start_services()
+        return self
+
+    def start_services(self) -> None:
+        """The API and the workers (of `service_root`)."""
+        self._start_api()
         for _ in range(self.workers):
             self.start_worker()
-        return self
+
+    def stop_services(self, sig: int = signal.SIGTERM) -> None:
+        """Stop the API and the workers (a deploy, or a crash with SIGKILL); the
+        sandbox (ledger and providers) keeps running."""
+        for proc in self.procs:
+            if _is_service(proc) and proc.poll() is None:
+                self.stopped.append(proc)
+                proc.send_signal(sig)
+        for proc in self.procs:
+            if _is_service(proc):
+                proc.wait(timeout=40)
+        self.worker_procs.clear()
+
+    def _start_api(self) -> None:
+        self._spawn("api", "server.py", "--port", str(self.api_port), cwd=self.service_root)
+        wait_until(functools.partial(_healthy, self.api_url), 30, f"{self.api_url}/healthz")
 
     def start_worker(self, wait: bool = True) -> subprocess.Popen[bytes]:
         """`wait`: until it serves /metrics (it waits for an unreachable database first)."""
@@ -175,6 +196,7 @@ class Stack:
             str(self.worker_concurrency),
             "--metrics-port",
             str(port),
+            cwd=self.service_root,
         )
         self.worker_procs.append(proc)
         self.worker_metrics_ports[proc.pid] = port
@@ -201,8 +223,7 @@ class Stack:
                 self.stopped.append(proc)
                 proc.send_signal(sig)
                 proc.wait(timeout=30)
-        self._spawn("api", "server.py", "--port", str(self.api_port))
-        wait_until(functools.partial(_healthy, self.api_url), 30, f"{self.api_url}/healthz")
+        self._start_api()
 
     def kill_workers(self, sig: int = signal.SIGKILL) -> None:
         for proc in self.worker_procs:
@@ -227,6 +248,10 @@ def _toml_table(name: str, values: dict[str, Any] | None) -> list[str]:
     if values is None:
         return []
     return [f"[{name}]", *(f"{k} = {json.dumps(v)}" for k, v in values.items())]
+
+
+def _is_service(proc: subprocess.Popen[bytes]) -> bool:
+    return any(entry in proc.args for entry in ("server.py", "worker.py"))  # type: ignore[operator]
 
 
 def _healthy(url: str, path: str = "/healthz") -> bool:

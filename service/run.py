@@ -14,8 +14,8 @@ import subprocess
 import sys
 import time
 
-from engine.db import apply_schema
 from engine.embedded import PROJECT_ROOT, database_url, start_embedded_nats
+from engine.migrations import migrate
 
 
 def main() -> int:
@@ -24,7 +24,7 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
     args = parser.parse_args()
     env = dict(os.environ, DATABASE_URL=database_url(keep_running=True))
-    apply_schema(env["DATABASE_URL"])
+    migrate(env["DATABASE_URL"])
     children: list[subprocess.Popen[bytes]] = []
     if "NATS_URL" not in env:
         nats, env["NATS_URL"] = start_embedded_nats()

@@ -17,7 +17,7 @@ from activities.ledger import LedgerClient
 from activities.notifier import CoreNotifier
 from activities.providers import HttpProviderAdapter, OrderStatus, ProviderAdapter, StatusResult
 from activities.withdrawal import WithdrawalActivities, status_event
-from engine.config import ProviderConfig, Settings
+from engine.config import ProviderConfig, Settings, load_definitions
 from engine.db import Pool, open_pool
 from engine.engine import Engine
 from engine.inline import InlineRunner
@@ -27,7 +27,6 @@ from engine.scheduler import ProcrastinateScheduler
 from engine.steps import Runtime, notify_inline, run_inline
 from service.rollout import RolloutGate
 from workflows.core import Event
-from workflows.withdrawal_definition import WITHDRAWAL
 from workflows.withdrawal_events import Timing
 
 log = logging.getLogger("payment.wiring")
@@ -108,7 +107,8 @@ async def open_services(
         config = providers.get(provider)
         return config.timing.to_timing() if config else Timing()
 
-    engine = Engine(WITHDRAWAL, scheduler, lambda row: timing(row["provider"]))
+    definitions = load_definitions(settings.workflow_definitions)
+    engine = Engine(definitions, scheduler, lambda row: timing(row["provider"]))
     http = httpx.AsyncClient(timeout=settings.ledger_timeout_s)  # ops and tools
     outbound = OutboundHttp(settings.ledger_timeout_s)  # the steps' calls
     adapters: dict[str, ProviderAdapter] = {

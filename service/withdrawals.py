@@ -15,11 +15,13 @@ from workflows.money import format_minor
 
 _INSERT_QUEUE = """
 INSERT INTO order_queues (id, order_id, request_hash, merchant_id, amount_minor, currency,
-                          trace_id, policy, policy_reason, requested_cascade)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                          trace_id, policy, policy_reason, requested_cascade,
+                          workflow, workflow_version)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT (order_id) DO NOTHING
 RETURNING id
 """
+WORKFLOW = "withdrawal"
 _INSERT_TASK = "INSERT INTO order_tasks (id, queue_id, position, provider) VALUES (%s, %s, %s, %s)"
 
 
@@ -47,6 +49,8 @@ async def _submit(
     cascade = request.cascade if rollout.policy == Policy.CASCADE else request.cascade[:1]
     fingerprint = request.fingerprint()
     queue_id = str(uuid.uuid4())
+    # It starts on the current version of the machine and keeps it to the end.
+    definition = engine.definitions.current(WORKFLOW)
     async with conn.transaction():
         cur = await conn.execute(
             _INSERT_QUEUE,
@@ -61,6 +65,8 @@ async def _submit(
                 rollout.policy,
                 rollout.reason,
                 request.cascade,
+                definition.name,
+                definition.version,
             ),
         )
         if await cur.fetchone() is None:

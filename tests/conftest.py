@@ -42,9 +42,9 @@ def database_url() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def migrated_url(database_url: str) -> str:
-    from engine.db import apply_schema
+    from engine.migrations import migrate
 
-    apply_schema(database_url)
+    migrate(database_url)
     return database_url
 
 

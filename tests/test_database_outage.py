@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from engine.db import apply_schema
+from engine.migrations import migrate
 from sandbox.client import StackClient
 from sandbox.servers import RestartablePostgres
 from sandbox.stack import ProviderSpec, Stack, wait_until
@@ -35,7 +35,7 @@ def stack_on(
 ) -> Iterator[StackClient]:
     """A stack on a fresh database of the test's own server."""
     url = server.database(name)
-    apply_schema(url)
+    migrate(url)
     stack = Stack(url, workdir, [spec], **options)
     stack.start()
     try:

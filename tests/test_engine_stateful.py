@@ -38,9 +38,10 @@ from activities.withdrawal import status_event
 from engine import timers
 from engine.activity import Activity, ActivityContext
 from engine.contracts import Origin, QueueFinished
-from engine.db import apply_schema, open_pool
+from engine.db import open_pool
 from engine.engine import Engine
 from engine.journal import Conn
+from engine.migrations import migrate
 from engine.steps import Runtime, run_activity
 from engine.webhooks import apply_webhook
 from service.models import WithdrawalRequest
@@ -48,6 +49,7 @@ from service.wiring import translate_webhook
 from service.withdrawals import submit
 from tests.conftest import fresh_database
 from workflows.core import Event, IllegalTransition
+from workflows.registry import DEFINITIONS
 from workflows.withdrawal_definition import WITHDRAWAL
 from workflows.withdrawal_events import (
     Cancel,
@@ -231,7 +233,7 @@ def run(coro: Any) -> Any:
 def engine_url() -> Iterator[str]:
     """Its own database: the model ledger is not the sandbox's, so keep them apart."""
     with fresh_database("_engine") as url:
-        apply_schema(url)
+        migrate(url)
         yield url
 
 
@@ -242,7 +244,7 @@ def build_machine(url: str) -> type[RuleBasedStateMachine]:
             self.world = World()
             self.scheduler = RecordingScheduler()
             self.pool = run(open_pool(url, max_size=2))
-            engine = Engine(WITHDRAWAL, self.scheduler, lambda _row: TIMING)
+            engine = Engine(DEFINITIONS, self.scheduler, lambda _row: TIMING)
             self.engine = engine
             self.runtime = Runtime(engine, self.pool, self.world.activities(), translate_webhook)
             self.done: list[tuple[str, str, int]] = []

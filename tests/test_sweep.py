@@ -8,16 +8,17 @@ from typing import Any
 
 import pytest
 
-from engine.db import Pool, apply_schema, open_pool
+from engine.db import Pool, open_pool
 from engine.engine import Engine
 from engine.jobs import build_app
+from engine.migrations import migrate
 from engine.retry import CappedBackoff
 from engine.scheduler import ProcrastinateScheduler
 from engine.sweep import sweep
 from service.models import WithdrawalRequest
 from service.withdrawals import submit
 from tests.conftest import fresh_database
-from workflows.withdrawal_definition import WITHDRAWAL
+from workflows.registry import DEFINITIONS
 from workflows.withdrawal_events import Timing
 
 
@@ -25,7 +26,7 @@ from workflows.withdrawal_events import Timing
 def sweep_url() -> Iterator[str]:
     """Its own database: a sweep with no grace must see only this module's tasks."""
     with fresh_database("_sweep") as url:
-        apply_schema(url)
+        migrate(url)
         yield url
 
 
@@ -35,7 +36,7 @@ async def parts(sweep_url: str) -> AsyncIterator[tuple[Pool, Engine]]:
     await app.open_async()
     pool = await open_pool(sweep_url, max_size=2)
     try:
-        yield pool, Engine(WITHDRAWAL, ProcrastinateScheduler(app), lambda _row: Timing())
+        yield pool, Engine(DEFINITIONS, ProcrastinateScheduler(app), lambda _row: Timing())
     finally:
         await pool.close()
         await app.close_async()

@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from engine import commit_hooks
-from engine.db import Pool, apply_schema, open_pool
+from engine.db import Pool, open_pool
 from engine.journal import Conn
+from engine.migrations import migrate
 from engine.timers import fire_due
 from tests.conftest import fresh_database
 
@@ -19,7 +20,7 @@ from tests.conftest import fresh_database
 @pytest.fixture(scope="module")
 def timers_url() -> Iterator[str]:
     with fresh_database("_timers") as url:
-        apply_schema(url)
+        migrate(url)
         yield url
 
 

@@ -86,6 +86,7 @@ class WorkflowDefinition(Protocol):
     """What the engine needs from a workflow; nothing else is assumed."""
 
     name: str
+    version: int  # a withdrawal is driven by the version it started on (registry.py)
     terminal_statuses: frozenset[str]
 
     def decide(self, state: Any, event: Event, now: datetime) -> tuple[Any, list[Command]]: ...

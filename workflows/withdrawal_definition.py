@@ -15,6 +15,7 @@ from typing import Any
 
 from workflows import withdrawal
 from workflows.core import Command, Event, QueueDecision, TaskView
+from workflows.withdrawal import Transitions
 from workflows.withdrawal_events import (
     TERMINAL,
     Cancel,
@@ -53,12 +54,20 @@ def queue_decide(
 
 
 class WithdrawalDefinition:
+    """Version 1 is the table in workflows/withdrawal.py. A later version is the
+    same class over another table (registry.py says which versions are live)."""
+
     name = "withdrawal"
     terminal_statuses: frozenset[str] = frozenset(TERMINAL)
 
-    @staticmethod
-    def decide(state: TaskState, event: Event, now: datetime) -> tuple[TaskState, list[Command]]:
-        return withdrawal.decide(state, event, now)
+    def __init__(self, version: int = 1, transitions: Transitions = withdrawal.TRANSITIONS) -> None:
+        self.version = version
+        self.transitions = transitions
+
+    def decide(
+        self, state: TaskState, event: Event, now: datetime
+    ) -> tuple[TaskState, list[Command]]:
+        return withdrawal.decide(state, event, now, self.transitions)
 
     @staticmethod
     def load(row: Mapping[str, Any], context: Timing) -> TaskState:

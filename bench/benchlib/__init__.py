@@ -12,8 +12,8 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the project root
-from engine.db import apply_schema
 from engine.embedded import database_url
+from engine.migrations import migrate
 
 DB = "payment_bench"
 
@@ -42,7 +42,7 @@ def fresh_database(task_id: str) -> str:
     admin = database_url()
     sql(admin, f'DROP DATABASE IF EXISTS "{DB}" WITH (FORCE)', f'CREATE DATABASE "{DB}"')
     url = make_conninfo(admin, dbname=DB)
-    apply_schema(url)
+    migrate(url)
     sql(
         url,
         "WITH q AS (INSERT INTO order_queues (id, order_id, request_hash, merchant_id,"

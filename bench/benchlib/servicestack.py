@@ -5,8 +5,8 @@ from __future__ import annotations
 from psycopg.conninfo import make_conninfo
 
 from benchlib import sql
-from engine.db import apply_schema
 from engine.embedded import database_url
+from engine.migrations import migrate
 
 # The service's own defaults (the test stack speeds some of them up).
 SERVICE_DEFAULTS = {
@@ -28,5 +28,5 @@ def fresh(name: str, schema: bool = True) -> str:
     sql(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', f'CREATE DATABASE "{name}"')
     url = make_conninfo(admin, dbname=name)
     if schema:
-        apply_schema(url)
+        migrate(url)
     return url

@@ -1,0 +1,294 @@
+-- 0001: the schema of the release before numbered migrations (1666416, 2026-11-26),
+-- exactly as its start-up applied schema.sql. Written to be re-runnable, as that
+-- file was, so an installation made by any earlier release is brought up to it.
+
+DO $$ BEGIN
+    CREATE TYPE task_status AS ENUM ('PENDING', 'CREATING', 'EXECUTING', 'NEGATIVE_EVAL',
+        'RECHECKING', 'MANUAL_CHECK', 'SUCCEEDED', 'SKIPPED', 'FAILED', 'CANCELLED');
+EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+
+DO $$ BEGIN
+    CREATE TYPE queue_status AS ENUM ('ACTIVE', 'COMPLETED', 'FAILED', 'CANCELLED');
+EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+
+DO $$ BEGIN
+    CREATE TYPE funds_status AS ENUM ('NONE', 'FROZEN', 'COMMITTED', 'RELEASED');
+EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+
+-- One row per withdrawal. order_id is cascade-core's id and the idempotency key.
+CREATE TABLE IF NOT EXISTS order_queues (
+    id               uuid PRIMARY KEY,
+    workflow         text NOT NULL DEFAULT 'withdrawal',
+    order_id         text NOT NULL UNIQUE,
+    request_hash     text NOT NULL,
+    merchant_id      text NOT NULL,
+    amount_minor     bigint NOT NULL CHECK (amount_minor > 0),
+    currency         char(3) NOT NULL,
+    status           queue_status NOT NULL DEFAULT 'ACTIVE',
+    cancel_requested boolean NOT NULL DEFAULT false,
+    -- set when someone must look (e.g. a provider contradicts a final state)
+    needs_attention  boolean NOT NULL DEFAULT false,
+    attention_reason text,
+    core_notified_at timestamptz,  -- cascade-core acknowledged the final outcome
+    -- the rollout gate's decision: 'cascade', or 'single_shot' (the old path:
+    -- the first provider only); requested_cascade keeps what cascade-core sent
+    policy           text NOT NULL DEFAULT 'cascade' CHECK (policy IN ('cascade', 'single_shot')),
+    policy_reason    text,
+    requested_cascade text[] NOT NULL DEFAULT '{}',
+    trace_id         text,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    updated_at       timestamptz NOT NULL DEFAULT now(),
+    finished_at      timestamptz
+);
+CREATE INDEX IF NOT EXISTS order_queues_active ON order_queues (created_at) WHERE status = 'ACTIVE';
+-- Final outcomes not yet told to cascade-core (the sweep's notification repair).
+CREATE INDEX IF NOT EXISTS order_queues_untold ON order_queues (finished_at)
+    WHERE core_notified_at IS NULL AND status <> 'ACTIVE';
+
+-- One row per provider attempt. Columns after `version` are the machine's state.
+CREATE TABLE IF NOT EXISTS order_tasks (
+    id               uuid PRIMARY KEY,
+    queue_id         uuid NOT NULL REFERENCES order_queues (id),
+    position         integer NOT NULL CHECK (position >= 0),
+    provider         text NOT NULL,
+    version          integer NOT NULL DEFAULT 0,
+    -- the version at which the activity the task awaits was requested; a job
+    -- result carrying another token is stale (engine/engine.py)
+    activity_token   integer,
+    activity         text,  -- the name of that activity (the sweep re-defers a lost one)
+    status           task_status NOT NULL DEFAULT 'PENDING',
+    funds            funds_status NOT NULL DEFAULT 'NONE',
+    target           task_status,
+    provider_ref     text,
+    order_submitted  boolean NOT NULL DEFAULT false,
+    cancel_requested boolean NOT NULL DEFAULT false,
+    sla_expired      boolean NOT NULL DEFAULT false,
+    recheck_attempts integer NOT NULL DEFAULT 0,
+    webhook_deadline timestamptz,
+    next_check_at    timestamptz,
+    status_deadline  timestamptz,
+    last_reason      text,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    updated_at       timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (queue_id, position),
+    -- Money invariants the database can hold on its own:
+    CONSTRAINT committed_iff_succeeded CHECK ((status = 'SUCCEEDED') = (funds = 'COMMITTED')),
+    CONSTRAINT no_hold_after_failure CHECK (
+        status NOT IN ('SKIPPED', 'FAILED', 'CANCELLED') OR funds IN ('NONE', 'RELEASED')),
+    CONSTRAINT pending_holds_nothing CHECK (status <> 'PENDING' OR funds = 'NONE')
+);
+-- Databases made before the column existed (issue 11 brings numbered migrations).
+ALTER TABLE order_tasks ADD COLUMN IF NOT EXISTS activity text;
+-- At most one live attempt per withdrawal, one success, and one hold holding money.
+CREATE UNIQUE INDEX IF NOT EXISTS order_tasks_one_live ON order_tasks (queue_id)
+    WHERE status IN ('CREATING', 'EXECUTING', 'NEGATIVE_EVAL', 'RECHECKING', 'MANUAL_CHECK');
+CREATE UNIQUE INDEX IF NOT EXISTS order_tasks_one_success ON order_tasks (queue_id)
+    WHERE status = 'SUCCEEDED';
+CREATE UNIQUE INDEX IF NOT EXISTS order_tasks_one_hold ON order_tasks (queue_id)
+    WHERE funds IN ('FROZEN', 'COMMITTED');
+CREATE INDEX IF NOT EXISTS order_tasks_open ON order_tasks (status)
+    WHERE status NOT IN ('PENDING', 'SUCCEEDED', 'SKIPPED', 'FAILED', 'CANCELLED');
+
+-- The append-only audit trail. task_id is NULL for queue-level events.
+CREATE TABLE IF NOT EXISTS order_task_events (
+    id          bigserial PRIMARY KEY,
+    queue_id    uuid NOT NULL REFERENCES order_queues (id),
+    task_id     uuid REFERENCES order_tasks (id),
+    from_state  text,
+    to_state    text,
+    event_type  text NOT NULL,
+    payload     jsonb NOT NULL DEFAULT '{}',
+    actor       text NOT NULL,
+    trace_id    text,
+    occurred_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE INDEX IF NOT EXISTS order_task_events_queue ON order_task_events (queue_id, id);
+CREATE INDEX IF NOT EXISTS order_task_events_task ON order_task_events (task_id, id);
+
+CREATE OR REPLACE FUNCTION order_task_events_append_only() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'order_task_events is append-only (% refused)', TG_OP
+        USING ERRCODE = 'insufficient_privilege';
+END $$;
+
+DROP TRIGGER IF EXISTS order_task_events_no_change ON order_task_events;
+CREATE TRIGGER order_task_events_no_change BEFORE UPDATE OR DELETE ON order_task_events
+    FOR EACH ROW EXECUTE FUNCTION order_task_events_append_only();
+DROP TRIGGER IF EXISTS order_task_events_no_truncate ON order_task_events;
+CREATE TRIGGER order_task_events_no_truncate BEFORE TRUNCATE ON order_task_events
+    FOR EACH STATEMENT EXECUTE FUNCTION order_task_events_append_only();
+
+-- Transactional outbox, relayed to NATS JetStream; id doubles as Nats-Msg-Id.
+CREATE TABLE IF NOT EXISTS outbox (
+    id           bigserial PRIMARY KEY,
+    subject      text NOT NULL,
+    queue_id     uuid,
+    task_id      uuid,
+    payload      jsonb NOT NULL,
+    trace_id     text,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    published_at timestamptz
+);
+CREATE INDEX IF NOT EXISTS outbox_unpublished ON outbox (id) WHERE published_at IS NULL;
+-- Wakes the relay (activities/outbox_relay.py) when a transaction that wrote
+-- events commits; one notification per transaction, however many rows.
+CREATE OR REPLACE FUNCTION outbox_wake_relay() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('payment_outbox', '');
+    RETURN NULL;
+END $$;
+DROP TRIGGER IF EXISTS outbox_wake_relay ON outbox;
+CREATE TRIGGER outbox_wake_relay AFTER INSERT ON outbox
+    FOR EACH STATEMENT EXECUTE FUNCTION outbox_wake_relay();
+
+-- Verified provider webhooks; (provider, webhook_id) deduplicates deliveries.
+CREATE TABLE IF NOT EXISTS webhook_inbox (
+    id           bigserial PRIMARY KEY,
+    provider     text NOT NULL,
+    webhook_id   text NOT NULL,
+    reference    text,
+    body         jsonb NOT NULL,
+    received_at  timestamptz NOT NULL DEFAULT now(),
+    processed_at timestamptz,
+    outcome      text,
+    UNIQUE (provider, webhook_id)
+);
+
+-- Durable timers. Kept out of procrastinate_jobs on purpose: its fetch query
+-- scans every not-yet-due job, so 15-minute timers parked there would slow
+-- every worker's pickup. Here they wait on a due_at index; the timer pump
+-- moves only due rows (SKIP LOCKED, a bounded batch) into procrastinate.
+CREATE TABLE IF NOT EXISTS timers (
+    id         bigserial PRIMARY KEY,
+    task_id    uuid NOT NULL REFERENCES order_tasks (id),
+    kind       text NOT NULL,
+    due_at     timestamptz NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS timers_due ON timers (due_at);
+
+-- Jobs that exhausted their attempts (or failed for good). The task's money
+-- stays where it is until the job is replayed after a fix.
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id            bigserial PRIMARY KEY,
+    job_id        bigint NOT NULL UNIQUE,
+    task_name     text NOT NULL,
+    args          jsonb NOT NULL,
+    task_id       uuid,
+    queue_id      uuid,
+    attempts      integer NOT NULL,
+    error         text NOT NULL,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    replayed_at   timestamptz,
+    replayed_by   text,
+    replay_job_id bigint
+);
+CREATE INDEX IF NOT EXISTS dead_letters_open ON dead_letters (created_at) WHERE replayed_at IS NULL;
+
+-- ---------------------------------------------------------------------------
+-- Ops forensics: views to query by hand (docs/ops.md has the runbook).
+-- ---------------------------------------------------------------------------
+
+-- Every event of every withdrawal, with its ids; ORDER BY event_id for a timeline.
+CREATE OR REPLACE VIEW v_withdrawal_timeline AS
+SELECT e.id AS event_id, q.order_id, q.id AS queue_id, e.task_id, t.provider, t.position,
+       e.from_state, e.to_state, e.event_type, e.actor, e.payload, e.trace_id, e.occurred_at
+FROM order_task_events e
+JOIN order_queues q ON q.id = e.queue_id
+LEFT JOIN order_tasks t ON t.id = e.task_id;
+
+-- Open tasks past the point where a timer or job should have moved them.
+CREATE OR REPLACE FUNCTION stuck_tasks(grace interval DEFAULT interval '1 minute')
+RETURNS TABLE (order_id text, queue_id uuid, task_id uuid, provider text, status text,
+               target text, reason text, overdue_since timestamptz, updated_at timestamptz)
+LANGUAGE sql STABLE AS $$
+    SELECT q.order_id, q.id, t.id, t.provider, t.status::text, t.target::text, s.reason,
+           s.since, t.updated_at
+    FROM order_tasks t
+    JOIN order_queues q ON q.id = t.queue_id
+    CROSS JOIN LATERAL (VALUES
+        ('settling: ledger call not finished', CASE WHEN t.target IS NOT NULL THEN t.updated_at END),
+        ('webhook SLA passed', CASE WHEN t.status = 'EXECUTING' AND NOT t.sla_expired
+                                    THEN t.webhook_deadline END),
+        ('status timeout passed', CASE WHEN t.status = 'EXECUTING' THEN t.status_deadline END),
+        ('recheck or poll overdue', t.next_check_at),
+        ('no progress while creating', CASE WHEN t.status IN ('CREATING', 'NEGATIVE_EVAL')
+                                            THEN t.updated_at END)
+    ) AS s(reason, since)
+    WHERE t.status IN ('CREATING', 'EXECUTING', 'NEGATIVE_EVAL', 'RECHECKING')
+      AND s.since IS NOT NULL AND s.since < now() - grace
+$$;
+CREATE OR REPLACE VIEW v_stuck_tasks AS SELECT * FROM stuck_tasks();
+
+-- Tasks waiting for a person, oldest first.
+CREATE OR REPLACE VIEW v_manual_check_queue AS
+SELECT q.order_id, q.id AS queue_id, t.id AS task_id, t.provider, t.provider_ref,
+       q.amount_minor, q.currency, t.last_reason, t.updated_at AS waiting_since,
+       now() - t.updated_at AS waiting_for
+FROM order_tasks t JOIN order_queues q ON q.id = t.queue_id
+WHERE t.status = 'MANUAL_CHECK' AND t.target IS NULL;
+
+-- Finished attempts per provider and hour: how each provider is doing.
+CREATE OR REPLACE VIEW v_provider_success_hourly AS
+SELECT t.provider, date_trunc('hour', t.updated_at) AS hour,
+       count(*) AS attempts,
+       count(*) FILTER (WHERE t.status = 'SUCCEEDED') AS succeeded,
+       count(*) FILTER (WHERE t.status = 'FAILED') AS failed,
+       count(*) FILTER (WHERE t.status = 'SKIPPED') AS skipped,
+       round(count(*) FILTER (WHERE t.status = 'SUCCEEDED')::numeric / count(*), 4) AS success_rate
+FROM order_tasks t
+WHERE t.status IN ('SUCCEEDED', 'FAILED', 'SKIPPED')
+GROUP BY 1, 2;
+
+-- Dead letters not yet replayed, with the withdrawal they belong to.
+CREATE OR REPLACE VIEW v_dead_letters AS
+SELECT d.id AS dead_letter_id, q.order_id, d.queue_id, d.task_id, t.status::text AS task_status,
+       t.funds::text AS funds, d.task_name, d.args, d.attempts, d.error, d.created_at
+FROM dead_letters d
+LEFT JOIN order_tasks t ON t.id = d.task_id
+LEFT JOIN order_queues q ON q.id = d.queue_id
+WHERE d.replayed_at IS NULL;
+
+-- The ledger's view of each hold, as last fetched by `python -m service.ops reconcile`.
+CREATE TABLE IF NOT EXISTS ledger_holds (
+    key          text PRIMARY KEY,
+    provider     text,
+    currency     text,
+    amount       text,
+    status       text NOT NULL,
+    fetched_at   timestamptz NOT NULL DEFAULT now()
+);
+
+-- Where our books and the ledger's disagree. A task with a ledger call in flight
+-- (activity_token set) may legitimately be ahead or behind, so it is left out.
+CREATE OR REPLACE VIEW v_ledger_drift AS
+WITH ours AS (
+    -- every task: one whose ledger call is in flight (activity_token set) may
+    -- legitimately differ for a moment, so it is skipped below, never called unknown
+    SELECT t.id::text AS key, q.order_id, t.queue_id, t.status::text AS task_status,
+           t.funds::text AS funds, t.activity_token IS NOT NULL AS in_flight
+    FROM order_tasks t JOIN order_queues q ON q.id = t.queue_id
+)
+SELECT coalesce(o.key, l.key) AS key, o.order_id, o.queue_id, o.task_status, o.funds,
+       l.status AS ledger_status,
+       CASE WHEN o.key IS NULL THEN 'hold unknown to payment-service'
+            ELSE 'funds ' || o.funds || ' but ledger ' || coalesce(l.status, 'has no hold') END
+           AS drift
+FROM ours o FULL JOIN ledger_holds l ON l.key = o.key
+WHERE (o.key IS NULL AND l.status <> 'void')
+   OR (o.key IS NOT NULL AND NOT o.in_flight AND NOT (
+        (o.funds = 'NONE' AND coalesce(l.status, 'void') = 'void')
+     OR (o.funds = 'FROZEN' AND l.status = 'frozen')
+     OR (o.funds = 'COMMITTED' AND l.status = 'committed')
+     OR (o.funds = 'RELEASED' AND l.status IN ('released', 'void'))));
+
+-- That release's start-up recorded the hash of the schema.sql it applied here and
+-- applied it again only when the hash changed. Recording it makes a process of
+-- that release, restarted during a rolling deploy, leave this database alone.
+CREATE TABLE IF NOT EXISTS schema_applied
+    (sha256 text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now());
+INSERT INTO schema_applied (sha256)
+VALUES ('11ac06a9070620dfb57361e288425ca736519cbad798fe66039c2c266cd7a3e3')
+ON CONFLICT DO NOTHING;
