@@ -137,3 +137,35 @@ def test_migrating_an_up_to_date_database_takes_no_lock_on_the_tables(migrated_u
         assert time.monotonic() - started < 10
         transition.rollback()
     starter.join()
+
+
+@pytest.mark.parametrize("entry", [["server.py", "--port", "0"], ["worker.py"]])
+def test_starting_on_a_database_one_migration_behind_exits_saying_make_migrate(
+    empty_db: str, entry: list[str]
+) -> None:
+    migrate(empty_db, upto=migrations.ours()[-2].name)
+    env = {**os.environ, "DATABASE_URL": empty_db}
+    started = subprocess.run(
+        [sys.executable, *entry],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert started.returncode != 0
+    assert "1 migration(s) behind" in started.stderr, started.stderr
+    assert "run `make migrate`" in started.stderr
+    assert migrations.ours()[-1].label in started.stderr
+
+    # --migrate applies it first (--check: then exit instead of serving).
+    checked = subprocess.run(
+        [sys.executable, *entry, "--migrate", "--check"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert checked.returncode == 0, checked.stderr
+    assert migrate(empty_db) == []
