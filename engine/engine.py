@@ -13,9 +13,8 @@ it runs any WorkflowDefinition, each queue by the version it started on
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,7 +28,7 @@ from engine.contracts import (
     StaleEvent,
     UnknownTask,
 )
-from engine.journal import Conn, Entry, journal
+from engine.journal import Conn, QueueEvent, alert, record
 from workflows.core import (
     Alert,
     Event,
@@ -42,10 +41,6 @@ from workflows.core import (
 from workflows.registry import Definitions
 
 MAX_FOLLOW_UPS = 8
-
-
-def event_payload(event: Event) -> dict[str, Any]:
-    return json.loads(json.dumps(asdict(event), default=str))  # type: ignore[no-any-return]
 
 
 class Engine:
@@ -185,7 +180,7 @@ class Engine:
             token, activity = (version + 1, issued) if issued else kept
             values = {**definition.dump(new_state), "activity_token": token, "activity": activity}
             version = await self._write_state(conn, row, values)
-            await self._record(conn, queue, task_id, from_status, to_status, event, origin, version)
+            await record(conn, queue, task_id, from_status, to_status, event, origin, version)
             _observe_transition(from_status, to_status, row["updated_at"], self.clock())
         elif (token := version if issued else kept[0]) != pending:
             activity = issued if issued else kept[1]
@@ -217,7 +212,7 @@ class Engine:
             elif isinstance(command, StartTimer):
                 await self.scheduler.defer_timer(conn, task_id, command.kind, command.due_at)
             elif isinstance(command, Alert):
-                await self._alert(conn, queue, task_id, to_status, command, origin)
+                await alert(conn, queue, task_id, to_status, command, origin)
                 alerts.append(command.kind)
         if depth == 0 and from_status != to_status:
             await self._run_queue_rule(conn, queue, origin)
@@ -230,55 +225,6 @@ class Engine:
         if updated is None:  # cannot happen under FOR UPDATE; the check is the contract
             raise StaleEvent(f"task {row['id']} changed under its lock")
         return int(updated["version"])
-
-    async def _record(
-        self,
-        conn: Conn,
-        queue: dict[str, Any],
-        task_id: str | None,
-        from_status: str | None,
-        to_status: str,
-        event: Event,
-        origin: Origin,
-        version: int | None,
-    ) -> None:
-        scope = "task" if task_id else "queue"
-        payload = {"event": event.name, "version": version, **event_payload(event)}
-        subject = f"order.{scope}.{to_status.lower()}"
-        await journal(
-            conn,
-            queue,
-            Entry(
-                subject,
-                task_id,
-                from_status,
-                to_status,
-                event.name,
-                payload,
-                origin.actor,
-                origin.trace_id,
-            ),
-        )
-
-    @staticmethod
-    async def _alert(
-        conn: Conn, queue: dict[str, Any], task_id: str, status: str, alert: Alert, origin: Origin
-    ) -> None:
-        payload = {"kind": alert.kind, "detail": alert.detail}
-        metrics.on_commit(lambda: metrics.ALERTS.labels(alert.kind).inc())
-        await conn.execute(
-            "UPDATE order_queues SET needs_attention = true, attention_reason = %s,"
-            " updated_at = now() WHERE id = %s",
-            (f"{alert.kind}: {alert.detail}", queue["id"]),
-        )
-        subject = f"order.task.{alert.kind.replace('_', '.')}"
-        await journal(
-            conn,
-            queue,
-            Entry(
-                subject, task_id, status, status, alert.kind, payload, origin.actor, origin.trace_id
-            ),
-        )
 
     async def _run_queue_rule(self, conn: Conn, queue: dict[str, Any], origin: Origin) -> None:
         """`queue`: its row, locked (or inserted) by this transaction."""
@@ -304,13 +250,13 @@ class Engine:
                 (decision.status, queue_id),
             )
             await self.scheduler.defer_notification(conn, queue_id)  # reads the final row
-            await self._record(
+            await record(
                 conn,
                 queue,
                 None,
                 str(queue["status"]),
                 decision.status,
-                _QueueEvent(decision.status),
+                QueueEvent(decision.status),
                 origin,
                 None,
             )
@@ -353,12 +299,3 @@ def _observe_transition(from_status: str, to_status: str, since: datetime, now: 
 class _Result:
     token: int
     strict: bool
-
-
-@dataclass(frozen=True)
-class _QueueEvent(Event):
-    outcome: str
-
-    @property
-    def name(self) -> str:
-        return f"queue_{self.outcome.lower()}"

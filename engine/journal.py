@@ -1,12 +1,21 @@
-"""The audit trail and the outbox: written together, in the transition's transaction."""
+"""The audit trail and the outbox: written together, in the transition's transaction.
+
+`record` journals a transition, `alert` an attention event (and flags the queue)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+import json
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
 
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
+
+from engine import metrics
+from workflows.core import Alert, Event
+
+if TYPE_CHECKING:  # contracts imports Conn from here
+    from engine.contracts import Origin
 
 Conn = AsyncConnection[dict[str, Any]]
 
@@ -60,3 +69,67 @@ async def journal(conn: Conn, queue: dict[str, Any], entry: Entry) -> None:
         "body": Jsonb(body),
     }
     await conn.execute(_AUDIT_AND_OUTBOX, params)
+
+
+def event_payload(event: Event) -> dict[str, Any]:
+    return json.loads(json.dumps(asdict(event), default=str))  # type: ignore[no-any-return]
+
+
+async def record(
+    conn: Conn,
+    queue: dict[str, Any],
+    task_id: str | None,
+    from_status: str | None,
+    to_status: str,
+    event: Event,
+    origin: Origin,
+    version: int | None,
+) -> None:
+    scope = "task" if task_id else "queue"
+    payload = {"event": event.name, "version": version, **event_payload(event)}
+    subject = f"order.{scope}.{to_status.lower()}"
+    await journal(
+        conn,
+        queue,
+        Entry(
+            subject,
+            task_id,
+            from_status,
+            to_status,
+            event.name,
+            payload,
+            origin.actor,
+            origin.trace_id,
+        ),
+    )
+
+
+async def alert(
+    conn: Conn, queue: dict[str, Any], task_id: str, status: str, raised: Alert, origin: Origin
+) -> None:
+    payload = {"kind": raised.kind, "detail": raised.detail}
+    metrics.on_commit(lambda: metrics.ALERTS.labels(raised.kind).inc())
+    await conn.execute(
+        "UPDATE order_queues SET needs_attention = true, attention_reason = %s,"
+        " updated_at = now() WHERE id = %s",
+        (f"{raised.kind}: {raised.detail}", queue["id"]),
+    )
+    subject = f"order.task.{raised.kind.replace('_', '.')}"
+    await journal(
+        conn,
+        queue,
+        Entry(
+            subject, task_id, status, status, raised.kind, payload, origin.actor, origin.trace_id
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class QueueEvent(Event):
+    """The queue's own transition (to COMPLETED, FAILED or CANCELLED), as audited."""
+
+    outcome: str
+
+    @property
+    def name(self) -> str:
+        return f"queue_{self.outcome.lower()}"
