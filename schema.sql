@@ -32,9 +32,11 @@ CREATE TABLE IF NOT EXISTS order_queues (
     needs_attention  boolean NOT NULL DEFAULT false,
     attention_reason text,
     core_notified_at timestamptz,  -- cascade-core acknowledged the final outcome
-    -- the rollout gate's decision: 'cascade', or 'single_shot' (the old path:
-    -- the first provider only); requested_cascade keeps what cascade-core sent
-    policy           text NOT NULL DEFAULT 'cascade' CHECK (policy IN ('cascade', 'single_shot')),
+    -- the rollout gate's decision: 'health_cascade' (routed by provider health),
+    -- 'cascade', or 'single_shot' (the old path: the first provider only);
+    -- requested_cascade keeps what cascade-core sent
+    policy           text NOT NULL DEFAULT 'cascade'
+        CHECK (policy IN ('cascade', 'single_shot', 'health_cascade')),
     policy_reason    text,
     requested_cascade text[] NOT NULL DEFAULT '{}',
     trace_id         text,
@@ -91,6 +93,9 @@ CREATE UNIQUE INDEX IF NOT EXISTS order_tasks_one_hold ON order_tasks (queue_id)
     WHERE funds IN ('FROZEN', 'COMMITTED');
 CREATE INDEX IF NOT EXISTS order_tasks_open ON order_tasks (status)
     WHERE status NOT IN ('PENDING', 'SUCCEEDED', 'SKIPPED', 'FAILED', 'CANCELLED');
+-- The concurrency limit's count: tasks that may have an order open at a provider.
+CREATE INDEX IF NOT EXISTS order_tasks_in_flight ON order_tasks (provider)
+    WHERE status IN ('CREATING', 'EXECUTING', 'NEGATIVE_EVAL', 'RECHECKING');
 
 -- The append-only audit trail. task_id is NULL for queue-level events.
 CREATE TABLE IF NOT EXISTS order_task_events (
@@ -292,3 +297,52 @@ WHERE (o.key IS NULL AND l.status <> 'void')
 -- restarted during a rolling deploy leaves the database alone.
 CREATE TABLE IF NOT EXISTS schema_applied
     (sha256 text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now());
+
+-- ---------------------------------------------------------------------------
+-- Provider health and limits, for routing (0003; docs/design.md, Routing).
+-- ---------------------------------------------------------------------------
+
+-- Outcomes of our own calls, per provider, append-only. A periodic job reads a
+-- sliding window of them and moves each provider's circuit; it also deletes
+-- those older than any window.
+CREATE TABLE IF NOT EXISTS provider_outcomes (
+    id       bigserial PRIMARY KEY,
+    provider text NOT NULL,
+    outcome  text NOT NULL,
+    at       timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS provider_outcomes_window ON provider_outcomes (provider, at);
+
+-- Each provider's circuit: closed (used), open (skipped until probe_at), half_open
+-- (probes_left attempts may go through). `forced`: an operator's override.
+CREATE TABLE IF NOT EXISTS provider_circuits (
+    provider    text PRIMARY KEY,
+    state       text NOT NULL DEFAULT 'closed' CHECK (state IN ('closed', 'open', 'half_open')),
+    since       timestamptz NOT NULL DEFAULT now(),
+    probe_at    timestamptz,
+    probes_left integer NOT NULL DEFAULT 0,
+    forced      text CHECK (forced IN ('open', 'closed')),
+    reason      text,
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
+
+-- Every change of a circuit, by the evaluator or an operator: the audit trail.
+CREATE TABLE IF NOT EXISTS provider_circuit_events (
+    id          bigserial PRIMARY KEY,
+    provider    text NOT NULL,
+    from_state  text,
+    to_state    text NOT NULL,
+    reason      text NOT NULL,
+    actor       text NOT NULL,
+    occurred_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE INDEX IF NOT EXISTS provider_circuit_events_provider
+    ON provider_circuit_events (provider, id);
+
+-- A limited provider's row: locked by every start there (which serialises them
+-- across workers), with its rate's token bucket.
+CREATE TABLE IF NOT EXISTS provider_limits (
+    provider    text PRIMARY KEY,
+    tokens      double precision NOT NULL,
+    refilled_at timestamptz NOT NULL
+);

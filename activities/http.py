@@ -9,7 +9,9 @@ refused or dropped connection) is ambiguous: the call may have been applied.
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -44,12 +46,13 @@ class OutboundHttp:
         json: Any = None,
         headers: dict[str, str] | None = None,
         timeout_s: float | None = None,
-    ) -> tuple[int, bytes]:
+    ) -> tuple[int, bytes, str | None]:
+        """(status, body, Retry-After header)."""
         limit = aiohttp.ClientTimeout(total=timeout_s or self._timeout_s)
         async with self._open().request(
             method, url, json=json, headers=headers, timeout=limit, allow_redirects=False
         ) as response:
-            return response.status, await response.read()
+            return response.status, await response.read(), response.headers.get("Retry-After")
 
     async def aclose(self) -> None:
         if self._session is not None:
@@ -58,13 +61,15 @@ class OutboundHttp:
 
 async def call(client: OutboundHttp, method: str, url: str, **kwargs: Any) -> HttpAnswer:
     try:
-        status, content = await client.request(method, url, **kwargs)
+        status, content, retry_after = await client.request(method, url, **kwargs)
     except TimeoutError:
         raise AmbiguousOutcome("timeout") from None
     except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:
         raise AmbiguousOutcome(f"transport:{type(exc).__name__}") from None
     if status >= 500:
         raise AmbiguousOutcome(f"http_{status}")
+    if status == 429:  # whatever the body says: nothing was done, ask again later
+        return HttpAnswer(status, {}, retry_after_s(retry_after))
     try:  # strictly: whatever the answer says may be stored (a reason, an order id)
         body = strict_json.loads(content)
     except ValueError:
@@ -72,3 +77,26 @@ async def call(client: OutboundHttp, method: str, url: str, **kwargs: Any) -> Ht
     if not isinstance(body, dict):
         raise AmbiguousOutcome(f"unexpected_body_http_{status}")
     return HttpAnswer(status, body)
+
+
+RETRY_AFTER_DEFAULT_S = 1.0
+RETRY_AFTER_MAX_S = 300.0
+
+
+def retry_after_s(header: str | None, now: datetime | None = None) -> float:
+    """A Retry-After header (seconds or an HTTP date) as seconds, within 0..5 min;
+    missing or unreadable: 1 s."""
+    if header is None:
+        return RETRY_AFTER_DEFAULT_S
+    value = header.strip()
+    if value.isdigit():
+        seconds = float(value)
+    else:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return RETRY_AFTER_DEFAULT_S
+        if when.tzinfo is None:
+            return RETRY_AFTER_DEFAULT_S
+        seconds = (when - (now or datetime.now(UTC))).total_seconds()
+    return min(max(seconds, 0.0), RETRY_AFTER_MAX_S)

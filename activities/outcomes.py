@@ -10,6 +10,7 @@ class Verdict(StrEnum):
     ACCEPTED = "accepted"
     DECLINED = "declined"
     AMBIGUOUS = "ambiguous"
+    THROTTLED = "throttled"  # 429: nothing was done; ask again after Retry-After
 
 
 class AmbiguousOutcome(Exception):
@@ -27,6 +28,7 @@ class AmbiguousOutcome(Exception):
 class HttpAnswer:
     status: int
     body: dict[str, object]
+    retry_after_s: float | None = None  # on a 429
 
     @property
     def error_code(self) -> str | None:

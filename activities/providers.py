@@ -38,6 +38,7 @@ class CreateResult:
     provider_ref: str | None = None
     paid: bool = False
     reason: str = ""
+    retry_after_s: float = 0.0  # THROTTLED: wait this long before asking again
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,9 @@ class HttpProviderAdapter:
 
     def _classify_create(self, answer: HttpAnswer) -> CreateResult:
         rules = self._config.classify
+        if answer.status == 429:
+            wait_s = answer.retry_after_s if answer.retry_after_s is not None else 1.0
+            return CreateResult(Verdict.THROTTLED, reason="throttled", retry_after_s=wait_s)
         if answer.status in rules.accepted_statuses:
             status = answer.body.get("status")
             ref = answer.body.get("id")

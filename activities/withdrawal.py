@@ -20,6 +20,7 @@ from workflows.withdrawal_events import (
     OrderAmbiguous,
     OrderDeclined,
     OrderSubmitting,
+    OrderThrottled,
     ProviderFailed,
     ProviderNotFound,
     ProviderPending,
@@ -90,6 +91,8 @@ class WithdrawalActivities:
             return OrderAccepted(result.provider_ref, paid=result.paid)
         if result.verdict == Verdict.DECLINED:
             return OrderDeclined(result.reason)
+        if result.verdict == Verdict.THROTTLED:
+            return OrderThrottled(result.retry_after_s, result.reason)
         return OrderAmbiguous(result.reason)
 
     async def check_status(self, ctx: ActivityContext) -> Event:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
+from workflows.health import OUTCOMES, SUCCESSES, HealthRules
 from workflows.registry import Definitions
 from workflows.withdrawal_events import Timing
 
@@ -56,6 +57,38 @@ class Classification(_Strict):
     declined_codes: tuple[str, ...] | None = None
 
 
+class HealthConfig(_Strict):
+    """When the provider's circuit opens (workflows/health.py)."""
+
+    window_s: float = Field(60.0, gt=0)
+    min_calls: int = Field(20, ge=1)
+    max_failure_ratio: float = Field(0.5, gt=0, le=1)
+    open_s: float = Field(30.0, gt=0)
+    probes: int = Field(3, ge=1)
+    # Which outcomes count as failures (accepted and succeeded count as successes).
+    failures: tuple[str, ...] = ("ambiguous", "timed_out", "failed")
+
+    @field_validator("failures")
+    @classmethod
+    def _known(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = set(value) - OUTCOMES
+        if unknown or set(value) & SUCCESSES:
+            raise ValueError(f"failures must be among {sorted(OUTCOMES - SUCCESSES)}")
+        return value
+
+    def to_rules(self) -> HealthRules:
+        values = self.model_dump()
+        return HealthRules(**{**values, "failures": frozenset(self.failures)})
+
+
+class LimitsConfig(_Strict):
+    """What the provider accepts at once, across all workers (service/routing.py)."""
+
+    max_in_flight: int | None = Field(None, ge=1)  # orders open at the provider
+    rate_per_s: float | None = Field(None, gt=0)  # orders started per second ...
+    burst: int = Field(1, ge=1)  # ... with this many at once
+
+
 class ProviderConfig(_Strict):
     name: str
     base_url: str
@@ -64,6 +97,8 @@ class ProviderConfig(_Strict):
     timeout_s: float = Field(5.0, gt=0)
     timing: TimingConfig = TimingConfig()
     classify: Classification = Classification()
+    health: HealthConfig = HealthConfig()
+    limits: LimitsConfig = LimitsConfig()
 
     @field_validator("webhook_secrets")
     @classmethod
@@ -130,6 +165,11 @@ class Settings(_Strict):
     # "module:attribute" of the workflow definitions this build drives (every version
     # with withdrawals in flight; docs/upgrades.md). Another value is for tests.
     workflow_definitions: str = "workflows.registry:DEFINITIONS"
+    # Routing (health_cascade withdrawals): how often one worker moves the circuits,
+    # and how long a withdrawal whose every provider is unhealthy may wait for one.
+    health_every_s: int = Field(5, ge=1, le=59)
+    health_max_wait_s: float = Field(900.0, ge=0)
+    rollout_health_routing: bool | None = None  # None: the rollout file says (default on)
     # How long a request waits for a database connection before answering 503.
     db_acquire_timeout_s: float = Field(5.0, gt=0)
 
@@ -167,6 +207,9 @@ class Settings(_Strict):
             "db_acquire_timeout_s": "DB_ACQUIRE_TIMEOUT_S",
             "inline_steps": "INLINE_STEPS",
             "workflow_definitions": "WORKFLOW_DEFINITIONS",
+            "health_every_s": "HEALTH_EVERY_S",
+            "health_max_wait_s": "HEALTH_MAX_WAIT_S",
+            "rollout_health_routing": "ROLLOUT_HEALTH_ROUTING",
         }
         for field, var in simple.items():
             if var in env:

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from engine.journal import Conn
+from workflows.core import Event, Routing
 
 
 class StaleEvent(Exception):
@@ -37,6 +38,31 @@ class Scheduler(Protocol):
     async def defer_timer(self, conn: Conn, task_id: str, kind: str, due_at: datetime) -> None: ...
 
     async def defer_notification(self, conn: Conn, queue_id: str, delay_s: float = 0.0) -> None: ...
+
+
+class Admission(Protocol):
+    """The shell's verdicts on a queue's pending tasks (provider health and limits),
+    asked only when a routed queue rule is about to start one; the slot of the
+    first admitted task is reserved in `conn`'s transaction."""
+
+    async def __call__(
+        self, conn: Conn, queue: dict[str, Any], pending: list[dict[str, Any]]
+    ) -> Routing: ...
+
+
+class TransitionListener(Protocol):
+    """Told of every committed-with-it state change, inside its transaction (the
+    shell records provider outcomes and routing metrics here)."""
+
+    async def __call__(
+        self,
+        conn: Conn,
+        queue: dict[str, Any],
+        task: dict[str, Any],
+        event: Event,
+        from_status: str,
+        to_status: str,
+    ) -> None: ...
 
 
 @dataclass(frozen=True)

@@ -18,24 +18,26 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from engine import commit_hooks, metrics
+from engine import commit_hooks, metrics, queue_rule
 from engine.contracts import (
     SYSTEM,
+    Admission,
     Applied,
     Origin,
     QueueFinished,
     Scheduler,
     StaleEvent,
+    TransitionListener,
     UnknownTask,
 )
-from engine.journal import Conn, QueueEvent, alert, record
+from engine.journal import Conn, alert, record
 from workflows.core import (
     Alert,
     Event,
     FollowUp,
+    Reconsider,
     RunActivity,
     StartTimer,
-    TaskView,
     WorkflowDefinition,
 )
 from workflows.registry import Definitions
@@ -50,11 +52,16 @@ class Engine:
         scheduler: Scheduler,
         context_for: Callable[[dict[str, Any]], Any],
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        *,
+        admission: Admission | None = None,
+        listener: TransitionListener | None = None,
     ) -> None:
         self.definitions = definitions
         self.scheduler = scheduler
         self.context_for = context_for  # task row -> decide() context (e.g. provider timing)
         self.clock = clock
+        self.admission = admission  # None: routed definitions start the cheapest, as v1
+        self.listener = listener
 
     async def apply(
         self,
@@ -182,6 +189,9 @@ class Engine:
             version = await self._write_state(conn, row, values)
             await record(conn, queue, task_id, from_status, to_status, event, origin, version)
             _observe_transition(from_status, to_status, row["updated_at"], self.clock())
+            if self.listener is not None:
+                task = {**row, **values, "version": version}
+                await self.listener(conn, queue, task, event, from_status, to_status)
         elif (token := version if issued else kept[0]) != pending:
             activity = issued if issued else kept[1]
             values = {"activity_token": token, "activity": activity}
@@ -192,6 +202,7 @@ class Engine:
         if token != pending:
             self.scheduler.token_written(task_id, token)
         alerts: list[str] = []
+        reconsider = False
         for command in commands:
             if isinstance(command, FollowUp):
                 if depth >= MAX_FOLLOW_UPS:
@@ -214,7 +225,9 @@ class Engine:
             elif isinstance(command, Alert):
                 await alert(conn, queue, task_id, to_status, command, origin)
                 alerts.append(command.kind)
-        if depth == 0 and from_status != to_status:
+            elif isinstance(command, Reconsider):
+                reconsider = True
+        if depth == 0 and (from_status != to_status or reconsider):
             await self._run_queue_rule(conn, queue, origin)
         return Applied(task_id, from_status, to_status, version, changed, tuple(alerts))
 
@@ -227,43 +240,13 @@ class Engine:
         return int(updated["version"])
 
     async def _run_queue_rule(self, conn: Conn, queue: dict[str, Any], origin: Origin) -> None:
-        """`queue`: its row, locked (or inserted) by this transaction."""
-        queue_id = str(queue["id"])
-        rows = await (
-            await conn.execute(
-                "SELECT id, position, status::text AS status FROM order_tasks"
-                " WHERE queue_id = %s ORDER BY position",
-                (queue_id,),
-            )
-        ).fetchall()
-        views = [TaskView(str(r["id"]), r["position"], r["status"]) for r in rows]
-        definition = self.definition_of(queue)
-        decision = definition.queue_decide(str(queue["status"]), queue["cancel_requested"], views)
-        for task_id in decision.stop:
-            await self._apply_locked(conn, queue, task_id, definition.stop_event(), None, origin, 1)
-        if decision.status is not None:
-            status = decision.status
-            metrics.on_commit(lambda: metrics.WITHDRAWAL_OUTCOMES.labels(status).inc())
-            await conn.execute(
-                "UPDATE order_queues SET status = %s, updated_at = now(), finished_at = now()"
-                " WHERE id = %s",
-                (decision.status, queue_id),
-            )
-            await self.scheduler.defer_notification(conn, queue_id)  # reads the final row
-            await record(
-                conn,
-                queue,
-                None,
-                str(queue["status"]),
-                decision.status,
-                QueueEvent(decision.status),
-                origin,
-                None,
-            )
-        for task_id in decision.start:
-            await self._apply_locked(
-                conn, queue, task_id, definition.start_event(), None, origin, 1
-            )
+        await queue_rule.run(self, conn, queue, origin)
+
+    async def apply_to_locked_queue(
+        self, conn: Conn, queue: dict[str, Any], task_id: str, event: Event, origin: Origin
+    ) -> Applied:
+        """An event the queue rule sends one of its tasks (the queue is locked)."""
+        return await self._apply_locked(conn, queue, task_id, event, None, origin, 1)
 
 
 _LOCK = """

@@ -11,6 +11,8 @@ these jobs carry the rest:
 - `notify(queue_id)`: a final outcome not yet told to cascade-core.
 - `maintenance` (periodic): put the jobs of dead workers back in the queue, and
   sweep for tasks that wait for nothing (engine/sweep.py).
+- `checks` (periodic, more often): the shell's own periodic work, in one worker
+  at a time (the withdrawal service moves provider circuits: service/health.py).
 
 A job only ever reads its arguments and the database, so any worker on any
 host can run it, and running it twice is harmless (activity tokens and
@@ -122,6 +124,13 @@ async def maintenance_job(context: procrastinate.JobContext, timestamp: int) -> 
         )
 
 
+async def checks_job(context: procrastinate.JobContext, timestamp: int) -> None:
+    runtime = _runtime(context)
+    if runtime.periodic_checks is not None:
+        async with runtime.pool.connection() as conn:
+            await runtime.periodic_checks(conn)
+
+
 def _job_pool(**options: Any) -> AsyncConnectionPool[Any]:
     """procrastinate's pool, with our check: its own is an empty query (a round trip
     and a server transaction) on every hand-out, most of an idle worker's load."""
@@ -129,7 +138,11 @@ def _job_pool(**options: Any) -> AsyncConnectionPool[Any]:
 
 
 def build_app(
-    conninfo: str, retry: CappedBackoff, maintenance_every_s: int = 15, pool_size: int = 10
+    conninfo: str,
+    retry: CappedBackoff,
+    maintenance_every_s: int = 15,
+    pool_size: int = 10,
+    checks_every_s: int = 5,
 ) -> procrastinate.App:
     """The procrastinate app with every job; any worker on any host can run any of them.
     `pool_size`: its own connections (fetching, finishing, heartbeats); an API
@@ -151,4 +164,8 @@ def build_app(
     # The 6th cron field is seconds. Every worker offers each tick; the queueing
     # lock and procrastinate's periodic ledger let one of them run it.
     app.periodic(cron=f"* * * * * */{maintenance_every_s}")(maintenance)
+    checks = app.task(
+        name="checks", queue="maintenance", queueing_lock="checks", pass_context=True
+    )(checks_job)
+    app.periodic(cron=f"* * * * * */{checks_every_s}")(checks)
     return app

@@ -65,6 +65,25 @@ SWEEP_ACTIONS = Counter(
     "Live tasks that waited for nothing: lost jobs deferred again, or flagged",
     ["action"],
 )
+ROUTING_SKIPS = Counter(
+    "routing_skips_total", "Tasks routing passed over (no freeze, no call)", ["provider", "reason"]
+)
+ROUTING_HOLDS = Counter(
+    "routing_holds_total", "Times a task was held for its provider", ["provider", "reason"]
+)
+ROUTING_WAIT = Counter(
+    "routing_wait_seconds_total",
+    "Time tasks were held for their provider (limits, probes), as planned at each hold",
+    ["provider", "reason"],
+)
+THROTTLED_WAIT = Counter(
+    "provider_throttled_wait_seconds_total",
+    "Time create calls waited out a provider's 429 Retry-After",
+    ["provider"],
+)
+CIRCUIT_CHANGES = Counter(
+    "provider_circuit_changes_total", "Provider circuits moved", ["provider", "to_state"]
+)
 OUTBOX_PUBLISHED = Counter("outbox_published_total", "Outbox events published to JetStream")
 
 # Database-derived, refreshed by the API server at scrape time.
@@ -73,3 +92,8 @@ OUTBOX_LAG = Gauge("outbox_lag_seconds", "Age of the oldest unpublished outbox e
 OUTBOX_BACKLOG = Gauge("outbox_unpublished", "Outbox events not yet published")
 TASKS_IN_STATE = Gauge("tasks_in_state", "Tasks currently in each state", ["state"])
 MANUAL_CHECKS = Gauge("manual_check_queue", "Tasks awaiting a manual check")
+PROVIDER_CIRCUIT = Gauge(
+    "provider_circuit_state",
+    "Each provider's circuit as routing sees it: 0 closed, 1 half-open, 2 open",
+    ["provider"],
+)

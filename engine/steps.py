@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -39,6 +39,8 @@ class Runtime:
     stalled_after_s: float = 10.0
     sweep_grace_s: float = 60.0  # how long a live task may wait for nothing
     first_retry_s: float = 1.0  # a step that failed in-process is retried as a job after this
+    # The shell's periodic work (the `checks` job), run by one worker at a time.
+    periodic_checks: Callable[[Conn], Awaitable[object]] | None = None
 
     @property
     def scheduler(self) -> ProcrastinateScheduler:

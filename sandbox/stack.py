@@ -96,6 +96,7 @@ class Stack:
             "WORKER_HEARTBEAT_S": "1",
             "WORKER_STALLED_AFTER_S": "3",
             "MAINTENANCE_EVERY_S": "2",
+            "HEALTH_EVERY_S": "1",
             "ACTIVITY_MAX_RETRIES": "4",
             "ACTIVITY_RETRY_BASE_S": "0.25",
             "ACTIVITY_RETRY_CAP_S": "2",

@@ -8,6 +8,7 @@ from starlette.responses import Response
 
 from engine import metrics
 from service.api import services
+from service.health import STATE_VALUE
 
 _DB_GAUGES = """
 SELECT
@@ -18,12 +19,14 @@ SELECT
     (SELECT count(*) FROM order_tasks WHERE status = 'MANUAL_CHECK') AS manual
 """
 _STATES = "SELECT status::text AS state, count(*) AS n FROM order_tasks GROUP BY 1"
+_CIRCUITS = "SELECT provider, coalesce(forced, state) AS state FROM provider_circuits"
 
 
 async def metrics_endpoint(request: Request) -> Response:
     async with services(request).pool.connection() as conn:
         gauges = await (await conn.execute(_DB_GAUGES)).fetchone()
         states = await (await conn.execute(_STATES)).fetchall()
+        circuits = await (await conn.execute(_CIRCUITS)).fetchall()
     assert gauges is not None
     metrics.DLQ_SIZE.set(gauges["dlq"])
     metrics.OUTBOX_BACKLOG.set(gauges["backlog"])
@@ -32,4 +35,7 @@ async def metrics_endpoint(request: Request) -> Response:
     metrics.TASKS_IN_STATE.clear()
     for row in states:
         metrics.TASKS_IN_STATE.labels(row["state"]).set(row["n"])
+    seen = {str(r["provider"]): STATE_VALUE[str(r["state"])] for r in circuits}
+    for provider in services(request).providers:
+        metrics.PROVIDER_CIRCUIT.labels(provider).set(seen.get(provider, 0))
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

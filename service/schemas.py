@@ -57,7 +57,7 @@ class Withdrawal(_Out):
     currency: str
     status: QueueStatus
     cancel_requested: bool
-    policy: Literal["cascade", "single_shot"]
+    policy: Literal["health_cascade", "cascade", "single_shot"]
     policy_reason: str | None
     requested_cascade: list[str]
     created_at: datetime

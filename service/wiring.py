@@ -25,7 +25,9 @@ from engine.jobs import build_app
 from engine.retry import CappedBackoff
 from engine.scheduler import ProcrastinateScheduler
 from engine.steps import Runtime, notify_inline, run_inline
+from service.health import HealthRecorder, evaluate_health, health_rules
 from service.rollout import RolloutGate
+from service.routing import ProviderRouting
 from workflows.core import Event
 from workflows.withdrawal_events import Timing
 
@@ -94,6 +96,7 @@ async def open_services(
         retry,
         settings.maintenance_every_s,
         pool_size=2 if serving_requests else pool_size,
+        checks_every_s=settings.health_every_s,
     )
     await app.open_async()
     # A step waiting here longer than a quarter of the sweep's grace goes to a job
@@ -108,7 +111,18 @@ async def open_services(
         return config.timing.to_timing() if config else Timing()
 
     definitions = load_definitions(settings.workflow_definitions)
-    engine = Engine(definitions, scheduler, lambda row: timing(row["provider"]))
+    routing = ProviderRouting(
+        {name: config.limits for name, config in providers.items()},
+        settings.health_max_wait_s,
+        probe_retry_s=settings.health_every_s,
+    )
+    engine = Engine(
+        definitions,
+        scheduler,
+        lambda row: timing(row["provider"]),
+        admission=routing,
+        listener=HealthRecorder(),
+    )
     http = httpx.AsyncClient(timeout=settings.ledger_timeout_s)  # ops and tools
     outbound = OutboundHttp(settings.ledger_timeout_s)  # the steps' calls
     adapters: dict[str, ProviderAdapter] = {
@@ -128,12 +142,15 @@ async def open_services(
         sweep_grace_s=settings.sweep_grace_s,
         first_retry_s=settings.activity_retry_base_s,
         notify=notifier,
+        periodic_checks=functools.partial(evaluate_health, health_rules(providers)),
     )
     if runner is not None:
         scheduler.inline_activity = functools.partial(run_inline, runtime)
         if notifier is not None:
             scheduler.inline_notification = functools.partial(notify_inline, runtime)
-    gate = RolloutGate.load(settings.rollout_file, settings.rollout_cascade_percent)
+    gate = RolloutGate.load(
+        settings.rollout_file, settings.rollout_cascade_percent, settings.rollout_health_routing
+    )
     return Services(
         settings, providers, pool, app, scheduler, engine, http, outbound, adapters, runtime, gate
     )

@@ -10,7 +10,7 @@ from engine.contracts import Origin
 from engine.engine import Engine
 from engine.journal import Conn
 from service.models import BadRequest, WithdrawalRequest
-from service.rollout import EVERYONE_ON_CASCADE, Policy, RolloutGate
+from service.rollout import EVERYONE_ON_CASCADE, RolloutGate
 from workflows.money import format_minor
 
 _INSERT_QUEUE = """
@@ -46,7 +46,7 @@ async def _submit(
 ) -> tuple[str, bool]:
     rollout = gate.decide(request.merchant_id, request.order_id)
     # Single-shot is the old path: one attempt, at the cheapest provider.
-    cascade = request.cascade if rollout.policy == Policy.CASCADE else request.cascade[:1]
+    cascade = request.cascade if rollout.policy.cascades else request.cascade[:1]
     fingerprint = request.fingerprint()
     queue_id = str(uuid.uuid4())
     # It starts on the current version of the machine and keeps it to the end.

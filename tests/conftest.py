@@ -82,7 +82,12 @@ def stack(
     specs = [ProviderSpec(name, timing=timing) for name, timing in TIMINGS.items()]
     workdir = tmp_path_factory.mktemp("stack")
     rollout = workdir / "rollout.toml"
-    rollout.write_text('cascade_percent = 100\n[merchants]\nlegacy = "single_shot"\n')
+    # Health routing is shared state (a provider's circuit); the tests that need it
+    # use their own merchant and providers (tests/test_routing.py).
+    rollout.write_text(
+        'cascade_percent = 100\nhealth_routing = false\n[merchants]\nlegacy = "single_shot"\n'
+        'routed = "health_cascade"\n'
+    )
     extra = {"OUTBOX_BATCH": "20", "ROLLOUT_FILE": str(rollout)}
     running = Stack(migrated_url, workdir, specs, nats_url=nats_server.url, extra_env=extra)
     running.start()

@@ -6,11 +6,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from tests.workflow_v2 import V2
+from tests.workflow_next import NEXT
 from workflows.core import IllegalTransition
 from workflows.registry import DEFINITIONS, Definitions, UnknownDefinition
-from workflows.withdrawal import TRANSITIONS
-from workflows.withdrawal_definition import WITHDRAWAL, WithdrawalDefinition
+from workflows.withdrawal_definition import WITHDRAWAL, WITHDRAWAL_V2, WithdrawalDefinition
 from workflows.withdrawal_events import (
     Funds,
     OrderDeclined,
@@ -24,41 +23,42 @@ NOW = datetime(2026, 11, 26, tzinfo=UTC)
 CREATING = TaskState(status=TaskStatus.CREATING, funds=Funds.FROZEN, timing=Timing())
 
 
-def test_this_build_has_version_1_of_the_withdrawal_and_starts_new_ones_on_it() -> None:
-    assert DEFINITIONS.current("withdrawal") is WITHDRAWAL
-    assert WITHDRAWAL.version == 1
-    assert DEFINITIONS.versions() == {("withdrawal", 1)}
+def test_this_build_keeps_version_1_and_starts_new_withdrawals_on_version_2() -> None:
+    assert DEFINITIONS.current("withdrawal") is WITHDRAWAL_V2
+    assert (WITHDRAWAL.version, WITHDRAWAL_V2.version) == (1, 2)
+    assert DEFINITIONS.versions() == {("withdrawal", 1), ("withdrawal", 2)}
+    assert WITHDRAWAL_V2.routed and not WITHDRAWAL.routed
 
 
 def test_new_workflows_start_on_the_highest_version_unless_told_otherwise() -> None:
-    assert Definitions(WITHDRAWAL, V2).current("withdrawal") is V2
-    pinned = Definitions(WITHDRAWAL, V2, current={"withdrawal": 1})
+    assert Definitions(WITHDRAWAL, NEXT).current("withdrawal") is NEXT
+    pinned = Definitions(WITHDRAWAL, NEXT, current={"withdrawal": 1})
     assert pinned.current("withdrawal") is WITHDRAWAL
-    assert pinned.get("withdrawal", 2) is V2
+    assert pinned.get("withdrawal", 3) is NEXT
 
 
 def test_an_unknown_version_or_a_duplicate_is_refused() -> None:
-    with pytest.raises(UnknownDefinition, match="withdrawal v3"):
-        DEFINITIONS.get("withdrawal", 3)
+    with pytest.raises(UnknownDefinition, match="withdrawal v7"):
+        DEFINITIONS.get("withdrawal", 7)
     with pytest.raises(ValueError, match="share a name and version"):
         Definitions(WITHDRAWAL, WithdrawalDefinition(version=1))
     with pytest.raises(UnknownDefinition):
-        Definitions(WITHDRAWAL, current={"withdrawal": 2})
+        Definitions(WITHDRAWAL, current={"withdrawal": 7})
 
 
-def test_the_second_version_differs_from_the_first_in_exactly_one_transition() -> None:
-    v1, v2 = TRANSITIONS, V2.transitions
+def test_the_next_version_differs_from_the_current_in_exactly_one_transition() -> None:
+    v1, v2 = WITHDRAWAL_V2.transitions, NEXT.transitions
     assert v1.keys() == v2.keys()
     assert [pair for pair in v1 if v1[pair] is not v2[pair]] == [
         (TaskStatus.CREATING, OrderDeclined)
     ]
     declined = OrderDeclined(reason="declined")
-    skipped, _ = WITHDRAWAL.decide(CREATING, declined, NOW)
-    rechecked, _ = V2.decide(CREATING, declined, NOW)
+    skipped, _ = WITHDRAWAL_V2.decide(CREATING, declined, NOW)
+    rechecked, _ = NEXT.decide(CREATING, declined, NOW)
     assert (skipped.status, skipped.target) == (TaskStatus.NEGATIVE_EVAL, TaskStatus.SKIPPED)
     assert (rechecked.status, rechecked.target) == (TaskStatus.NEGATIVE_EVAL, None)
 
 
 def test_a_version_keeps_illegal_pairs_illegal() -> None:
     with pytest.raises(IllegalTransition):
-        V2.decide(CREATING, Start(), NOW)
+        NEXT.decide(CREATING, Start(), NOW)

@@ -15,14 +15,25 @@ def test_merchant_override_wins() -> None:
     gate = RolloutGate(100, MappingProxyType({"legacy": Policy.SINGLE_SHOT}))
     assert gate.decide("legacy", "o-1").policy == Policy.SINGLE_SHOT
     assert gate.decide("legacy", "o-1").reason == "merchant:legacy"
-    assert gate.decide("other", "o-1").policy == Policy.CASCADE
+    assert gate.decide("other", "o-1").policy == Policy.HEALTH_CASCADE  # the default
+
+
+def test_health_routing_has_a_global_switch_and_a_merchant_override(tmp_path: Path) -> None:
+    path = tmp_path / "rollout.toml"
+    path.write_text('health_routing = false\n[merchants]\nbold = "health_cascade"\n')
+    gate = RolloutGate.load(path, None)
+    assert gate.decide("m", "o-1").policy == Policy.CASCADE
+    assert gate.decide("bold", "o-1").policy == Policy.HEALTH_CASCADE
+    assert RolloutGate.load(path, None, health_routing=True).decide("m", "o-1").policy == (
+        Policy.HEALTH_CASCADE
+    )
 
 
 @pytest.mark.parametrize("percent", [0, 10, 50, 90, 100])
 def test_percentage_is_stable_and_proportional(percent: int) -> None:
     gate = RolloutGate(percent)
     decisions = [gate.decide("m", f"order-{i}") for i in range(4000)]
-    share = sum(d.policy == Policy.CASCADE for d in decisions) / len(decisions)
+    share = sum(d.policy.cascades for d in decisions) / len(decisions)
     assert abs(share - percent / 100) < 0.03
     assert [gate.decide("m", f"order-{i}") for i in range(50)] == decisions[:50]  # stable
 

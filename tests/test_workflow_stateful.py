@@ -37,7 +37,15 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from workflows.core import Alert, Event, FollowUp, IllegalTransition, RunActivity, TaskView
+from workflows.core import (
+    Alert,
+    Event,
+    FollowUp,
+    IllegalTransition,
+    RunActivity,
+    StartTimer,
+    TaskView,
+)
 from workflows.withdrawal import decide
 from workflows.withdrawal_definition import WITHDRAWAL, queue_decide
 from workflows.withdrawal_events import (
@@ -184,8 +192,10 @@ def apply(
                 queue.commits.append(task)
         elif isinstance(command, Alert):
             queue.alerts.append((task, command))
-        else:
+        elif isinstance(command, StartTimer):
             queue.timers.append(PendingTimer(task, Timer(command.kind), command.due_at))
+        else:
+            raise AssertionError(f"version 1 never asks for {command}")
     if depth == 0 and queue.tasks[task].status != state.status:
         run_queue_rule(queue)
     return True

@@ -1,6 +1,6 @@
-"""A deploy that changes the state machine: withdrawals started on version 1
-finish by version 1, new ones run version 2, and version 1 cannot be retired
-while a withdrawal still runs on it."""
+"""A deploy that changes the state machine: withdrawals started on the current
+version finish by it, new ones run the next version (tests/workflow_next.py),
+and a version cannot be retired while a withdrawal still runs on it."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from sandbox.servers import NatsServer
 from sandbox.stack import ProviderSpec, Stack
 from tests.conftest import FAST_TIMING, assert_ledger_matches_every_task, fresh_database
 
-V2 = "tests.workflow_v2:DEFINITIONS"
+NEXT = "tests.workflow_next:DEFINITIONS"
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def test_each_withdrawal_runs_to_its_end_on_the_version_it_started_on(
     old = client.submit(["alpha", "beta", "gamma"]).json()["id"]
     client.wait_task_status(old, 0, "EXECUTING")
 
-    deploy(versions_stack, V2)
+    deploy(versions_stack, NEXT)
     new = client.submit(["beta", "gamma"]).json()["id"]
     assert client.wait_final(new)["status"] == "COMPLETED"
     alpha = client.withdrawal(old)["tasks"][0]
@@ -55,8 +55,8 @@ def test_each_withdrawal_runs_to_its_end_on_the_version_it_started_on(
     assert client.wait_final(old)["status"] == "COMPLETED"
 
     url = versions_stack.database_url
-    assert workflow_version(url, old) == 1
-    assert workflow_version(url, new) == 2
+    assert workflow_version(url, old) == 2
+    assert workflow_version(url, new) == 3
     # The one transition that differs: a decline at beta.
     assert [t["status"] for t in client.withdrawal(old)["tasks"]] == [
         "FAILED",
@@ -72,18 +72,18 @@ def test_each_withdrawal_runs_to_its_end_on_the_version_it_started_on(
 def test_a_version_in_use_cannot_be_retired(versions_stack: Stack) -> None:
     client = StackClient(versions_stack)
     client.set_provider("alpha", behaviour="never_answers")
-    deploy(versions_stack, "workflows.registry:DEFINITIONS")  # back to version 1 only
-    on_v1 = client.submit(["alpha"]).json()["id"]
-    client.wait_task_status(on_v1, 0, "EXECUTING")
+    deploy(versions_stack, "workflows.registry:DEFINITIONS")  # back to this build's
+    on_current = client.submit(["alpha"]).json()["id"]
+    client.wait_task_status(on_current, 0, "EXECUTING")
 
-    refused = start_worker(versions_stack, "tests.workflow_v2:V1_RETIRED")
+    refused = start_worker(versions_stack, "tests.workflow_next:CURRENT_RETIRED")
     assert refused.returncode != 0
-    assert "withdrawal v1 (1 in flight)" in refused.stderr, refused.stderr
+    assert "withdrawal v2 (1 in flight)" in refused.stderr, refused.stderr
     assert "workflows/registry.py" in refused.stderr
 
-    client.send_webhook("alpha", client.withdrawal(on_v1)["tasks"][0]["id"], "succeeded")
-    assert client.wait_final(on_v1)["status"] == "COMPLETED"
-    assert start_worker(versions_stack, "tests.workflow_v2:V1_RETIRED").returncode == 0
+    client.send_webhook("alpha", client.withdrawal(on_current)["tasks"][0]["id"], "succeeded")
+    assert client.wait_final(on_current)["status"] == "COMPLETED"
+    assert start_worker(versions_stack, "tests.workflow_next:CURRENT_RETIRED").returncode == 0
     assert_ledger_matches_every_task(client, versions_stack.database_url)
 
 

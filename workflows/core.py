@@ -61,7 +61,13 @@ class Alert:
     detail: str
 
 
-Command = RunActivity | StartTimer | FollowUp | Alert
+@dataclass(frozen=True)
+class Reconsider:
+    """Run the queue rule again after this transition, although the task's status
+    did not change (a task waiting for its provider's turn came due)."""
+
+
+Command = RunActivity | StartTimer | FollowUp | Alert | Reconsider
 
 
 @dataclass(frozen=True)
@@ -74,12 +80,60 @@ class TaskView:
 
 
 @dataclass(frozen=True)
+class Hold:
+    """Keep this pending task waiting until `until` (a durable timer), then decide again."""
+
+    task_id: str
+    until: datetime
+    reason: str
+
+
+@dataclass(frozen=True)
 class QueueDecision:
-    """New queue status (None: unchanged), tasks to start and tasks to stop."""
+    """New queue status (None: unchanged), tasks to start and tasks to stop; with
+    routing, tasks to skip (why) and a task to hold."""
 
     status: str | None
     start: tuple[str, ...] = ()
     stop: tuple[str, ...] = ()
+    skip: tuple[tuple[str, str], ...] = ()
+    hold: Hold | None = None
+
+
+@dataclass(frozen=True)
+class Admit:
+    """The task may start now (`probe`: as one of a recovering provider's probes)."""
+
+    probe: bool = False
+
+
+@dataclass(frozen=True)
+class Unhealthy:
+    """Its provider's circuit is open; it may be tried again from `probe_at`."""
+
+    probe_at: datetime
+
+
+@dataclass(frozen=True)
+class Limited:
+    """Its provider is at a limit (`reason`) until `until`."""
+
+    until: datetime
+    reason: str
+
+
+Verdict = Admit | Unhealthy | Limited
+
+
+@dataclass(frozen=True)
+class Routing:
+    """What the shell knows about the pending tasks' providers, for the queue rule:
+    a verdict per pending task in position order, up to the first Admit (for which
+    the shell has reserved the slot), and how long the queue may wait in all."""
+
+    verdicts: Mapping[str, Verdict]
+    now: datetime
+    wait_until: datetime
 
 
 class WorkflowDefinition(Protocol):
@@ -88,6 +142,7 @@ class WorkflowDefinition(Protocol):
     name: str
     version: int  # a withdrawal is driven by the version it started on (registry.py)
     terminal_statuses: frozenset[str]
+    routed: bool  # the queue rule takes Routing (provider health and limits)
 
     def decide(self, state: Any, event: Event, now: datetime) -> tuple[Any, list[Command]]: ...
 
@@ -98,7 +153,11 @@ class WorkflowDefinition(Protocol):
     def status_of(self, state: Any) -> str: ...
 
     def queue_decide(
-        self, queue_status: str, cancel_requested: bool, tasks: Sequence[TaskView]
+        self,
+        queue_status: str,
+        cancel_requested: bool,
+        tasks: Sequence[TaskView],
+        routing: Routing | None = None,
     ) -> QueueDecision: ...
 
     def start_event(self) -> Event: ...
@@ -108,6 +167,10 @@ class WorkflowDefinition(Protocol):
     def cancel_event(self, actor: str, reason: str) -> Event: ...
 
     def timer_event(self, kind: str, due_at: datetime) -> Event: ...
+
+    def skip_event(self, reason: str) -> Event: ...
+
+    def hold_event(self, until: datetime, reason: str) -> Event: ...
 
 
 def _snake(name: str) -> str:

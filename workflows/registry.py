@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from workflows.core import WorkflowDefinition
-from workflows.withdrawal_definition import WITHDRAWAL
+from workflows.withdrawal_definition import WITHDRAWAL, WITHDRAWAL_V2
 
 
 class UnknownDefinition(LookupError):
@@ -54,4 +54,5 @@ class Definitions:
         return frozenset(self._by_key)
 
 
-DEFINITIONS = Definitions(WITHDRAWAL)
+# Version 1 stays while withdrawals started before version 2 are in flight.
+DEFINITIONS = Definitions(WITHDRAWAL, WITHDRAWAL_V2)

@@ -14,13 +14,15 @@ from datetime import datetime
 from typing import Any
 
 from workflows import withdrawal
-from workflows.core import Command, Event, QueueDecision, TaskView
+from workflows.core import Command, Event, QueueDecision, Routing, TaskView
+from workflows.routing import route
 from workflows.withdrawal import Transitions
 from workflows.withdrawal_events import (
     TERMINAL,
     Cancel,
     Funds,
     QueueStatus,
+    Skip,
     Start,
     Stop,
     TaskState,
@@ -28,7 +30,9 @@ from workflows.withdrawal_events import (
     Timer,
     TimerFired,
     Timing,
+    Wait,
 )
+from workflows.withdrawal_routing import V1_TRANSITIONS, V2_TRANSITIONS
 
 # `timing` comes from configuration and `provider` is fixed at submission: neither
 # is state that a transition writes.
@@ -36,7 +40,10 @@ PERSISTED = tuple(f.name for f in fields(TaskState) if f.name not in {"timing", 
 
 
 def queue_decide(
-    queue_status: str, cancel_requested: bool, tasks: Sequence[TaskView]
+    queue_status: str,
+    cancel_requested: bool,
+    tasks: Sequence[TaskView],
+    routing: Routing | None = None,
 ) -> QueueDecision:
     if queue_status != QueueStatus.ACTIVE:
         return QueueDecision(None)
@@ -48,21 +55,30 @@ def queue_decide(
         return QueueDecision(None)
     if cancel_requested:
         return QueueDecision(QueueStatus.CANCELLED, stop=stop_pending)
+    if pending and routing is not None:
+        return route(pending, routing, QueueStatus.FAILED)
     if pending:
         return QueueDecision(None, start=(pending[0].task_id,))
     return QueueDecision(QueueStatus.FAILED)
 
 
 class WithdrawalDefinition:
-    """Version 1 is the table in workflows/withdrawal.py. A later version is the
-    same class over another table (registry.py says which versions are live)."""
+    """One version of the machine: a transition table, and whether the queue rule
+    routes by provider health and limits (registry.py says which versions are live)."""
 
     name = "withdrawal"
     terminal_statuses: frozenset[str] = frozenset(TERMINAL)
 
-    def __init__(self, version: int = 1, transitions: Transitions = withdrawal.TRANSITIONS) -> None:
+    def __init__(
+        self,
+        version: int = 1,
+        transitions: Transitions = V1_TRANSITIONS,
+        *,
+        routed: bool = False,
+    ) -> None:
         self.version = version
         self.transitions = transitions
+        self.routed = routed
 
     def decide(
         self, state: TaskState, event: Event, now: datetime
@@ -87,11 +103,14 @@ class WithdrawalDefinition:
     def status_of(state: TaskState) -> str:
         return str(state.status)
 
-    @staticmethod
     def queue_decide(
-        queue_status: str, cancel_requested: bool, tasks: Sequence[TaskView]
+        self,
+        queue_status: str,
+        cancel_requested: bool,
+        tasks: Sequence[TaskView],
+        routing: Routing | None = None,
     ) -> QueueDecision:
-        return queue_decide(queue_status, cancel_requested, tasks)
+        return queue_decide(queue_status, cancel_requested, tasks, routing if self.routed else None)
 
     @staticmethod
     def start_event() -> Event:
@@ -109,5 +128,15 @@ class WithdrawalDefinition:
     def timer_event(kind: str, due_at: datetime) -> Event:
         return TimerFired(kind=Timer(kind), due_at=due_at)
 
+    @staticmethod
+    def skip_event(reason: str) -> Event:
+        return Skip(reason)
 
-WITHDRAWAL = WithdrawalDefinition()
+    @staticmethod
+    def hold_event(until: datetime, reason: str) -> Event:
+        return Wait(until, reason)
+
+
+WITHDRAWAL = WithdrawalDefinition(1, V1_TRANSITIONS)
+# Version 2 routes by provider health and limits and waits out a 429 (issue 12).
+WITHDRAWAL_V2 = WithdrawalDefinition(2, V2_TRANSITIONS, routed=True)

@@ -48,6 +48,8 @@ class Timer(StrEnum):
     WEBHOOK_TIMEOUT = "webhook_timeout"
     STATUS_POLL = "status_tick"
     STATUS_TIMEOUT = "status_timeout"
+    ADMISSION = "admission_tick"  # a pending task held for its provider's turn
+    CREATE_RETRY = "create_retry"  # a create call the provider throttled (429)
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,21 @@ class Cancel(Event):
     reason: str
 
 
+@dataclass(frozen=True)
+class Skip(Event):
+    """Routing passes this task over (its provider's circuit is open): no freeze, no call."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Wait(Event):
+    """Routing holds this task until its provider's limit (or a probe) allows it."""
+
+    until: datetime
+    reason: str
+
+
 # Ledger results ----------------------------------------------------------------
 @dataclass(frozen=True)
 class FundsFrozen(Event):
@@ -153,6 +170,14 @@ class OrderDeclined(Event):
 @dataclass(frozen=True)
 class OrderAmbiguous(Event):
     reason: str
+
+
+@dataclass(frozen=True)
+class OrderThrottled(Event):
+    """The provider answered 429: no order was made; try again after `retry_after_s`."""
+
+    retry_after_s: float
+    reason: str = "throttled"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,142 @@
+"""The shell side of routing: verdicts on a queue's pending tasks, from the
+providers' circuits (service/health.py) and limits, read and reserved in the
+transaction that starts the chosen task (workflows/routing.py decides).
+
+Verdicts go in fee order and stop at the first task that may start; only that
+one's slot is taken (a rate token, a half-open probe). A provider's limits are
+enforced across every worker by locking its `provider_limits` row: starts at
+that provider serialise, and the in-flight count each sees is exact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from engine.config import LimitsConfig
+from engine.journal import Conn
+from workflows.core import Admit, Limited, Routing, Unhealthy, Verdict
+
+CONCURRENCY, RATE = "concurrency_limit", "rate_limit"
+BUSY_RETRY_S = 0.5  # a provider at its concurrency limit is asked again after this
+HEALTH_ROUTED = "health_cascade"
+_FOREVER = datetime.max.replace(tzinfo=UTC)
+
+_CIRCUITS = "SELECT * FROM provider_circuits WHERE provider = ANY(%s)"
+_IN_FLIGHT = """
+SELECT count(*) AS n FROM order_tasks WHERE provider = %s
+  AND status IN ('CREATING', 'EXECUTING', 'NEGATIVE_EVAL', 'RECHECKING')
+"""
+_LOCK_LIMITS = """
+INSERT INTO provider_limits AS l (provider, tokens, refilled_at) VALUES (%s, %s, %s)
+ON CONFLICT (provider) DO UPDATE SET provider = l.provider
+RETURNING tokens, refilled_at
+"""
+_TAKE_PROBE = """
+UPDATE provider_circuits SET probes_left = probes_left - 1, updated_at = now()
+WHERE provider = %s AND state = 'half_open' AND probes_left > 0 AND forced IS NULL
+RETURNING probes_left
+"""
+
+
+@dataclass
+class ProviderRouting:
+    limits: Mapping[str, LimitsConfig]
+    max_wait_s: float
+    probe_retry_s: float  # a half-open circuit with no probe left: ask again after this
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+
+    async def __call__(
+        self, conn: Conn, queue: dict[str, Any], pending: list[dict[str, Any]]
+    ) -> Routing:
+        now = self.clock()
+        health = queue["policy"] == HEALTH_ROUTED
+        circuits = await self._circuits(conn, pending) if health else {}
+        verdicts: dict[str, Verdict] = {}
+        for task in pending:
+            verdict = await self._verdict(conn, task, circuits.get(str(task["provider"])), now)
+            verdicts[str(task["id"])] = verdict
+            if not isinstance(verdict, Unhealthy):
+                break
+        wait_until = _aware(queue["created_at"]) + timedelta(seconds=self.max_wait_s)
+        return Routing(verdicts, now, wait_until)
+
+    async def _circuits(
+        self, conn: Conn, pending: list[dict[str, Any]]
+    ) -> dict[str, dict[str, Any]]:
+        providers = sorted({str(t["provider"]) for t in pending})
+        rows = await (await conn.execute(_CIRCUITS, (providers,))).fetchall()
+        return {str(r["provider"]): r for r in rows}
+
+    async def _verdict(
+        self, conn: Conn, task: dict[str, Any], circuit: dict[str, Any] | None, now: datetime
+    ) -> Verdict:
+        provider = str(task["provider"])
+        state = _effective(circuit)
+        if state == "open":
+            assert circuit is not None
+            probe_at = circuit["probe_at"] if circuit["forced"] is None else _FOREVER
+            return Unhealthy(probe_at or now)
+        limited = await self._reserve(conn, provider, str(task["id"]), now, take=False)
+        if limited is not None:
+            return limited
+        probe = state == "half_open"
+        if probe and await (await conn.execute(_TAKE_PROBE, (provider,))).fetchone() is None:
+            return Unhealthy(now + timedelta(seconds=self.probe_retry_s))
+        await self._reserve(conn, provider, str(task["id"]), now, take=True)
+        return Admit(probe=probe)
+
+    async def _reserve(
+        self, conn: Conn, provider: str, task_id: str, now: datetime, *, take: bool
+    ) -> Limited | None:
+        """Limited, or None when the provider may take one more order now (and, with
+        `take`, that order's rate token is spent). The limits row stays locked until
+        the transaction ends."""
+        limits = self.limits.get(provider)
+        if limits is None or (limits.max_in_flight is None and limits.rate_per_s is None):
+            return None
+        row = await (
+            await conn.execute(_LOCK_LIMITS, (provider, float(limits.burst), now))
+        ).fetchone()
+        assert row is not None
+        if not take and limits.max_in_flight is not None:
+            busy = await (await conn.execute(_IN_FLIGHT, (provider,))).fetchone()
+            if busy is not None and busy["n"] >= limits.max_in_flight:
+                return Limited(now + _jitter(task_id, BUSY_RETRY_S), CONCURRENCY)
+        if limits.rate_per_s is None:
+            return None
+        elapsed = max((now - row["refilled_at"]).total_seconds(), 0.0)
+        tokens = min(float(limits.burst), row["tokens"] + elapsed * limits.rate_per_s)
+        if tokens < 1.0:
+            wait_s = (1.0 - tokens) / limits.rate_per_s
+            return Limited(now + _jitter(task_id, wait_s), RATE)
+        if take:
+            await conn.execute(
+                "UPDATE provider_limits SET tokens = %s, refilled_at = %s WHERE provider = %s",
+                (tokens - 1.0, now, provider),
+            )
+        return None
+
+
+def _effective(circuit: dict[str, Any] | None) -> str:
+    if circuit is None:
+        return "closed"
+    forced = circuit["forced"]
+    return str(forced) if forced else str(circuit["state"])
+
+
+def _jitter(task_id: str, seconds: float) -> timedelta:
+    """`seconds` stretched by up to a quarter, the same for a task every time, so
+    that tasks held together do not all come back in the same instant."""
+    spread = int.from_bytes(hashlib.sha256(task_id.encode()).digest()[:2], "big") / 65535
+    return timedelta(seconds=seconds * (1 + spread / 4))
+
+
+def _aware(moment: datetime | str) -> datetime:
+    """The queue row comes as columns or, from the engine's lock, as JSON."""
+    if isinstance(moment, str):
+        moment = datetime.fromisoformat(moment)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
