@@ -24,6 +24,7 @@ from service.api import ROUTES
 from service.edge import EXCEPTION_HANDLERS
 from service.metrics_api import metrics_endpoint
 from service.ops_api import CONTROL_ROUTES
+from service.providers_api import PROVIDER_ROUTES
 from service.wiring import open_services
 
 
@@ -38,7 +39,7 @@ def build_app(settings: Settings) -> Starlette:
 
     routes = [
         Route(path, handler, methods=methods)
-        for path, handler, methods in [*ROUTES, *CONTROL_ROUTES]
+        for path, handler, methods in [*ROUTES, *CONTROL_ROUTES, *PROVIDER_ROUTES]
     ]
     routes.append(Route("/metrics", metrics_endpoint, methods=["GET"]))
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS)

@@ -110,6 +110,12 @@ class StackClient:
             f"/providers/_admin/{provider}/orders/{reference}", json={"id": new_id}
         ).raise_for_status()
 
+    def provider_load(self, provider: str) -> dict[str, int]:
+        """Orders open at once and created per second at a sandbox provider."""
+        response = self.sandbox.get(f"/providers/_admin/{provider}/load")
+        response.raise_for_status()
+        return response.json()  # type: ignore[no-any-return]
+
     def ledger_ops(self) -> dict[str, list[str]]:
         """Money-moving ledger operations per hold key, in order."""
         ops: dict[str, list[str]] = {}

@@ -40,6 +40,7 @@ BEHAVIOURS = frozenset(
         "polling_only",
         "blackout",
         "market",
+        "throttle_once",  # the first create per order: 429 with Retry-After: 1
     }
 )
 # Provider names appear in URL paths; "_admin" and friends must stay reserved.

@@ -16,6 +16,7 @@ import random
 import secrets
 import time
 import zlib
+from collections import defaultdict
 from collections.abc import Coroutine
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -25,6 +26,7 @@ import httpx
 from activities.standard_webhooks import signed_headers
 from sandbox.config import ProviderConfig, SandboxConfig
 from sandbox.market import draw
+from sandbox.provider_load import ProviderLoad
 
 log = logging.getLogger("sandbox.providers")
 
@@ -32,6 +34,7 @@ log = logging.getLogger("sandbox.providers")
 # instant starts out succeeded; its follow-up only sends the webhook.
 FOLLOW_UPS: dict[str, tuple[str, bool]] = {
     "instant": ("succeeded", True),
+    "throttle_once": ("succeeded", True),  # after a first 429 with Retry-After
     "delayed_webhook": ("succeeded", True),
     "accept_then_fail": ("failed", True),
     "error_5xx_after_create": ("succeeded", False),
@@ -98,6 +101,7 @@ class Delivery:
 class CreateAnswer:
     status_code: int
     body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -110,6 +114,8 @@ class Simulator:
     client: httpx.AsyncClient | None = None
     rng: random.Random = field(default_factory=random.Random)
     started: float = field(default_factory=time.monotonic)
+    load: defaultdict[str, ProviderLoad] = field(default_factory=lambda: defaultdict(ProviderLoad))
+    throttled: set[tuple[str, str]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.providers = dict(self.config.providers)
@@ -129,6 +135,8 @@ class Simulator:
         await self._cancel_tasks()
         self.orders.clear()
         self.deliveries.clear()
+        self.load.clear()
+        self.throttled.clear()
         self.providers = dict(self.config.providers)
 
     def update(self, name: str, changes: dict[str, Any]) -> ProviderConfig:
@@ -140,11 +148,17 @@ class Simulator:
     async def create(
         self, provider: ProviderConfig, reference: str, amount: str, currency: str
     ) -> CreateAnswer:
+        self.load[provider.name].create_called()
         existing = self.orders.get((provider.name, reference))
         if existing is not None:  # an idempotent replay: counted, answered with the order
             existing.creates += 1
             return CreateAnswer(200, existing.to_json())
         behaviour = provider.behaviour
+        if behaviour == "throttle_once" and (provider.name, reference) not in self.throttled:
+            self.throttled.add((provider.name, reference))
+            self.load[provider.name].throttled += 1
+            retry = {"Retry-After": "1"}
+            return CreateAnswer(429, _error("throttled", "too many requests"), retry)
         if behaviour == "market":
             return await self._market_create(provider, reference, amount, currency)
         if behaviour in NO_ORDER:
@@ -153,6 +167,8 @@ class Simulator:
         order_id = "ord_" + secrets.token_hex(8)
         order = Order(provider.name, reference, order_id, amount, currency, status)
         self.orders[(provider.name, reference)] = order
+        if status == "pending":
+            self.load[provider.name].opened()
         if behaviour in FOLLOW_UPS:
             self._spawn(self._follow_up(provider, order))
         if behaviour in ("error_5xx_after_create", "blackout"):
@@ -178,6 +194,7 @@ class Simulator:
             provider.name, reference, "ord_" + secrets.token_hex(8), amount, currency, "pending"
         )
         self.orders[(provider.name, reference)] = order
+        self.load[provider.name].opened()
         if fate.outcome != "never_answers":
             self._spawn(self._settle(provider, order, fate.final_status, fate.settle_after_s))
         if fate.outcome == "ambiguous_created":
@@ -188,12 +205,16 @@ class Simulator:
         self, provider: ProviderConfig, order: Order, final: str, after_s: float
     ) -> None:
         await asyncio.sleep(after_s)
+        if order.status == "pending":
+            self.load[provider.name].closed()
         order.status = final
         await self.deliver(self.providers.get(provider.name, provider), order, final)
 
     async def _follow_up(self, provider: ProviderConfig, order: Order) -> None:
         final, webhook = FOLLOW_UPS[provider.behaviour]
         await asyncio.sleep(provider.webhook_delay_ms / 1000)
+        if order.status == "pending":
+            self.load[provider.name].closed()
         order.status = final
         if webhook:
             # Sign with the provider's current secret, in case an admin rotated it.

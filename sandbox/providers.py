@@ -41,6 +41,7 @@ class ProviderApi:
             Route("/_admin/webhooks", admin(self.list_webhooks), methods=["GET"]),
             Route("/_admin/reset", admin(self.reset), methods=["POST"]),
             Route("/_admin/{name}/webhook", admin(self.send_webhook), methods=["POST"]),
+            Route("/_admin/{name}/load", admin(self.provider_load), methods=["GET"]),
             Route("/_admin/{name}/orders/{reference}", admin(self.patch_order), methods=["PATCH"]),
             Route("/_admin/{name}", admin(self.put_provider), methods=["PUT"]),
             Route("/{name}/v1/orders", self.create_order, methods=["POST"]),
@@ -73,7 +74,7 @@ class ProviderApi:
         if reference != key:
             return error(400, "idempotency_key_mismatch", "Idempotency-Key must equal reference")
         answer = await self.sim.create(provider, reference, amount, currency)
-        return JSONResponse(answer.body, status_code=answer.status_code)
+        return JSONResponse(answer.body, status_code=answer.status_code, headers=answer.headers)
 
     async def get_order(self, request: Request) -> Response:
         provider = self._provider(request)
@@ -112,6 +113,9 @@ class ProviderApi:
 
     async def list_webhooks(self, request: Request) -> Response:
         return JSONResponse({"webhooks": [d.to_json() for d in self.sim.deliveries]})
+
+    async def provider_load(self, request: Request) -> Response:
+        return JSONResponse(self.sim.load[request.path_params["name"]].to_json())
 
     async def reset(self, request: Request) -> Response:
         await self.sim.reset()

@@ -49,6 +49,8 @@ class ProviderSpec:
     webhook_delay_ms: int = 100
     timing: dict[str, float] = field(default_factory=dict)
     market: dict[str, Any] | None = None  # behaviour "market": see sandbox/market.py
+    health: dict[str, Any] | None = None  # payment-service's [providers.X.health]
+    limits: dict[str, Any] | None = None  # payment-service's [providers.X.limits]
 
 
 @dataclass
@@ -136,6 +138,8 @@ class Stack:
                 "timeout_s = 1.5",
                 f"[providers.{spec.name}.timing]",
                 *(f"{k} = {v}" for k, v in spec.timing.items()),
+                *_toml_table(f"providers.{spec.name}.health", spec.health),
+                *_toml_table(f"providers.{spec.name}.limits", spec.limits),
             ]
         (self.workdir / "sandbox.toml").write_text("\n".join(sandbox) + "\n")
         (self.workdir / "providers.toml").write_text("\n".join(service) + "\n")

@@ -166,3 +166,30 @@ def health_rules(providers: Mapping[str, ProviderConfig]) -> dict[str, HealthRul
 async def evaluate_health(rules: Mapping[str, HealthRules], conn: Conn) -> list[str]:
     """The periodic `checks` job's work (engine/jobs.py)."""
     return await evaluate(conn, rules, datetime.now(UTC))
+
+
+_REPORT = """
+SELECT p.provider, coalesce(c.state, 'closed') AS state, c.forced, c.since, c.probe_at,
+       c.probes_left, c.reason,
+       (SELECT coalesce(jsonb_object_agg(outcome, n), '{}') FROM (
+            SELECT outcome, count(*) AS n FROM provider_outcomes o
+            WHERE o.provider = p.provider AND o.at > now() - make_interval(secs => p.window_s)
+            GROUP BY 1) AS w) AS recent,
+       (SELECT count(*) FROM order_tasks t WHERE t.provider = p.provider
+          AND t.status IN ('CREATING', 'EXECUTING', 'NEGATIVE_EVAL', 'RECHECKING')) AS in_flight
+FROM unnest(%s::text[], %s::float8[]) AS p(provider, window_s)
+LEFT JOIN provider_circuits c USING (provider)
+ORDER BY p.provider
+"""
+
+
+async def report(conn: Conn, providers: Mapping[str, ProviderConfig]) -> list[dict[str, Any]]:
+    """Each configured provider's circuit, its outcomes over its window, its orders
+    in flight and its limits (ops API and `service.ops providers`)."""
+    names = sorted(providers)
+    windows = [providers[n].health.window_s for n in names]
+    rows = await (await conn.execute(_REPORT, (names, windows))).fetchall()
+    return [
+        {**row, "limits": providers[str(row["provider"])].limits.model_dump(exclude_none=True)}
+        for row in rows
+    ]

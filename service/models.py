@@ -184,6 +184,12 @@ class Resolution(_OperatorSays):
     outcome: Literal["positive", "negative"]
 
 
+class CircuitOverride(_OperatorSays):
+    """An operator forces a provider's circuit open or closed, or back to automatic."""
+
+    state: Literal["open", "closed", "auto"]
+
+
 class Cancellation(_OperatorSays):
     """An operator cancels a task or a withdrawal (the safe rule applies)."""
 

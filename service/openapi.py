@@ -20,6 +20,7 @@ from service import schemas as out
 from service.models import (
     ID_PATTERN,
     Cancellation,
+    CircuitOverride,
     CoreCancellation,
     Replay,
     Resolution,
@@ -164,6 +165,21 @@ OPERATIONS = [
     ),
     Operation(
         "get", "/ops/v1/attention", "Withdrawals flagged for a person", {200: out.Attention}, "ops"
+    ),
+    Operation(
+        "get",
+        "/ops/v1/providers",
+        "Each provider's circuit, recent outcomes, orders in flight and limits",
+        {200: out.Providers},
+        "ops",
+    ),
+    Operation(
+        "post",
+        "/ops/v1/providers/{provider}/circuit",
+        "Force a provider's circuit open or closed, or back to automatic (audited)",
+        {200: out.ProviderHealth},
+        "ops",
+        CircuitOverride,
     ),
     Operation("get", "/metrics", "Prometheus metrics", {200: "text/plain"}),
     Operation("get", "/healthz", "Liveness", {200: out.Status}, database=False),

@@ -7,6 +7,9 @@ resolve TASK positive|negative --operator NAME --reason TEXT
 dlq                   dead letters not yet replayed
 replay ID --operator NAME
 reconcile             fetch the ledger's holds, report drift (exit 1 if any)
+providers             each provider's circuit, recent outcomes, orders in flight, limits
+circuit PROVIDER open|closed|auto --operator NAME --reason TEXT
+                      force a provider's circuit (audited), or give it back to health
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from engine import deadletters
 from engine.config import Settings
 from engine.contracts import Origin, UnknownTask
 from engine.embedded import database_url
+from service import health
 from service.wiring import Services, open_services
 from service.withdrawals import find_queue_id
 from workflows.core import IllegalTransition
@@ -123,6 +127,16 @@ async def run(args: argparse.Namespace) -> int:
                 rows = [
                     {"task_id": args.task, "from": applied.from_status, "to": applied.to_status}
                 ]
+            case "providers":
+                async with svc.pool.connection() as conn:
+                    rows = await health.report(conn, svc.providers)
+            case "circuit":
+                if args.provider not in svc.providers:
+                    raise UnknownTask(f"no provider {args.provider!r}")
+                state = None if args.state == "auto" else args.state
+                async with svc.pool.connection() as conn:
+                    await health.force(conn, args.provider, state, args.operator, args.reason)
+                    rows = await health.report(conn, {args.provider: svc.providers[args.provider]})
             case "replay":
                 async with svc.pool.connection() as conn:
                     job = await deadletters.replay(conn, svc.app, args.id, args.operator)
@@ -159,6 +173,12 @@ def parser() -> argparse.ArgumentParser:
     replay.add_argument("id", type=int)
     replay.add_argument("--operator", required=True)
     sub.add_parser("reconcile")
+    sub.add_parser("providers")
+    circuit = sub.add_parser("circuit")
+    circuit.add_argument("provider")
+    circuit.add_argument("state", choices=["open", "closed", "auto"])
+    circuit.add_argument("--operator", required=True)
+    circuit.add_argument("--reason", required=True)
     return p
 
 

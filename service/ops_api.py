@@ -33,7 +33,7 @@ from workflows.withdrawal_events import Cancel, ManualResolved
 M = TypeVar("M", bound=BaseModel)
 
 
-async def _body(request: Request, model: type[M]) -> M:
+async def body_of(request: Request, model: type[M]) -> M:
     svc = services(request)
     payload = parse_json(await read_body(request, svc.settings.max_body_bytes))
     try:
@@ -42,15 +42,15 @@ async def _body(request: Request, model: type[M]) -> M:
         raise invalid(exc) from None
 
 
-def _ops(request: Request) -> None:
+def require_ops(request: Request) -> None:
     check_bearer(request, services(request).settings.ops_tokens)
 
 
 async def _ops_list(request: Request, key: str, query: str) -> JSONResponse:
-    _ops(request)
+    require_ops(request)
     async with services(request).pool.connection() as conn:
         rows = await (await conn.execute(query)).fetchall()
-    return JSONResponse({key: [_jsonable(r) for r in rows]})
+    return JSONResponse({key: [jsonable(r) for r in rows]})
 
 
 async def manual_checks(request: Request) -> JSONResponse:
@@ -84,15 +84,15 @@ async def _apply_to_task(request: Request, event: Any, actor: str) -> JSONRespon
 
 
 async def resolve_task(request: Request) -> JSONResponse:
-    _ops(request)
-    body = await _body(request, Resolution)
+    require_ops(request)
+    body = await body_of(request, Resolution)
     event = ManualResolved(body.outcome == "positive", body.operator, body.reason)
     return await _apply_to_task(request, event, f"ops:{body.operator}")
 
 
 async def cancel_task(request: Request) -> JSONResponse:
-    _ops(request)
-    body = await _body(request, Cancellation)
+    require_ops(request)
+    body = await body_of(request, Cancellation)
     return await _apply_to_task(request, Cancel(body.operator, body.reason), f"ops:{body.operator}")
 
 
@@ -110,27 +110,27 @@ async def cancel_withdrawal(request: Request, actor: str, reason: str) -> JSONRe
 
 
 async def ops_cancel_withdrawal(request: Request) -> JSONResponse:
-    _ops(request)
-    body = await _body(request, Cancellation)
+    require_ops(request)
+    body = await body_of(request, Cancellation)
     return await cancel_withdrawal(request, f"ops:{body.operator}", body.reason)
 
 
 async def core_cancel_withdrawal(request: Request) -> JSONResponse:
     """cascade-core's cancel: the same safe rule, authorised by the API token."""
     check_bearer(request, services(request).settings.api_tokens)
-    body = await _body(request, CoreCancellation)
+    body = await body_of(request, CoreCancellation)
     return await cancel_withdrawal(request, "cascade-core", body.reason)
 
 
 async def dead_letters(request: Request) -> JSONResponse:
-    _ops(request)
+    require_ops(request)
     async with services(request).pool.connection() as conn:
         return JSONResponse({"dead_letters": await deadletters.list_open(conn)})
 
 
 async def replay_dead_letter(request: Request) -> JSONResponse:
-    _ops(request)
-    body = await _body(request, Replay)
+    require_ops(request)
+    body = await body_of(request, Replay)
     svc = services(request)
     raw_id = str(request.path_params["dead_letter_id"])
     if not (raw_id.isascii() and raw_id.isdigit() and len(raw_id) <= 18):  # a bigint
@@ -153,7 +153,7 @@ async def attention(request: Request) -> JSONResponse:
     )
 
 
-def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
+def jsonable(row: dict[str, Any]) -> dict[str, Any]:
     return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()}
 
 

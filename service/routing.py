@@ -79,7 +79,9 @@ class ProviderRouting:
         if state == "open":
             assert circuit is not None
             probe_at = circuit["probe_at"] if circuit["forced"] is None else _FOREVER
-            return Unhealthy(probe_at or now)
+            # A probe time that passed waits for the checks job to half-open the circuit.
+            soonest = now + timedelta(seconds=self.probe_retry_s)
+            return Unhealthy(max(probe_at or soonest, soonest))
         limited = await self._reserve(conn, provider, str(task["id"]), now, take=False)
         if limited is not None:
             return limited

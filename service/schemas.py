@@ -135,3 +135,20 @@ class Attention(_Out):
 
 class ReplayAccepted(_Out):
     replay_job_id: int
+
+
+class ProviderHealth(_Out):
+    provider: str
+    state: Literal["closed", "open", "half_open"]
+    forced: Literal["open", "closed"] | None
+    since: datetime | None
+    probe_at: datetime | None
+    probes_left: int | None
+    reason: str | None
+    recent: dict[str, int]  # outcomes over the provider's health window
+    in_flight: int
+    limits: dict[str, float]
+
+
+class Providers(_Out):
+    providers: list[ProviderHealth]

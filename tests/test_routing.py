@@ -1,0 +1,237 @@
+"""Health- and limit-aware routing against the sandbox, on its own stack (a
+provider's circuit is shared state): circuits open and close from outcomes,
+unhealthy providers are skipped without a freeze or a call, limits hold across
+workers, and a 429 is waited out."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from engine.migrations import migrate
+from sandbox.client import StackClient
+from sandbox.servers import NatsServer
+from sandbox.stack import ProviderSpec, Stack, wait_until
+from tests.conftest import FAST_TIMING, assert_ledger_matches_every_task, fresh_database
+
+FAILING = {
+    "window_s": 30.0,
+    "min_calls": 3,
+    "max_failure_ratio": 0.5,
+    "open_s": 3.0,
+    "probes": 1,
+    "failures": ["declined", "ambiguous", "timed_out", "failed"],
+}
+SPECS = [
+    ProviderSpec("flaky", behaviour="decline", timing=FAST_TIMING, health=FAILING),
+    ProviderSpec("dead", timing=FAST_TIMING, health=FAILING),
+    ProviderSpec("steady", timing=FAST_TIMING),
+    ProviderSpec(
+        "narrow", behaviour="delayed_webhook", webhook_delay_ms=400, timing=FAST_TIMING,
+        limits={"max_in_flight": 2},
+    ),
+    ProviderSpec("metered", timing=FAST_TIMING, limits={"rate_per_s": 2.0, "burst": 1}),
+    ProviderSpec("throttler", behaviour="throttle_once", webhook_delay_ms=100, timing=FAST_TIMING),
+]
+
+
+@pytest.fixture(scope="module")
+def routing_stack(
+    nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    workdir = tmp_path_factory.mktemp("routing")
+    rollout = workdir / "rollout.toml"
+    rollout.write_text('[merchants]\nplain = "cascade"\n')  # everyone else: health_cascade
+    with fresh_database("_routing") as url:
+        migrate(url)
+        env = {"ROLLOUT_FILE": str(rollout), "HEALTH_MAX_WAIT_S": "4"}
+        stack = Stack(url, workdir, SPECS, nats_url=nats_server.url, extra_env=env)
+        stack.start()
+        try:
+            yield stack
+        finally:
+            stack.stop()
+
+
+@pytest.fixture
+def client(routing_stack: Stack) -> Iterator[StackClient]:
+    c = StackClient(routing_stack)
+    yield c
+    assert_ledger_matches_every_task(c, routing_stack.database_url)
+
+
+def test_a_failing_provider_is_skipped_until_a_probe_finds_it_healthy(
+    client: StackClient,
+) -> None:
+    url = client.stack.database_url
+    for _ in range(3):  # three declines of three calls: past the threshold
+        assert final(client, ["flaky", "steady"])["status"] == "COMPLETED"
+    wait_until(lambda: circuit(url, "flaky") == "open", 10, "flaky's circuit to open")
+
+    skipped = final(client, ["flaky", "steady"])
+    flaky, steady = skipped["tasks"]
+    assert (flaky["status"], steady["status"]) == ("SKIPPED", "SUCCEEDED")
+    assert task_reason(url, flaky["id"]) == "provider_unhealthy"
+    assert flaky["id"] not in client.ledger_ops()  # no freeze
+    assert not orders_for(client, flaky["id"])  # no call
+    skip = [e for e in client.events(skipped["id"]) if e.get("task_id") == flaky["id"]]
+    assert [(e["from_state"], e["to_state"], e["event_type"]) for e in skip] == [
+        ("PENDING", "SKIPPED", "skip")
+    ]
+    assert skip[0]["payload"]["reason"] == "provider_unhealthy"
+    assert metric_sum(client, 'routing_skips_total{provider="flaky",reason="provider_unhealthy"}')
+
+    # Alone in its cascade, a withdrawal waits for the probe instead of failing.
+    client.set_provider("flaky", behaviour="instant", webhook_delay_ms=50)
+    waiting = client.submit(["flaky"]).json()["id"]
+    wait_until(lambda: task_reason(url, first_task(client, waiting)) == "all_providers_unhealthy",
+               10, "the lone withdrawal to wait")
+    assert client.wait_final(waiting, timeout=30)["status"] == "COMPLETED"  # it was the probe
+    wait_until(lambda: circuit(url, "flaky") == "closed", 10, "the probe to close it")
+    assert circuit_path(url, "flaky") == ["open", "half_open", "closed"]
+    after = final(client, ["flaky", "steady"])
+    assert [t["status"] for t in after["tasks"]] == ["SUCCEEDED", "CANCELLED"]
+
+
+def test_a_withdrawal_waits_a_bounded_time_when_every_provider_is_down(
+    client: StackClient,
+) -> None:
+    url = client.stack.database_url
+    forced = client.ops.post(
+        "/ops/v1/providers/dead/circuit",
+        json={"state": "open", "operator": "ana", "reason": "provider announced an outage"},
+    )
+    assert forced.status_code == 200, forced.text
+    try:
+        view = client.wait_final(client.submit(["dead"]).json()["id"], timeout=30)
+        assert view["status"] == "FAILED"
+        (task,) = view["tasks"]
+        assert (task["status"], task["funds"]) == ("SKIPPED", "NONE")
+        assert task["id"] not in client.ledger_ops()
+        plain = final(client, ["dead", "steady"], merchant="plain")  # routing off: tried
+        assert [t["status"] for t in plain["tasks"]] == ["SUCCEEDED", "CANCELLED"]
+    finally:
+        auto = {"state": "auto", "operator": "ana", "reason": "outage over"}
+        assert client.ops.post("/ops/v1/providers/dead/circuit", json=auto).status_code == 200
+    with psycopg.connect(url) as conn:
+        audit = conn.execute(
+            "SELECT to_state, actor, reason FROM provider_circuit_events"
+            " WHERE provider = 'dead' ORDER BY id"
+        ).fetchall()
+    assert audit == [
+        ("forced_open", "ana", "provider announced an outage"),
+        ("automatic", "ana", "outage over"),
+    ]
+
+
+def test_concurrency_and_rate_limits_hold_across_workers(client: StackClient) -> None:
+    narrow = [client.submit(["narrow"]).json()["id"] for _ in range(10)]
+    metered = [client.submit(["metered"]).json()["id"] for _ in range(8)]
+    for queue_id in narrow + metered:
+        assert client.wait_final(queue_id, timeout=60)["status"] == "COMPLETED"
+    assert client.provider_load("narrow")["peak_in_flight"] <= 2
+    starts = start_times(client.stack.database_url, "metered")
+    assert len(starts) == 8
+    assert max_in_window(starts, 1.0) <= 2  # rate 2/s, burst 1, at start time
+    assert starts[-1] - starts[0] >= 3.0  # 8 starts at 2/s
+    held = metric_sum(client, 'routing_holds_total{provider="narrow",reason="concurrency_limit"}')
+    assert held > 0
+
+
+def test_a_429_with_retry_after_is_waited_out_then_succeeds(client: StackClient) -> None:
+    view = final(client, ["throttler"])
+    (task,) = view["tasks"]
+    assert task["status"] == "SUCCEEDED"
+    events = [e for e in client.events(view["id"]) if e.get("task_id") == task["id"]]
+    names = [e["event_type"] for e in events]
+    assert names.index("order_throttled") < names.index("timer_fired") < names.index(
+        "order_accepted"
+    )
+    throttled = next(e for e in events if e["event_type"] == "order_throttled")
+    accepted = next(e for e in events if e["event_type"] == "order_accepted")
+    assert seconds_between(throttled, accepted) >= 1.0  # Retry-After: 1
+    assert client.provider_load("throttler")["throttled"] == 1
+    assert client.ledger_ops()[task["id"]] == ["freeze", "commit"]
+
+
+# -- helpers ----------------------------------------------------------------------
+def final(client: StackClient, cascade: list[str], merchant: str = "m-1") -> dict[str, Any]:
+    response = client.submit(cascade, merchant_id=merchant)
+    assert response.status_code == 201, response.text
+    return client.wait_final(response.json()["id"], timeout=30)
+
+
+def circuit(url: str, provider: str) -> str | None:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT state FROM provider_circuits WHERE provider = %s", (provider,)
+        ).fetchone()
+    return None if row is None else str(row[0])
+
+
+def circuit_path(url: str, provider: str) -> list[str]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT to_state FROM provider_circuit_events WHERE provider = %s AND actor = 'health'"
+            " ORDER BY id",
+            (provider,),
+        ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
+def task_reason(url: str, task_id: str) -> str | None:
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT last_reason FROM order_tasks WHERE id = %s", (task_id,))
+        found = row.fetchone()
+    return None if found is None else found[0]
+
+
+def first_task(client: StackClient, queue_id: str) -> str:
+    return str(client.withdrawal(queue_id)["tasks"][0]["id"])
+
+
+def orders_for(client: StackClient, reference: str) -> list[Any]:
+    response = client.sandbox.get("/providers/_admin/orders", params={"reference": reference})
+    return list(response.json()["orders"])
+
+
+def metric_sum(client: StackClient, sample: str) -> float:
+    import httpx
+
+    total = 0.0
+    for metrics_url in client.stack.metrics_urls():
+        for line in httpx.get(metrics_url, timeout=5).text.splitlines():
+            if line.startswith(sample + " "):
+                total += float(line.split()[-1])
+    return total
+
+
+def start_times(url: str, provider: str) -> list[float]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT extract(epoch FROM e.occurred_at) FROM order_task_events e"
+            " JOIN order_tasks t ON t.id = e.task_id"
+            " WHERE t.provider = %s AND e.event_type = 'start' ORDER BY 1",
+            (provider,),
+        ).fetchall()
+    return [float(r[0]) for r in rows]
+
+
+def max_in_window(times: list[float], window: float) -> int:
+    best, start = 0, 0
+    for end, at in enumerate(times):
+        while at - times[start] >= window:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
+def seconds_between(first: dict[str, Any], second: dict[str, Any]) -> float:
+    from datetime import datetime
+
+    begin = datetime.fromisoformat(first["occurred_at"])
+    end = datetime.fromisoformat(second["occurred_at"])
+    return (end - begin).total_seconds()
