@@ -30,7 +30,10 @@ SPECS = [
     ProviderSpec("dead", timing=FAST_TIMING, health=FAILING),
     ProviderSpec("steady", timing=FAST_TIMING),
     ProviderSpec(
-        "narrow", behaviour="delayed_webhook", webhook_delay_ms=400, timing=FAST_TIMING,
+        "narrow",
+        behaviour="delayed_webhook",
+        webhook_delay_ms=400,
+        timing=FAST_TIMING,
         limits={"max_in_flight": 2},
     ),
     ProviderSpec("metered", timing=FAST_TIMING, limits={"rate_per_s": 2.0, "burst": 1}),
@@ -87,8 +90,11 @@ def test_a_failing_provider_is_skipped_until_a_probe_finds_it_healthy(
     # Alone in its cascade, a withdrawal waits for the probe instead of failing.
     client.set_provider("flaky", behaviour="instant", webhook_delay_ms=50)
     waiting = client.submit(["flaky"]).json()["id"]
-    wait_until(lambda: task_reason(url, first_task(client, waiting)) == "all_providers_unhealthy",
-               10, "the lone withdrawal to wait")
+    wait_until(
+        lambda: task_reason(url, first_task(client, waiting)) == "all_providers_unhealthy",
+        10,
+        "the lone withdrawal to wait",
+    )
     assert client.wait_final(waiting, timeout=30)["status"] == "COMPLETED"  # it was the probe
     wait_until(lambda: circuit(url, "flaky") == "closed", 10, "the probe to close it")
     assert circuit_path(url, "flaky") == ["open", "half_open", "closed"]
@@ -147,8 +153,8 @@ def test_a_429_with_retry_after_is_waited_out_then_succeeds(client: StackClient)
     assert task["status"] == "SUCCEEDED"
     events = [e for e in client.events(view["id"]) if e.get("task_id") == task["id"]]
     names = [e["event_type"] for e in events]
-    assert names.index("order_throttled") < names.index("timer_fired") < names.index(
-        "order_accepted"
+    assert (
+        names.index("order_throttled") < names.index("timer_fired") < names.index("order_accepted")
     )
     throttled = next(e for e in events if e["event_type"] == "order_throttled")
     accepted = next(e for e in events if e["event_type"] == "order_accepted")
