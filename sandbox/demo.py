@@ -3,21 +3,25 @@
 Starts PostgreSQL and nats-server (embedded, unless DATABASE_URL / NATS_URL are
 set), the sandbox (ledger, cascade-core callback, the market of
 config/market.toml), the API and two workers. It then submits a batch of
-withdrawals in pairs with the same amount and the same eligible cascade. One
-of each pair goes through the old single-shot path (merchant `legacy`, gated by
-the rollout gate) and the other through the cascade (merchant `modern`). When
-every withdrawal is final or waiting for a person, it prints a table per policy,
-reconciles the ledger, and writes an HTML report.
+withdrawals in triples with the same amount and the same eligible cascade: one
+goes through the old single-shot path (merchant `legacy`, gated by the rollout
+gate), one through the plain cascade (merchant `modern`) and one through the
+health-aware cascade (merchant `health`), which skips a provider whose circuit
+is open. When every withdrawal is final or waiting for a person, it prints a
+table per policy, reconciles the ledger, and writes an HTML report (and, with
+--json, the figures for a program).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import sys
 import time
 import tomllib
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +35,8 @@ from sandbox.client import StackClient, expected_ledger_ops
 from sandbox.stack import ProviderSpec, Stack
 
 MARKET_FILE = PROJECT_ROOT / "config" / "market.toml"
+# Each submitted triple: the same withdrawal under each rollout policy.
+MERCHANTS = {"legacy": "single_shot", "modern": "cascade", "health": "health_cascade"}
 
 
 def fresh_database(server_url: str, name: str) -> str:
@@ -50,7 +56,13 @@ def market_specs(market: dict[str, Any]) -> list[ProviderSpec]:
         "recheck_cap_s": 4.0,
     }
     return [
-        ProviderSpec(name, behaviour="market", market=spec["market"], timing=timing)
+        ProviderSpec(
+            name,
+            behaviour="market",
+            market=spec["market"],
+            timing=timing,
+            health=market.get("health"),
+        )
         for name, spec in market["providers"].items()
     ]
 
@@ -87,11 +99,11 @@ def progress(url: str, total: int, started: float) -> tuple[int, int]:
 def submit_batch(
     client: StackClient, market: dict[str, Any], count: int, spread_s: float, rng: random.Random
 ) -> None:
-    pairs = max(count // 2, 1)
-    for i in range(pairs):
+    triples = max(count // len(MERCHANTS), 1)
+    for i in range(triples):
         cascade = eligible_cascade(market, rng)
         amount = f"{rng.randint(5, 500)}.{rng.randint(0, 99):02d}"
-        for merchant in ("legacy", "modern"):
+        for merchant in MERCHANTS:
             response = client.api.post(
                 "/v1/withdrawals",
                 json={
@@ -103,7 +115,7 @@ def submit_batch(
                 },
             )
             response.raise_for_status()
-        time.sleep(spread_s / pairs)
+        time.sleep(spread_s / triples)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -117,7 +129,9 @@ def run(args: argparse.Namespace) -> int:
     workdir = Path(data_dir()) / "demo"
     rollout = workdir / "rollout.toml"
     workdir.mkdir(parents=True, exist_ok=True)
-    rollout.write_text('[merchants]\nlegacy = "single_shot"\nmodern = "cascade"\n')
+    rollout.write_text(
+        "[merchants]\n" + "".join(f'{m} = "{p}"\n' for m, p in MERCHANTS.items())
+    )
     stack = Stack(
         url,
         workdir,
@@ -126,7 +140,10 @@ def run(args: argparse.Namespace) -> int:
         nats_url=nats_url,
         market_seed=int(market.get("market_seed", 1)),
         worker_concurrency=16,
-        extra_env={"ROLLOUT_FILE": str(rollout)},
+        extra_env={
+            "ROLLOUT_FILE": str(rollout),
+            "HEALTH_MAX_WAIT_S": str(market.get("health_max_wait_s", 900)),
+        },
     )
     try:
         stack.start()
@@ -146,9 +163,10 @@ def measure(
 ) -> int:
     client = StackClient(stack)
     started = time.monotonic()
-    total = max(args.count // 2, 1) * 2
+    total = max(args.count // len(MERCHANTS), 1) * len(MERCHANTS)
     print(
-        f"submitting {total} withdrawals over {args.spread:.0f}s (half single-shot, half cascade)"
+        f"submitting {total} withdrawals over {args.spread:.0f}s"
+        " (a third each: single-shot, cascade, health-aware cascade)"
     )
     submit_batch(client, market, args.count, args.spread, rng)
     deadline = time.monotonic() + args.timeout
@@ -161,8 +179,10 @@ def measure(
         print()  # end the progress bar's line
     if args.each:
         print_each(url)
-    drift = reconcile(client, url)
+    drifts = reconcile(client, url)
+    drift = sum(drifts.values())
     stats, durations = demo_report.collect(url)
+    stats = [replace(s, discrepancies=drifts.get(s.policy, 0)) for s in stats]
     compression = float(market.get("time_compression", 1))
     print()
     print(demo_report.table(stats, compression))
@@ -184,6 +204,14 @@ def measure(
         },
     )
     print(f"report: {report}")
+    if args.json:
+        figures = {
+            "seed": args.seed,
+            "market": args.market,
+            "policies": {s.policy: s.to_json(compression) for s in stats},
+        }
+        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+        print(f"figures: {args.json}")
     return 0 if drift == 0 and settled >= total else 1
 
 
@@ -200,23 +228,28 @@ def print_each(url: str) -> None:
         print(f"{order_id:<20} {policy:<12} {status:<10} {path}")
 
 
-def reconcile(client: StackClient, url: str) -> int:
-    """Compare every task's funds with the ledger's holds (the sandbox's op log)."""
+def reconcile(client: StackClient, url: str) -> dict[str, int]:
+    """Per policy, the tasks whose funds disagree with the ledger's holds (the
+    sandbox's op log)."""
     ops = client.ledger_ops()
     with psycopg.connect(url) as conn:
-        tasks = conn.execute("SELECT id::text, funds::text FROM order_tasks").fetchall()
-    return sum(
-        ops.get(task_id, [])
-        != expected_ledger_ops({"funds": funds}, "freeze" in ops.get(task_id, []))
-        for task_id, funds in tasks
-    )
+        tasks = conn.execute(
+            "SELECT t.id::text, t.funds::text, q.policy FROM order_tasks t"
+            " JOIN order_queues q ON q.id = t.queue_id"
+        ).fetchall()
+    drifts: dict[str, int] = {}
+    for task_id, funds, policy in tasks:
+        seen = ops.get(task_id, [])
+        wrong = seen != expected_ledger_ops({"funds": funds}, "freeze" in seen)
+        drifts[policy] = drifts.get(policy, 0) + wrong
+    return drifts
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--count", type=int, default=300, help="withdrawals (half per policy)")
+    parser.add_argument("--count", type=int, default=300, help="withdrawals (a third per policy)")
     parser.add_argument("--spread", type=float, default=60.0, help="seconds to submit over")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=42)
@@ -225,6 +258,7 @@ def main() -> None:
     parser.add_argument("--database", default="payment_demo")
     parser.add_argument("--each", action="store_true", help="print every withdrawal's path")
     parser.add_argument("--report", default=str(PROJECT_ROOT / "reports" / "demo-report.html"))
+    parser.add_argument("--json", help="also write the per-policy figures here, as JSON")
     sys.exit(run(parser.parse_args()))
 
 

@@ -28,7 +28,11 @@ SELECT policy, count(*) AS n,
        percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - created_at))
            FILTER (WHERE finished_at IS NOT NULL) AS p50,
        percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - created_at))
-           FILTER (WHERE finished_at IS NOT NULL) AS p95
+           FILTER (WHERE finished_at IS NOT NULL) AS p95,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - created_at))
+           FILTER (WHERE status = 'COMPLETED') AS p50_success,
+       percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - created_at))
+           FILTER (WHERE status = 'COMPLETED') AS p95_success
 FROM q GROUP BY policy ORDER BY policy
 """
 _DURATIONS = """
@@ -48,6 +52,24 @@ class PolicyStats:
     attempts: float
     p50_s: float
     p95_s: float
+    p50_success_s: float
+    p95_success_s: float
+    discrepancies: int = 0
+
+    def to_json(self, compression: float) -> dict[str, Any]:
+        """The figures a program reads (`sandbox.demo --json`); times in real seconds."""
+        return {
+            "withdrawals": self.n,
+            "success_rate": round(self.success, 4),
+            "manual_rate": round(self.manual, 4),
+            "failed_rate": round(self.failed, 4),
+            "attempts_per_withdrawal": round(self.attempts, 3),
+            "p50_final_s": round(self.p50_s * compression, 1),
+            "p95_final_s": round(self.p95_s * compression, 1),
+            "p50_success_s": round(self.p50_success_s * compression, 1),
+            "p95_success_s": round(self.p95_success_s * compression, 1),
+            "discrepancies": self.discrepancies,
+        }
 
 
 def collect(url: str) -> tuple[list[PolicyStats], dict[str, list[float]]]:
@@ -67,6 +89,8 @@ def collect(url: str) -> tuple[list[PolicyStats], dict[str, list[float]]]:
             r["attempts"] or 0.0,
             r["p50"] or 0.0,
             r["p95"] or 0.0,
+            r["p50_success"] or 0.0,
+            r["p95_success"] or 0.0,
         )
         for r in rows
     ]
@@ -75,15 +99,16 @@ def collect(url: str) -> tuple[list[PolicyStats], dict[str, list[float]]]:
 
 def table(stats: list[PolicyStats], compression: float) -> str:
     head = (
-        f"{'policy':<12} {'withdrawals':>11} {'success':>8} {'manual':>7} {'failed':>7}"
-        f" {'attempts':>9} {'p50 final':>10} {'p95 final':>10}"
+        f"{'policy':<15} {'withdrawals':>11} {'success':>8} {'manual':>7} {'failed':>7}"
+        f" {'attempts':>9} {'p50 final':>10} {'p95 final':>10} {'p50 success':>12}"
     )
     lines = [head, "-" * len(head)]
     for s in stats:
         p50, p95 = _real(s.p50_s, compression), _real(s.p95_s, compression)
+        success = _real(s.p50_success_s, compression)
         lines.append(
-            f"{s.policy:<12} {s.n:>11} {s.success:>8.1%} {s.manual:>7.1%} {s.failed:>7.1%}"
-            f" {s.attempts:>9.2f} {p50:>10} {p95:>10}"
+            f"{s.policy:<15} {s.n:>11} {s.success:>8.1%} {s.manual:>7.1%} {s.failed:>7.1%}"
+            f" {s.attempts:>9.2f} {p50:>10} {p95:>10} {success:>12}"
         )
     return "\n".join(lines)
 
@@ -102,7 +127,7 @@ def write_html(
     drift: int,
     summary: dict[str, Any],
 ) -> None:
-    colors = {"single_shot": "#c0504d", "cascade": "#4f81bd"}
+    colors = {"single_shot": "#c0504d", "cascade": "#4f81bd", "health_cascade": "#9bbb59"}
     bars = _bars(stats, colors)
     cdf = _cdf(durations, {s.policy: s.n for s in stats}, colors, compression)
     rows = "".join(
@@ -114,10 +139,10 @@ def write_html(
     facts = "".join(f"<li>{html.escape(k)}: {html.escape(str(v))}</li>" for k, v in summary.items())
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(f"""<!doctype html><html><head><meta charset="utf-8">
-<title>payment-service demo: single-shot vs cascade</title>
+<title>payment-service demo: single-shot, cascade, health-aware cascade</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:60em}}td,th{{padding:.3em .8em;
 text-align:right}}table{{border-collapse:collapse}}tr:nth-child(even){{background:#f3f3f3}}</style>
-</head><body><h1>Single-shot vs durable cascade</h1>
+</head><body><h1>Single-shot vs durable cascade vs health-aware cascade</h1>
 <p>Same simulated provider market, same withdrawals, side by side. Ledger reconciliation:
 <b>{"OK, 0 discrepancies" if drift == 0 else f"{drift} DISCREPANCIES"}</b>.</p>
 <table><tr><th>policy</th><th>withdrawals</th><th>success</th><th>manual check</th>

@@ -18,6 +18,8 @@ accept_then_fail_rate = 0.08
 accept_latency_ms = [40, 400]
 webhook_median_ms = 1500   # lognormal, capped at webhook_max_ms (15 min, compressed)
 webhook_max_ms = 10000
+outage_start_s = 5         # optional: from then (market clock: the sandbox's start) ...
+outage_end_s = 65          # ... to then, every create call hangs until the caller gives up
 ```
 """
 
@@ -45,6 +47,14 @@ class MarketModel:
     accept_latency_ms: tuple[int, int] = (20, 200)
     webhook_median_ms: int = 1000
     webhook_max_ms: int = 10_000
+    outage_start_s: float | None = None
+    outage_end_s: float | None = None
+
+    def down_at(self, t: float) -> bool:
+        """In its outage window at market time `t`: create calls time out."""
+        if self.outage_start_s is None or self.outage_end_s is None:
+            return False
+        return self.outage_start_s <= t < self.outage_end_s
 
     def approval_at(self, t: float, phase: float) -> float:
         wave = math.sin(2 * math.pi * t / self.swing_period_s + phase)

@@ -179,8 +179,12 @@ class Simulator:
         self, provider: ProviderConfig, reference: str, amount: str, currency: str
     ) -> CreateAnswer:
         assert provider.market is not None
+        market_time = time.monotonic() - self.started
+        if provider.market.down_at(market_time):  # an outage: hang until the caller gives up
+            await asyncio.sleep(provider.hang_ms / 1000)
+            return CreateAnswer(504, _error("timeout", "provider did not answer in time"))
         phase = (zlib.crc32(provider.name.encode()) % 628) / 100  # each provider its own wave
-        fate = draw(provider.market, self.rng, time.monotonic() - self.started, phase)
+        fate = draw(provider.market, self.rng, market_time, phase)
         await asyncio.sleep(fate.answer_after_s)
         existing = self.orders.get((provider.name, reference))
         if existing is not None:  # a concurrent replay got here first

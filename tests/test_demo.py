@@ -1,7 +1,8 @@
-"""A small `make demo`, end to end: its own stack, both policies, its invariants."""
+"""A small `make demo`, end to end: its own stack, all three policies, its invariants."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -36,6 +37,8 @@ def test_small_demo_reconciles_and_settles_every_withdrawal(tmp_path: Path) -> N
             str(report),
             "--timeout",
             "120",
+            "--json",
+            str(tmp_path / "figures.json"),
         ],
         cwd=ROOT,
         env=env,
@@ -48,9 +51,25 @@ def test_small_demo_reconciles_and_settles_every_withdrawal(tmp_path: Path) -> N
         assert "ledger reconciliation: OK, 0 discrepancies" in done.stdout
         rows = {
             m.group(1): m.group(0)
-            for m in re.finditer(r"^(cascade|single_shot)\s.*$", done.stdout, re.M)
+            for m in re.finditer(r"^(health_cascade|cascade|single_shot)\s.*$", done.stdout, re.M)
         }
-        assert set(rows) == {"cascade", "single_shot"}
+        assert set(rows) == {"cascade", "health_cascade", "single_shot"}
+        figures = json.loads((tmp_path / "figures.json").read_text())
+        assert set(figures) == {"seed", "market", "policies"}
+        assert set(figures["policies"]) == {"single_shot", "cascade", "health_cascade"}
+        for policy in figures["policies"].values():
+            assert set(policy) >= {
+                "withdrawals",
+                "success_rate",
+                "manual_rate",
+                "attempts_per_withdrawal",
+                "p50_final_s",
+                "p95_final_s",
+                "p50_success_s",
+                "p95_success_s",
+                "discrepancies",
+            }
+            assert (policy["withdrawals"], policy["discrepancies"]) == (8, 0)
         assert "Single-shot vs durable cascade" in report.read_text()
         url = make_conninfo(database_url(), dbname=name)
         with psycopg.connect(url) as conn:
@@ -67,7 +86,7 @@ def test_small_demo_reconciles_and_settles_every_withdrawal(tmp_path: Path) -> N
                 " ON q.id = t.queue_id WHERE q.policy = 'single_shot' GROUP BY q.id) x"
             ).fetchone()
         assert unsettled == (0,)  # each withdrawal final or waiting in manual check
-        assert policies == [("cascade", 12), ("single_shot", 12)]
+        assert policies == [("cascade", 8), ("health_cascade", 8), ("single_shot", 8)]
         assert single_tasks == (1,)  # single-shot never tried a second provider
     finally:
         with psycopg.connect(database_url(), autocommit=True) as conn:
