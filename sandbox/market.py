@@ -3,8 +3,13 @@
 Each provider has a fee, an approval probability that swings over time (the
 availability that changes minute to minute), latency distributions for its
 answer and for its webhook, and rates of ambiguous errors, orders that never
-get an answer, and orders accepted and then failed. Every draw comes from one
-seeded random generator, so a run can be repeated.
+get an answer, and orders accepted and then failed. An order's draws come from
+a generator seeded by the market seed and the order itself (provider, amount,
+currency), and the approval swing is read at the time that order was first
+asked for: the same withdrawal meets the same decisions whichever policy sends
+it and whenever a worker gets to it (common random numbers: a comparison of
+policies is not drowned in noise). The swing follows the time since the sandbox
+started, so timings still vary from run to run.
 
 ```toml
 [providers.cheapo.market]
@@ -19,7 +24,10 @@ accept_latency_ms = [40, 400]
 webhook_median_ms = 1500   # lognormal, capped at webhook_max_ms (15 min, compressed)
 webhook_max_ms = 10000
 outage_start_s = 5         # optional: from then (market clock: the sandbox's start) ...
-outage_end_s = 65          # ... to then, every create call hangs until the caller gives up
+outage_end_s = 65          # ... to then, the provider is having a bad hour:
+outage_mode = "fail_late"  # "timeout": create calls hang until the caller gives up;
+                           # "fail_late": orders are taken, then fail after ...
+outage_fail_after_ms = 4000  # ... this long (the latency a blind cascade pays)
 ```
 """
 
@@ -29,6 +37,8 @@ import math
 import random
 from dataclasses import dataclass
 from typing import Any
+
+OUTAGE_MODES = frozenset({"timeout", "fail_late"})
 
 
 class MarketError(ValueError):
@@ -49,6 +59,8 @@ class MarketModel:
     webhook_max_ms: int = 10_000
     outage_start_s: float | None = None
     outage_end_s: float | None = None
+    outage_mode: str = "timeout"
+    outage_fail_after_ms: int = 4000
 
     def down_at(self, t: float) -> bool:
         """In its outage window at market time `t`: create calls time out."""
@@ -109,4 +121,6 @@ def parse_market(raw: Any, where: str) -> MarketModel:
     )
     if not all(0 <= r <= 1 for r in rates) or model.swing_period_s <= 0:
         raise MarketError(f"{where}.market: probabilities must be within 0..1")
+    if model.outage_mode not in OUTAGE_MODES:
+        raise MarketError(f"{where}.market: outage_mode must be one of {sorted(OUTAGE_MODES)}")
     return model

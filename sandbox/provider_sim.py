@@ -112,14 +112,13 @@ class Simulator:
     deliveries: list[Delivery] = field(default_factory=list)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     client: httpx.AsyncClient | None = None
-    rng: random.Random = field(default_factory=random.Random)
     started: float = field(default_factory=time.monotonic)
     load: defaultdict[str, ProviderLoad] = field(default_factory=lambda: defaultdict(ProviderLoad))
     throttled: set[tuple[str, str]] = field(default_factory=set)
+    first_asked: dict[tuple[str, str, str], float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.providers = dict(self.config.providers)
-        self.rng = random.Random(self.config.market_seed)
 
     async def start(self) -> None:
         self.client = httpx.AsyncClient(timeout=WEBHOOK_TIMEOUT_S)
@@ -137,6 +136,7 @@ class Simulator:
         self.deliveries.clear()
         self.load.clear()
         self.throttled.clear()
+        self.first_asked.clear()
         self.providers = dict(self.config.providers)
 
     def update(self, name: str, changes: dict[str, Any]) -> ProviderConfig:
@@ -175,16 +175,25 @@ class Simulator:
             return CreateAnswer(503, _error("unavailable", "provider error (order was created)"))
         return CreateAnswer(201, order.to_json())
 
+    def order_rng(self, provider: str, amount: str, currency: str) -> random.Random:
+        """The generator of one order's draws: from the market seed and the order, not
+        from one shared generator consumed in whatever order workers reach it. The
+        demo's triples share their amount, so each policy meets the same provider
+        decisions (common random numbers: the comparison's noise cancels)."""
+        return random.Random(f"{self.config.market_seed}:{provider}:{amount}:{currency}")
+
     async def _market_create(
         self, provider: ProviderConfig, reference: str, amount: str, currency: str
     ) -> CreateAnswer:
         assert provider.market is not None
         market_time = time.monotonic() - self.started
-        if provider.market.down_at(market_time):  # an outage: hang until the caller gives up
-            await asyncio.sleep(provider.hang_ms / 1000)
-            return CreateAnswer(504, _error("timeout", "provider did not answer in time"))
+        if provider.market.down_at(market_time):
+            return await self._outage_create(provider, reference, amount, currency)
+        key = (provider.name, amount, currency)
+        # The swing is read at the first asking of this order, for the same reason.
+        seen_at = self.first_asked.setdefault(key, market_time)
         phase = (zlib.crc32(provider.name.encode()) % 628) / 100  # each provider its own wave
-        fate = draw(provider.market, self.rng, market_time, phase)
+        fate = draw(provider.market, self.order_rng(*key), seen_at, phase)
         await asyncio.sleep(fate.answer_after_s)
         existing = self.orders.get((provider.name, reference))
         if existing is not None:  # a concurrent replay got here first
@@ -203,6 +212,24 @@ class Simulator:
             self._spawn(self._settle(provider, order, fate.final_status, fate.settle_after_s))
         if fate.outcome == "ambiguous_created":
             return CreateAnswer(503, _error("unavailable", "provider error (order was created)"))
+        return CreateAnswer(201, order.to_json())
+
+    async def _outage_create(
+        self, provider: ProviderConfig, reference: str, amount: str, currency: str
+    ) -> CreateAnswer:
+        """A bad hour (sandbox/market.py): hang until the caller gives up, or take the
+        order and fail it late."""
+        assert provider.market is not None
+        if provider.market.outage_mode == "timeout":
+            await asyncio.sleep(provider.hang_ms / 1000)
+            return CreateAnswer(504, _error("timeout", "provider did not answer in time"))
+        order = Order(
+            provider.name, reference, "ord_" + secrets.token_hex(8), amount, currency, "pending"
+        )
+        self.orders[(provider.name, reference)] = order
+        self.load[provider.name].opened()
+        after_s = provider.market.outage_fail_after_ms / 1000
+        self._spawn(self._settle(provider, order, "failed", after_s))
         return CreateAnswer(201, order.to_json())
 
     async def _settle(

@@ -103,6 +103,8 @@ def test_a_circuit_opens_past_the_ratio_with_enough_calls() -> None:
     assert next_circuit(CLOSED, Tally({"ambiguous": 3}), RULES, NOW) is CLOSED  # too few
     assert next_circuit(CLOSED, Tally({"ambiguous": 1, "accepted": 3}), RULES, NOW) is CLOSED
     assert next_circuit(CLOSED, Tally({"declined": 9}), RULES, NOW) is CLOSED  # not failures
+    late = Tally({"accepted": 4, "failed": 4})  # taken, then failed: 4 calls, 4 failures
+    assert next_circuit(CLOSED, late, RULES, NOW).state == "open"
     opened = next_circuit(CLOSED, Tally({"ambiguous": 2, "accepted": 2}), RULES, NOW)
     assert (opened.state, opened.probe_at) == ("open", NOW + timedelta(seconds=30))
     assert opened.reason == "2 of 4 calls failed"
@@ -114,7 +116,17 @@ def test_an_open_circuit_half_opens_then_a_probe_decides() -> None:
     half = next_circuit(opened, Tally(), RULES, NOW + timedelta(seconds=30))
     assert (half.state, half.probes_left) == ("half_open", 2)
     assert next_circuit(half, Tally(), RULES, LATER) is half  # no probe answered yet
-    assert next_circuit(half, Tally({"accepted": 1}), RULES, LATER).state == "closed"
+    assert next_circuit(half, Tally({"accepted": 1}), RULES, LATER) is half  # wait: fail later?
+    assert next_circuit(half, Tally({"accepted": 1, "succeeded": 1}), RULES, LATER).state == (
+        "closed"
+    )
+    assert next_circuit(half, Tally({"declined": 1}), RULES, LATER).state == "closed"
+    strict = HealthRules(failures=frozenset({"declined", "ambiguous"}))
+    assert next_circuit(half, Tally({"declined": 1}), strict, LATER).state == "open"
+    spent = Circuit("half_open", NOW, probes_left=0)
+    assert next_circuit(spent, Tally(), RULES, NOW + timedelta(seconds=29)) is spent
+    refilled = next_circuit(spent, Tally(), RULES, NOW + timedelta(seconds=30))
+    assert (refilled.state, refilled.probes_left) == ("half_open", 2)  # a probe was lost
     again = next_circuit(half, Tally({"timed_out": 1}), RULES, LATER)
     assert (again.state, again.probe_at) == ("open", LATER + timedelta(seconds=30))
     taken = take_probe(half)

@@ -2,10 +2,14 @@
 
     closed -(failures / calls in the window >= ratio, with enough calls)-> open
     open -(open_s passed)-> half_open (a few probe attempts may go through)
-    half_open -(a probe succeeded)-> closed | -(a probe failed)-> open again
+    half_open -(a probe failed)-> open again | -(a probe's order succeeded, or it
+        was declined at once: the provider is answering)-> closed
+    half_open, every probe handed out and none answered in open_s -> new probes
 
-The window counts only outcomes since the circuit's last change, so failures
-that opened it cannot open it again once it has closed. Which outcomes count as
+The ratio is failures per call (a call is one create answer: an order accepted
+and failed later is one call and one failure). The window counts only outcomes
+since the circuit's last change, so failures that opened it cannot open it
+again once it has closed. Which outcomes count as
 failures is the provider's rule: by default errors and silence (ambiguous
 answers, timed-out webhooks, orders that failed), not declines, which a cheap
 provider gives most of the time and quickly.
@@ -16,9 +20,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
+# A call is one create answer; what becomes of an accepted order comes later.
+CALLS = frozenset({"accepted", "declined", "ambiguous", "throttled"})
 SUCCESSES = frozenset({"accepted", "succeeded"})
 DEFAULT_FAILURES = frozenset({"ambiguous", "timed_out", "failed"})
-OUTCOMES = SUCCESSES | DEFAULT_FAILURES | {"declined", "throttled"}
+OUTCOMES = CALLS | SUCCESSES | DEFAULT_FAILURES
+# What a probe must hear to close the circuit: an order settled, or a quick no.
+# An acceptance alone proves little: a provider in trouble may fail it later.
+SETTLED_WELL = frozenset({"succeeded", "declined"})
 
 
 @dataclass(frozen=True)
@@ -49,11 +58,12 @@ class Tally:
     def failures(self, rules: HealthRules) -> int:
         return sum(n for kind, n in self.counts.items() if kind in rules.failures)
 
-    def successes(self) -> int:
-        return sum(n for kind, n in self.counts.items() if kind in SUCCESSES)
+    def settled_well(self, rules: HealthRules) -> int:
+        good = SETTLED_WELL - rules.failures
+        return sum(n for kind, n in self.counts.items() if kind in good)
 
     def calls(self) -> int:
-        return sum(self.counts.values())
+        return sum(n for kind, n in self.counts.items() if kind in CALLS)
 
 
 def next_circuit(circuit: Circuit, tally: Tally, rules: HealthRules, now: datetime) -> Circuit:
@@ -61,17 +71,19 @@ def next_circuit(circuit: Circuit, tally: Tally, rules: HealthRules, now: dateti
     failures = tally.failures(rules)
     if circuit.state == "closed":
         calls = tally.calls()
-        if calls >= rules.min_calls and failures / calls >= rules.max_failure_ratio:
+        if calls >= rules.min_calls and failures >= rules.max_failure_ratio * calls:
             return _open(now, rules, f"{failures} of {calls} calls failed")
         return circuit
     if circuit.state == "open":
         if circuit.probe_at is not None and now >= circuit.probe_at:
             return Circuit("half_open", now, None, rules.probes, "probing")
         return circuit
-    if tally.successes():
-        return Circuit("closed", now, reason="a probe succeeded")
     if failures:
         return _open(now, rules, "a probe failed")
+    if tally.settled_well(rules):
+        return Circuit("closed", now, reason="a probe settled")
+    if circuit.probes_left <= 0 and now >= circuit.since + timedelta(seconds=rules.open_s):
+        return Circuit("half_open", now, None, rules.probes, "probing again (no answer)")
     return circuit
 
 
