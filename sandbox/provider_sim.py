@@ -26,6 +26,7 @@ import httpx
 from activities.standard_webhooks import signed_headers
 from sandbox.config import ProviderConfig, SandboxConfig
 from sandbox.market import draw
+from sandbox.orders import CreateAnswer, Delivery, Order, error_body, no_order_answer
 from sandbox.provider_load import ProviderLoad
 
 log = logging.getLogger("sandbox.providers")
@@ -48,60 +49,6 @@ WEBHOOK_RETRIES = 5
 WEBHOOK_FIRST_BACKOFF_S = 0.2
 WEBHOOK_TIMEOUT_S = 5.0
 MAX_DELIVERY_LOG = 1000
-
-
-@dataclass
-class Order:
-    provider: str
-    reference: str
-    id: str
-    amount: str
-    currency: str
-    status: str
-    creates: int = 1  # create calls for this reference: the first, then every replay
-
-    def to_json(self) -> dict[str, str]:
-        return {"id": self.id, "reference": self.reference, "status": self.status}
-
-    def admin_json(self) -> dict[str, object]:
-        return {
-            "provider": self.provider,
-            "reference": self.reference,
-            "id": self.id,
-            "status": self.status,
-            "creates": self.creates,
-            "amount": self.amount,
-            "currency": self.currency,
-        }
-
-
-@dataclass(frozen=True)
-class Delivery:
-    provider: str
-    reference: str
-    status: str
-    webhook_id: str
-    attempts: int
-    delivered: bool
-    last_status_code: int | None
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "provider": self.provider,
-            "reference": self.reference,
-            "status": self.status,
-            "webhook_id": self.webhook_id,
-            "attempts": self.attempts,
-            "delivered": self.delivered,
-            "last_status_code": self.last_status_code,
-        }
-
-
-@dataclass(frozen=True)
-class CreateAnswer:
-    status_code: int
-    body: dict[str, Any]
-    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -158,11 +105,11 @@ class Simulator:
             self.throttled.add((provider.name, reference))
             self.load[provider.name].throttled += 1
             retry = {"Retry-After": "1"}
-            return CreateAnswer(429, _error("throttled", "too many requests"), retry)
+            return CreateAnswer(429, error_body("throttled", "too many requests"), retry)
         if behaviour == "market":
             return await self._market_create(provider, reference, amount, currency)
         if behaviour in NO_ORDER:
-            return await _no_order_answer(provider)
+            return await no_order_answer(provider)
         status = "succeeded" if behaviour == "instant" else "pending"
         order_id = "ord_" + secrets.token_hex(8)
         order = Order(provider.name, reference, order_id, amount, currency, status)
@@ -172,7 +119,9 @@ class Simulator:
         if behaviour in FOLLOW_UPS:
             self._spawn(self._follow_up(provider, order))
         if behaviour in ("error_5xx_after_create", "blackout"):
-            return CreateAnswer(503, _error("unavailable", "provider error (order was created)"))
+            return CreateAnswer(
+                503, error_body("unavailable", "provider error (order was created)")
+            )
         return CreateAnswer(201, order.to_json())
 
     def order_rng(self, provider: str, amount: str, currency: str) -> random.Random:
@@ -200,9 +149,9 @@ class Simulator:
             existing.creates += 1
             return CreateAnswer(200, existing.to_json())
         if fate.outcome == "decline":
-            return CreateAnswer(422, _error("declined", "the provider declined the order"))
+            return CreateAnswer(422, error_body("declined", "the provider declined the order"))
         if fate.outcome == "ambiguous_no_order":
-            return CreateAnswer(503, _error("unavailable", "provider error"))
+            return CreateAnswer(503, error_body("unavailable", "provider error"))
         order = Order(
             provider.name, reference, "ord_" + secrets.token_hex(8), amount, currency, "pending"
         )
@@ -211,7 +160,9 @@ class Simulator:
         if fate.outcome != "never_answers":
             self._spawn(self._settle(provider, order, fate.final_status, fate.settle_after_s))
         if fate.outcome == "ambiguous_created":
-            return CreateAnswer(503, _error("unavailable", "provider error (order was created)"))
+            return CreateAnswer(
+                503, error_body("unavailable", "provider error (order was created)")
+            )
         return CreateAnswer(201, order.to_json())
 
     async def _outage_create(
@@ -222,7 +173,7 @@ class Simulator:
         assert provider.market is not None
         if provider.market.outage_mode == "timeout":
             await asyncio.sleep(provider.hang_ms / 1000)
-            return CreateAnswer(504, _error("timeout", "provider did not answer in time"))
+            return CreateAnswer(504, error_body("timeout", "provider did not answer in time"))
         order = Order(
             provider.name, reference, "ord_" + secrets.token_hex(8), amount, currency, "pending"
         )
@@ -307,17 +258,6 @@ class Simulator:
         self.tasks.clear()
 
 
-async def _no_order_answer(provider: ProviderConfig) -> CreateAnswer:
-    if provider.behaviour == "timeout":
-        # The client is expected to give up first; if it does not, a 504 says
-        # the same thing: nothing was ordered.
-        await asyncio.sleep(provider.hang_ms / 1000)
-        return CreateAnswer(504, _error("timeout", "provider did not answer in time"))
-    if provider.behaviour == "decline":
-        return CreateAnswer(422, _error("declined", "the provider declined the order"))
-    return CreateAnswer(503, _error("unavailable", "provider error"))
-
-
 async def _logged(coro: Coroutine[Any, Any, None]) -> None:
     # A background task's exception would otherwise surface only at GC time.
     try:
@@ -326,7 +266,3 @@ async def _logged(coro: Coroutine[Any, Any, None]) -> None:
         raise
     except Exception:
         log.exception("background task failed")
-
-
-def _error(code: str, message: str) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message}}
