@@ -171,6 +171,8 @@ NUL_PATHS = [
     ("POST", "/ops/v1/dead-letters/99999999999999999999999/replay", "ops"),
     ("POST", "/ops/v1/dead-letters/%D9%A1/replay", "ops"),  # an Arabic-Indic digit
     ("POST", "/webhooks/%00", "api"),
+    ("POST", "/ops/v1/providers/%00/circuit", "ops"),
+    ("POST", "/ops/v1/providers/nope/circuit", "ops"),
 ]
 BODY = {"operator": "ana", "reason": "checked"}
 
@@ -187,6 +189,8 @@ def test_unstorable_path_parameters_are_a_4xx(
         body |= {"outcome": "negative"}
     elif path.endswith("/replay"):
         body = {"operator": "ana"}
+    elif path.endswith("/circuit"):
+        body |= {"state": "open"}
     response = http.request(method, path, json=body if method == "POST" else None)
     assert_error_object(response, 404)
 

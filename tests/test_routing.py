@@ -241,3 +241,18 @@ def seconds_between(first: dict[str, Any], second: dict[str, Any]) -> float:
     begin = datetime.fromisoformat(first["occurred_at"])
     end = datetime.fromisoformat(second["occurred_at"])
     return (end - begin).total_seconds()
+
+
+def test_a_circuit_override_needs_the_ops_token_and_a_valid_body(client: StackClient) -> None:
+    path = "/ops/v1/providers/steady/circuit"
+    body = {"state": "open", "operator": "ana", "reason": "r"}
+    assert client.api.post(path, json=body).status_code == 401  # cascade-core's token
+    for bad in ({**body, "state": "ajar"}, {"state": "open", "operator": "ana"}):
+        answer = client.ops.post(path, json=bad)
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["error"]["code"] == "invalid_request"
+    listed = client.ops.get("/ops/v1/providers").json()["providers"]
+    steady = next(p for p in listed if p["provider"] == "steady")
+    assert (steady["state"], steady["forced"]) == ("closed", None)  # nothing changed
+    narrow = next(p for p in listed if p["provider"] == "narrow")
+    assert narrow["limits"] == {"max_in_flight": 2, "burst": 1}
