@@ -67,6 +67,11 @@ def market_specs(market: dict[str, Any]) -> list[ProviderSpec]:
     ]
 
 
+def market_env(market: dict[str, Any]) -> dict[str, str]:
+    """payment-service settings that follow the market's time compression."""
+    return {"HEALTH_MAX_WAIT_S": str(market.get("health_max_wait_s", 900))}
+
+
 def eligible_cascade(market: dict[str, Any], rng: random.Random) -> list[str]:
     """Which providers cascade-core finds eligible, cheapest first (never empty)."""
     providers = market["providers"]
@@ -140,10 +145,7 @@ def run(args: argparse.Namespace) -> int:
         nats_url=nats_url,
         market_seed=int(market.get("market_seed", 1)),
         worker_concurrency=16,
-        extra_env={
-            "ROLLOUT_FILE": str(rollout),
-            "HEALTH_MAX_WAIT_S": str(market.get("health_max_wait_s", 900)),
-        },
+        extra_env={"ROLLOUT_FILE": str(rollout), **market_env(market)},
     )
     try:
         stack.start()

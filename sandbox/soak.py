@@ -30,7 +30,7 @@ from engine.migrations import migrate
 from sandbox import soak_checks as checks
 from sandbox.chaos import Chaos, Plan, submit_all
 from sandbox.client import StackClient
-from sandbox.demo import MARKET_FILE, market_specs
+from sandbox.demo import MARKET_FILE, market_env, market_specs
 from sandbox.servers import NatsServer, RestartablePostgres
 from sandbox.stack import ProviderSpec, Stack
 
@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         nats_url=nats_server.url,
         market_seed=plan.seed,
         worker_concurrency=8,
-        extra_env=SOAK_ENV,
+        extra_env={**SOAK_ENV, **market_env(market)},
     )
     print(
         f"soak: seed {plan.seed}, {plan.count} withdrawals over {plan.spread_s:.0f}s,"
