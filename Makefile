@@ -12,7 +12,7 @@ export OPS_TOKENS   ?= dev-ops-token
 export CORE_CALLBACK_URL   ?= http://127.0.0.1:8090/core
 export CORE_CALLBACK_TOKEN ?= dev-ledger-token
 
-.PHONY: setup lock demo run sandbox migrate test lint bench fuzz soak clean
+.PHONY: setup lock promtool demo run sandbox migrate test lint bench fuzz soak clean
 
 setup: $(STAMP)
 
@@ -22,7 +22,21 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q --require-hashes -r requirements.lock
 	$(PY) -m pip install -q --no-deps -e .
+	@$(MAKE) --no-print-directory promtool
 	touch $(STAMP)
+
+# promtool checks and unit-tests deploy/prometheus/alerts.yml in `make test`. It
+# comes from Debian's prometheus package (as root, where apt-get exists); without
+# it those tests skip and say why. Never fails the setup.
+promtool:
+	@command -v promtool >/dev/null 2>&1 && exit 0; \
+	if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "installing promtool (Debian's prometheus package)"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1 \
+		|| { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive \
+		     apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1; } \
+		|| echo "promtool could not be installed: the alert-rule tests will skip"; \
+	else echo "promtool not found and not installable here (needs root and apt-get): the alert-rule tests will skip"; fi
 
 lock: ## re-resolve requirements.lock from pyproject.toml (newest allowed versions, with hashes)
 	$(PY) -m pip install -q uv==0.13.9

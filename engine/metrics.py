@@ -92,6 +92,12 @@ OUTBOX_LAG = Gauge("outbox_lag_seconds", "Age of the oldest unpublished outbox e
 OUTBOX_BACKLOG = Gauge("outbox_unpublished", "Outbox events not yet published")
 TASKS_IN_STATE = Gauge("tasks_in_state", "Tasks currently in each state", ["state"])
 MANUAL_CHECKS = Gauge("manual_check_queue", "Tasks awaiting a manual check")
+WORKERS_ALIVE = Gauge(
+    "workers_alive", "Workers whose heartbeat is younger than WORKER_STALLED_AFTER_S"
+)
+WORKER_HEARTBEAT_AGE = Gauge(
+    "worker_heartbeat_age_seconds", "Age of the freshest worker heartbeat (-1: no worker yet)"
+)
 PROVIDER_CIRCUIT = Gauge(
     "provider_circuit_state",
     "Each provider's circuit as routing sees it: 0 closed, 1 half-open, 2 open",

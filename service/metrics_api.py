@@ -16,7 +16,11 @@ SELECT
     (SELECT count(*) FROM outbox WHERE published_at IS NULL) AS backlog,
     (SELECT coalesce(extract(epoch FROM now() - min(created_at)), 0)
        FROM outbox WHERE published_at IS NULL) AS lag,
-    (SELECT count(*) FROM order_tasks WHERE status = 'MANUAL_CHECK') AS manual
+    (SELECT count(*) FROM order_tasks WHERE status = 'MANUAL_CHECK') AS manual,
+    (SELECT count(*) FROM procrastinate_workers
+       WHERE last_heartbeat > now() - make_interval(secs => %s)) AS alive,
+    (SELECT coalesce(extract(epoch FROM now() - max(last_heartbeat)), -1)
+       FROM procrastinate_workers) AS heartbeat_age
 """
 _STATES = "SELECT status::text AS state, count(*) AS n FROM order_tasks GROUP BY 1"
 _CIRCUITS = "SELECT provider, coalesce(forced, state) AS state FROM provider_circuits"
@@ -24,7 +28,8 @@ _CIRCUITS = "SELECT provider, coalesce(forced, state) AS state FROM provider_cir
 
 async def metrics_endpoint(request: Request) -> Response:
     async with services(request).pool.connection() as conn:
-        gauges = await (await conn.execute(_DB_GAUGES)).fetchone()
+        stalled_after = services(request).settings.stalled_after_s
+        gauges = await (await conn.execute(_DB_GAUGES, (stalled_after,))).fetchone()
         states = await (await conn.execute(_STATES)).fetchall()
         circuits = await (await conn.execute(_CIRCUITS)).fetchall()
     assert gauges is not None
@@ -32,6 +37,8 @@ async def metrics_endpoint(request: Request) -> Response:
     metrics.OUTBOX_BACKLOG.set(gauges["backlog"])
     metrics.OUTBOX_LAG.set(float(gauges["lag"]))
     metrics.MANUAL_CHECKS.set(gauges["manual"])
+    metrics.WORKERS_ALIVE.set(gauges["alive"])
+    metrics.WORKER_HEARTBEAT_AGE.set(float(gauges["heartbeat_age"]))
     metrics.TASKS_IN_STATE.clear()
     for row in states:
         metrics.TASKS_IN_STATE.labels(row["state"]).set(row["n"])
