@@ -45,7 +45,9 @@ CREATE TABLE IF NOT EXISTS order_queues (
     finished_at      timestamptz,
     -- the version of the workflow definition it runs on, to the end (0002;
     -- workflows/registry.py). Columns added by a migration come last here too.
-    workflow_version integer NOT NULL DEFAULT 1
+    workflow_version integer NOT NULL DEFAULT 1,
+    -- the W3C trace context of its submission, parent of its steps' spans (0004)
+    traceparent      text
 );
 CREATE INDEX IF NOT EXISTS order_queues_active ON order_queues (created_at) WHERE status = 'ACTIVE';
 -- Final outcomes not yet told to cascade-core (the sweep's notification repair).

@@ -13,10 +13,11 @@ import signal
 from collections.abc import AsyncIterator
 
 import uvicorn
+from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from engine import logs
+from engine import logs, tracing
 from engine.config import Settings
 from engine.embedded import database_url
 from engine.startup import prepare_or_exit, startup_arguments
@@ -43,6 +44,8 @@ def build_app(settings: Settings) -> Starlette:
     ]
     routes.append(Route("/metrics", metrics_endpoint, methods=["GET"]))
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS)
+    if tracing.setup("payment-service-api"):  # a server span per request (W3C context in)
+        app.add_middleware(OpenTelemetryMiddleware, exclude_spans=["receive", "send"])
     # `/webhooks/alpha/` is not a route: a 404 with the error object, never a redirect.
     app.router.redirect_slashes = False
     return app

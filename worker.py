@@ -23,7 +23,7 @@ import prometheus_client
 import uvloop
 
 from activities.outbox_relay import OutboxRelay
-from engine import logs
+from engine import logs, tracing
 from engine.config import Settings
 from engine.embedded import database_url
 from engine.startup import prepare_or_exit, startup_arguments
@@ -132,6 +132,7 @@ def main() -> None:
     startup_arguments(parser)
     args = parser.parse_args()
     logs.setup()
+    tracing.setup("payment-service-worker")
     url = database_url(keep_running=True)
     settings = Settings.from_env(url)
     prepare_or_exit(settings, args)

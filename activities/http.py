@@ -13,11 +13,13 @@ import email.utils
 import json
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
 from activities import strict_json
 from activities.outcomes import AmbiguousOutcome, HttpAnswer
+from engine import tracing
 
 
 class OutboundHttp:
@@ -60,6 +62,19 @@ class OutboundHttp:
 
 
 async def call(client: OutboundHttp, method: str, url: str, **kwargs: Any) -> HttpAnswer:
+    """With tracing on, the call is a client span, and its context is the
+    `traceparent` on the wire (the ledger and providers can join the trace)."""
+    where = urlsplit(url)
+    attributes = {"http.request.method": method, "server.address": where.hostname}
+    with tracing.client_span(f"{method} {where.path}", attributes) as span:
+        if tracing.enabled():
+            kwargs["headers"] = {**(kwargs.get("headers") or {}), **tracing.outbound_headers()}
+        answer = await _call(client, method, url, **kwargs)
+        span.set_attribute("http.response.status_code", answer.status)
+        return answer
+
+
+async def _call(client: OutboundHttp, method: str, url: str, **kwargs: Any) -> HttpAnswer:
     try:
         status, content, retry_after = await client.request(method, url, **kwargs)
     except TimeoutError:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from engine import commit_hooks, metrics, queue_rule
+from engine import commit_hooks, metrics, queue_rule, tracing
 from engine.contracts import (
     SYSTEM,
     Admission,
@@ -80,7 +80,14 @@ class Engine:
             async with conn.transaction():
                 queue, row = await self._lock(conn, task_id)
                 result = _Result(result_of, strict) if result_of is not None else None
-                return await self._apply_locked(conn, queue, task_id, event, result, origin, 0, row)
+                with tracing.withdrawal_span(
+                    f"transition {event.name}", queue.get("traceparent"), _span_attributes(row)
+                ) as span:
+                    applied = await self._apply_locked(
+                        conn, queue, task_id, event, result, origin, 0, row
+                    )
+                    span.set_attribute("to_state", applied.to_status)
+                    return applied
 
     async def apply_timer(
         self, conn: Conn, task_id: str, kind: str, due_at: datetime, *, origin: Origin
@@ -266,6 +273,16 @@ def _update_query(columns: tuple[str, ...]) -> str:
         f"UPDATE order_tasks SET {assignments}, version = version + 1, updated_at = now()"  # noqa: S608 - identifiers checked above
         " WHERE id = %(id)s AND version = %(version)s RETURNING version"
     )
+
+
+def _span_attributes(row: dict[str, Any]) -> dict[str, Any]:
+    """Ids and states only: never amounts, account data or secrets."""
+    return {
+        "queue_id": row["queue_id"],
+        "task_id": row["id"],
+        "provider": row.get("provider"),
+        "from_state": row["status"],
+    }
 
 
 def _observe_transition(from_status: str, to_status: str, since: datetime, now: datetime) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from engine import logs, metrics, notifications
+from engine import logs, metrics, notifications, tracing
 from engine.activity import Activity, ActivityContext
 from engine.contracts import Origin, StaleEvent, UnknownTask
 from engine.engine import Engine
@@ -62,6 +62,8 @@ async def _load(conn: Conn, task_id: str) -> tuple[dict[str, Any], dict[str, Any
 
 
 def _trace_headers(queue: dict[str, Any]) -> dict[str, str]:
+    if tracing.enabled():  # the step's own span (a call's span is made at the edge)
+        return tracing.outbound_headers()
     trace_id = queue.get("trace_id")
     # W3C trace context: the withdrawal's trace, a fresh span id for this call.
     return {"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"} if trace_id else {}
@@ -86,10 +88,14 @@ async def run_activity(
         if task["activity_token"] != token:
             return "stale"
         spec = runtime.activities[name]
-        ctx = ActivityContext(task, queue, _trace_headers(queue))
+        attributes = {"queue_id": queue["id"], "task_id": task_id, "provider": task["provider"]}
         try:
-            event = await spec.run(ctx)
-            await runtime.engine.apply(conn, task_id, event, result_of=token, strict=spec.guarded)
+            with tracing.withdrawal_span(f"step {name}", queue.get("traceparent"), attributes):
+                ctx = ActivityContext(task, queue, _trace_headers(queue))
+                event = await spec.run(ctx)
+                await runtime.engine.apply(
+                    conn, task_id, event, result_of=token, strict=spec.guarded
+                )
         except StaleEvent:
             return "stale"
         except Exception as exc:

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from activities.standard_webhooks import WebhookRejected
-from engine import logs, metrics
+from engine import logs, metrics, tracing
 from engine.webhooks import accept_webhook
 from service.edge import error_response, require_json
 from service.models import BadRequest, parse_withdrawal, withdrawal_ident
@@ -60,7 +60,11 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 def trace_id_of(request: Request) -> str:
-    """The caller's W3C trace id, or a new one: every withdrawal gets a trace."""
+    """The caller's W3C trace id, or a new one: every withdrawal gets a trace. With
+    tracing on, the request's span already carries it (or started a new one)."""
+    traced = tracing.current_trace_id()
+    if traced is not None:
+        return traced
     match = _TRACEPARENT.match(request.headers.get("traceparent", ""))
     return match.group(1) if match else secrets.token_hex(16)
 
@@ -73,7 +77,9 @@ async def create_withdrawal(request: Request) -> JSONResponse:
     logs.bind(order_id=withdrawal.order_id, trace_id=trace_id_of(request))
     async with svc.pool.connection() as conn:
         trace_id = logs.current()["trace_id"]
-        queue_id, created = await submit(conn, svc.engine, withdrawal, trace_id, svc.gate)
+        queue_id, created = await submit(
+            conn, svc.engine, withdrawal, trace_id, svc.gate, tracing.current_traceparent()
+        )
         view = await withdrawal_view(conn, queue_id)
     logs.bind(queue_id=queue_id)
     log.info("withdrawal %s", "submitted" if created else "replayed")

@@ -16,8 +16,8 @@ from workflows.money import format_minor
 _INSERT_QUEUE = """
 INSERT INTO order_queues (id, order_id, request_hash, merchant_id, amount_minor, currency,
                           trace_id, policy, policy_reason, requested_cascade,
-                          workflow, workflow_version)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                          workflow, workflow_version, traceparent)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT (order_id) DO NOTHING
 RETURNING id
 """
@@ -31,10 +31,12 @@ async def submit(
     request: WithdrawalRequest,
     trace_id: str | None,
     gate: RolloutGate = EVERYONE_ON_CASCADE,
+    traceparent: str | None = None,
 ) -> tuple[str, bool]:
-    """Create the withdrawal (or find its identical twin). Returns (queue id, created)."""
+    """Create the withdrawal (or find its identical twin). Returns (queue id, created).
+    `traceparent`: the submission's span, parent of the withdrawal's other spans."""
     with metrics.transaction_scope():
-        return await _submit(conn, engine, request, trace_id, gate)
+        return await _submit(conn, engine, request, trace_id, gate, traceparent)
 
 
 async def _submit(
@@ -43,6 +45,7 @@ async def _submit(
     request: WithdrawalRequest,
     trace_id: str | None,
     gate: RolloutGate,
+    traceparent: str | None,
 ) -> tuple[str, bool]:
     rollout = gate.decide(request.merchant_id, request.order_id)
     # Single-shot is the old path: one attempt, at the cheapest provider.
@@ -67,6 +70,7 @@ async def _submit(
                 request.cascade,
                 definition.name,
                 definition.version,
+                traceparent,
             ),
         )
         if await cur.fetchone() is None:
