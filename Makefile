@@ -12,7 +12,7 @@ export OPS_TOKENS   ?= dev-ops-token
 export CORE_CALLBACK_URL   ?= http://127.0.0.1:8090/core
 export CORE_CALLBACK_TOKEN ?= dev-ledger-token
 
-.PHONY: setup lock promtool demo run sandbox migrate test lint bench fuzz soak clean
+.PHONY: setup lock tools demo run sandbox migrate test lint bench fuzz soak clean
 
 setup: $(STAMP)
 
@@ -22,27 +22,25 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q --require-hashes -r requirements.lock
 	$(PY) -m pip install -q --no-deps -e .
-	@$(MAKE) --no-print-directory promtool
+	@$(MAKE) --no-print-directory tools
 	touch $(STAMP)
 
-# promtool checks and unit-tests deploy/prometheus/alerts.yml in `make test`. It
-# comes from Debian's prometheus package (as root, where apt-get exists); without
-# it those tests skip and say why. Never fails the setup.
-promtool:
-	@command -v promtool >/dev/null 2>&1 && exit 0; \
+# Tools some tests need, from Debian's packages (as root, where apt-get exists):
+# promtool (package prometheus) checks and unit-tests deploy/prometheus/alerts.yml;
+# chromium drives the console's browser tests (Playwright). Without them those
+# tests skip and say why. Never fails the setup.
+TOOLS := promtool:prometheus chromium:chromium
+tools:
+	@for pair in $(TOOLS); do cmd=$${pair%%:*}; pkg=$${pair##*:}; \
+	command -v $$cmd >/dev/null 2>&1 && continue; \
 	if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-		echo "installing promtool (Debian's prometheus package)"; \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1 \
+		echo "installing $$cmd (Debian's $$pkg package)"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$pkg >/dev/null 2>&1 \
 		|| { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive \
-		     apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1; } \
-		|| echo "promtool could not be installed: the alert-rule tests will skip"; \
-	else echo "promtool not found and not installable here (needs root and apt-get): the alert-rule tests will skip"; fi
-
-lock: ## re-resolve requirements.lock from pyproject.toml (newest allowed versions, with hashes)
-	$(PY) -m pip install -q uv==0.13.9
-	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --generate-hashes --universal \
-		--python-version 3.11 --upgrade -o requirements.lock
-	rm -f $(STAMP)
+		     apt-get install -y -q --no-install-recommends $$pkg >/dev/null 2>&1; } \
+		|| echo "$$cmd could not be installed: the tests that need it will skip"; \
+	else echo "$$cmd not found and not installable here (needs root and apt-get): the tests that need it will skip"; fi; \
+	done
 
 demo: setup ## start everything embedded, run a batch of withdrawals, print outcomes
 	$(PY) -m sandbox.demo

@@ -22,6 +22,7 @@ from engine.config import Settings
 from engine.embedded import database_url
 from engine.startup import prepare_or_exit, startup_arguments
 from service.api import ROUTES
+from service.console import CONSOLE_ROUTES
 from service.edge import EXCEPTION_HANDLERS
 from service.metrics_api import metrics_endpoint
 from service.ops_api import CONTROL_ROUTES
@@ -40,7 +41,7 @@ def build_app(settings: Settings) -> Starlette:
 
     routes = [
         Route(path, handler, methods=methods)
-        for path, handler, methods in [*ROUTES, *CONTROL_ROUTES, *PROVIDER_ROUTES]
+        for path, handler, methods in [*ROUTES, *CONTROL_ROUTES, *PROVIDER_ROUTES, *CONSOLE_ROUTES]
     ]
     routes.append(Route("/metrics", metrics_endpoint, methods=["GET"]))
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS)

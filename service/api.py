@@ -47,6 +47,11 @@ def check_bearer(request: Request, tokens: Sequence[SecretStr]) -> None:
 async def read_body(request: Request, limit: int) -> bytes:
     """Refuse other media types, and oversized bodies before reading (and parsing) them."""
     require_json(request)
+    return await read_limited(request, limit)
+
+
+async def read_limited(request: Request, limit: int) -> bytes:
+    """The body, refused (413) past `limit` bytes before it is all read."""
     declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > limit):
         raise BadRequest(413, "body_too_large", f"body exceeds {limit} bytes")
