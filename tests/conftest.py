@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -32,6 +33,25 @@ def fresh_database(suffix: str = "") -> Iterator[str]:
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextlib.contextmanager
+def own_stack(
+    suffix: str, workdir: Path, specs: list[Any], nats_url: str, **options: Any
+) -> Iterator[Any]:
+    """A stack on its own migrated database, for tests whose state (circuits,
+    versions, span files) must not meet the shared stack's."""
+    from engine.migrations import migrate
+    from sandbox.stack import Stack
+
+    with fresh_database(suffix) as url:
+        migrate(url)
+        stack = Stack(url, workdir, specs, nats_url=nats_url, **options)
+        stack.start()
+        try:
+            yield stack
+        finally:
+            stack.stop()
 
 
 @pytest.fixture(scope="session")

@@ -11,11 +11,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from engine.migrations import migrate
 from sandbox.client import StackClient
 from sandbox.servers import NatsServer
 from sandbox.stack import ProviderSpec, Stack, wait_until
-from tests.conftest import FAST_TIMING, assert_ledger_matches_every_task, fresh_database
+from tests.conftest import FAST_TIMING, assert_ledger_matches_every_task, own_stack
 
 FAILING = {
     "window_s": 30.0,
@@ -48,15 +47,9 @@ def routing_stack(
     workdir = tmp_path_factory.mktemp("routing")
     rollout = workdir / "rollout.toml"
     rollout.write_text('[merchants]\nplain = "cascade"\n')  # everyone else: health_cascade
-    with fresh_database("_routing") as url:
-        migrate(url)
-        env = {"ROLLOUT_FILE": str(rollout), "HEALTH_MAX_WAIT_S": "4"}
-        stack = Stack(url, workdir, SPECS, nats_url=nats_server.url, extra_env=env)
-        stack.start()
-        try:
-            yield stack
-        finally:
-            stack.stop()
+    env = {"ROLLOUT_FILE": str(rollout), "HEALTH_MAX_WAIT_S": "4"}
+    with own_stack("_routing", workdir, SPECS, nats_server.url, extra_env=env) as stack:
+        yield stack
 
 
 @pytest.fixture

@@ -15,11 +15,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from engine.migrations import migrate
 from sandbox.client import StackClient
 from sandbox.servers import NatsServer
 from sandbox.stack import ProviderSpec, Stack, wait_until
-from tests.conftest import FAST_TIMING, fresh_database
+from tests.conftest import FAST_TIMING, own_stack
 
 CALLER = "4bf92f3577b34da6a3ce929d0e0e4736"
 
@@ -29,14 +28,8 @@ def traced(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) ->
     workdir = tmp_path_factory.mktemp("traced")
     specs = [ProviderSpec("alpha", behaviour="delayed_webhook", timing=FAST_TIMING)]
     env = {"PAYMENT_TRACE_DIR": str(workdir / "spans"), "INLINE_STEPS": "0"}
-    with fresh_database("_traced") as url:
-        migrate(url)
-        stack = Stack(url, workdir, specs, nats_url=nats_server.url, extra_env=env)
-        stack.start()
-        try:
-            yield stack
-        finally:
-            stack.stop()
+    with own_stack("_traced", workdir, specs, nats_server.url, extra_env=env) as stack:
+        yield stack
 
 
 def test_a_withdrawal_is_one_trace_across_processes(traced: Stack) -> None:

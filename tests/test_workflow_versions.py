@@ -13,11 +13,10 @@ import psycopg
 import pytest
 
 from engine.embedded import PROJECT_ROOT
-from engine.migrations import migrate
 from sandbox.client import StackClient
 from sandbox.servers import NatsServer
 from sandbox.stack import ProviderSpec, Stack
-from tests.conftest import FAST_TIMING, assert_ledger_matches_every_task, fresh_database
+from tests.conftest import FAST_TIMING, assert_ledger_matches_every_task, own_stack
 
 NEXT = "tests.workflow_next:DEFINITIONS"
 
@@ -27,14 +26,9 @@ def versions_stack(
     nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
     specs = [ProviderSpec(name, timing=FAST_TIMING) for name in ("alpha", "beta", "gamma")]
-    with fresh_database("_versions") as url:
-        migrate(url)
-        stack = Stack(url, tmp_path_factory.mktemp("versions"), specs, nats_url=nats_server.url)
-        stack.start()
-        try:
-            yield stack
-        finally:
-            stack.stop()
+    workdir = tmp_path_factory.mktemp("versions")
+    with own_stack("_versions", workdir, specs, nats_server.url) as stack:
+        yield stack
 
 
 def test_each_withdrawal_runs_to_its_end_on_the_version_it_started_on(
