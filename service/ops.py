@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -182,9 +183,27 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+# The environment each command needs beyond the database (which is embedded when
+# DATABASE_URL is unset): a missing credential is named, not met as an HTTP error.
+NEEDS = {"reconcile": ("LEDGER_TOKEN",)}
+EXIT_USAGE = 2
+
+
+def missing_settings(command: str) -> list[str]:
+    return [name for name in NEEDS.get(command, ()) if not os.environ.get(name, "").strip()]
+
+
 def main() -> None:
+    args = parser().parse_args()
+    if missing := missing_settings(args.command):
+        print(
+            f"error: {args.command} needs {' and '.join(missing)} in the environment"
+            " (the ledger's bearer token; LEDGER_URL says where, by default the sandbox's)",
+            file=sys.stderr,
+        )
+        sys.exit(EXIT_USAGE)
     try:
-        sys.exit(asyncio.run(run(parser().parse_args())))
+        sys.exit(asyncio.run(run(args)))
     except (httpx.HTTPError, deadletters.NotReplayable, IllegalTransition, UnknownTask) as exc:
         sys.exit(f"error: {exc}")
 

@@ -171,3 +171,18 @@ def test_money_checks_see_a_hold_committed_behind_the_services_back(
     client.send_webhook("alpha", task["id"], "succeeded")  # the service catches up
     client.wait_final(queue_id)
     assert all(c.ok for c in money_checks(client, migrated_url))
+
+
+def test_an_ops_command_without_its_credential_names_the_variable(client: StackClient) -> None:
+    env = {k: v for k, v in client.stack.env().items() if k != "LEDGER_TOKEN"}
+    done = subprocess.run(
+        [sys.executable, "-m", "service.ops", "reconcile"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "reconcile needs LEDGER_TOKEN" in done.stderr
+    assert "Bearer" not in done.stderr and "Traceback" not in done.stderr
