@@ -12,7 +12,7 @@ export OPS_TOKENS   ?= dev-ops-token
 export CORE_CALLBACK_URL   ?= http://127.0.0.1:8090/core
 export CORE_CALLBACK_TOKEN ?= dev-ledger-token
 
-.PHONY: setup lock tools demo run sandbox migrate test lint bench fuzz soak clean
+.PHONY: setup lock tools demo run sandbox stop status migrate test lint bench fuzz soak clean
 
 setup: $(STAMP)
 
@@ -50,6 +50,12 @@ run: setup ## API + worker(s) against DATABASE_URL / NATS_URL (embedded when uns
 
 sandbox: setup ## the simulated ledger and providers of config/sandbox.toml on :8090
 	$(PY) -m sandbox --config config/sandbox.toml --port 8090
+
+stop: setup ## stop what `make run`, `make sandbox` and the embedded PostgreSQL run, from any terminal
+	$(PY) -m engine.lifecycle stop
+
+status: setup ## the database URL and what of the local stack is running
+	$(PY) -m engine.lifecycle status
 
 migrate: setup ## apply the missing migrations (ours and procrastinate's), in order, once
 	$(PY) -m engine.migrations $(if $(PRE_DEPLOY),--pre-deploy,)

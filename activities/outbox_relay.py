@@ -149,7 +149,11 @@ class OutboxRelay:
             return
         await self._disconnect()
         self._nc = await nats.connect(
-            self._url, connect_timeout=2, max_reconnect_attempts=0, allow_reconnect=False
+            self._url,
+            connect_timeout=2,
+            max_reconnect_attempts=0,
+            allow_reconnect=False,
+            error_cb=_nats_error,
         )
         self._js = self._nc.jetstream()
         try:
@@ -172,3 +176,9 @@ class OutboxRelay:
             "DELETE FROM outbox WHERE published_at < now() - make_interval(secs => %s)",
             (self._retention,),
         )
+
+
+async def _nats_error(exc: Exception) -> None:
+    """nats-py logs a lost connection at error level; the relay reconnects on its own
+    (events wait in the outbox), so it is a warning here."""
+    log.warning("nats: %s", type(exc).__name__)

@@ -105,6 +105,9 @@ def start_embedded_nats(
         [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store)],
         stdout=log,
         stderr=subprocess.STDOUT,
+        # Its own session: Ctrl-C in the terminal reaches the supervisor, which
+        # stops nats-server last, after the processes that publish to it.
+        start_new_session=True,
     )
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:

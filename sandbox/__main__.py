@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 import uvicorn
@@ -30,6 +31,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.database_url or os.environ.get("DATABASE_URL"):
+        return serve(args)
+    from engine import lifecycle  # the embedded PostgreSQL: `make stop` finds this process
+
+    with lifecycle.owner("sandbox"):
+        return serve(args)
+
+
+def serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )

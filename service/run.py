@@ -14,11 +14,17 @@ import subprocess
 import sys
 import time
 
+from engine import lifecycle
 from engine.embedded import PROJECT_ROOT, database_url, start_embedded_nats
 from engine.migrations import migrate
 
 
 def main() -> int:
+    with lifecycle.owner("run"):  # `make stop` finds it; the last one out stops PostgreSQL
+        return supervise()
+
+
+def supervise() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workers", type=int, default=int(os.environ.get("WORKERS", "1")))
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))

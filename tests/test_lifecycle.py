@@ -1,0 +1,105 @@
+"""The local stack's lifecycle: Ctrl-C on `make run` leaves nothing running (the
+embedded PostgreSQL included) and logs no error; `make stop` stops a stack that
+another terminal started."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from engine.embedded import PROJECT_ROOT, free_port
+from sandbox.stack import wait_until
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path / "data"
+    for proc in leftovers(tmp_path / "data"):  # never leave a stray server behind
+        proc.kill()
+
+
+def env_for(data: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "NATS_URL")}
+    return {**env, "PAYMENT_DATA_DIR": str(data), "PYTHONUNBUFFERED": "1"}
+
+
+def start_run(data: Path, log: Path) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service.run", "--port", str(port)],
+        cwd=PROJECT_ROOT,
+        env=env_for(data),
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # a terminal's process group: Ctrl-C reaches all of it
+    )
+    wait_until(lambda: healthy(port) or proc.poll() is not None, 120, "make run's API")
+    assert proc.poll() is None, log.read_text()[-2000:]
+    return proc, port
+
+
+def healthy(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def leftovers(data: Path) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline", "environ"]):
+        try:
+            text = " ".join(proc.info["cmdline"] or []) + " ".join(
+                f"{k}={v}" for k, v in (proc.info["environ"] or {}).items()
+            )
+        except (psutil.Error, TypeError):
+            continue
+        if str(data) in text and proc.pid != os.getpid():
+            found.append(proc)
+    return found
+
+
+def test_ctrl_c_on_make_run_stops_everything_without_an_error(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    log = tmp_path / "run.log"
+    proc, _ = start_run(data_dir, log)
+    assert leftovers(data_dir)  # the API, a worker, nats-server and PostgreSQL are up
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in its terminal does
+    assert proc.wait(timeout=60) == 0
+    wait_until(lambda: not leftovers(data_dir), 30, "every process of the stack to exit")
+    errors = [line for line in log.read_text().splitlines() if '"level": "error"' in line]
+    assert errors == []
+
+
+def test_make_stop_stops_a_stack_started_elsewhere(data_dir: Path, tmp_path: Path) -> None:
+    proc, _ = start_run(data_dir, tmp_path / "run.log")
+    status = subprocess.run(
+        [sys.executable, "-m", "engine.lifecycle", "status"],
+        cwd=PROJECT_ROOT,
+        env=env_for(data_dir),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert f"DATABASE_URL=postgresql://postgres@/postgres?host={data_dir / 'pg'}" in status.stdout
+    assert f"make run: running, pid {proc.pid}" in status.stdout
+    stopped = subprocess.run(
+        [sys.executable, "-m", "engine.lifecycle", "stop"],
+        cwd=PROJECT_ROOT,
+        env=env_for(data_dir),
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert stopped.returncode == 0, stopped.stderr
+    assert proc.wait(timeout=30) == 0
+    wait_until(lambda: not leftovers(data_dir), 30, "every process of the stack to exit")
