@@ -3,13 +3,17 @@
 Each provider has a fee, an approval probability that swings over time (the
 availability that changes minute to minute), latency distributions for its
 answer and for its webhook, and rates of ambiguous errors, orders that never
-get an answer, and orders accepted and then failed. An order's draws come from
-a generator seeded by the market seed and the order itself (provider, amount,
-currency), and the approval swing is read at the time that order was first
-asked for: the same withdrawal meets the same decisions whichever policy sends
-it and whenever a worker gets to it (common random numbers: a comparison of
-policies is not drowned in noise). The swing follows the time since the sandbox
-started, so timings still vary from run to run.
+get an answer, and orders accepted and then failed.
+
+Repeatable: an order's draws come from a generator seeded by the market seed and
+the order itself (provider, amount, currency), including where on its provider's
+approval wave it falls, so the same seed gives the same outcomes whatever order
+the workers reach the providers in. The demo's triples share their amount, so
+each policy meets the same provider decisions (common random numbers: comparing
+policies is not drowned in noise). The outage window follows the market clock,
+which starts at the market's first order. What stays non-deterministic is timing
+under load, and anything that depends on it: when a circuit opens, which
+withdrawals probe, how long a step waited.
 
 ```toml
 [providers.cheapo.market]
@@ -23,7 +27,7 @@ accept_then_fail_rate = 0.08
 accept_latency_ms = [40, 400]
 webhook_median_ms = 1500   # lognormal, capped at webhook_max_ms (15 min, compressed)
 webhook_max_ms = 10000
-outage_start_s = 5         # optional: from then (market clock: the sandbox's start) ...
+outage_start_s = 5         # optional: from then (market clock: from its first order) ...
 outage_end_s = 65          # ... to then, the provider is having a bad hour:
 outage_mode = "fail_late"  # "timeout": create calls hang until the caller gives up;
                            # "fail_late": orders are taken, then fail after ...

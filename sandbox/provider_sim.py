@@ -59,10 +59,9 @@ class Simulator:
     deliveries: list[Delivery] = field(default_factory=list)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     client: httpx.AsyncClient | None = None
-    started: float = field(default_factory=time.monotonic)
     load: defaultdict[str, ProviderLoad] = field(default_factory=lambda: defaultdict(ProviderLoad))
     throttled: set[tuple[str, str]] = field(default_factory=set)
-    first_asked: dict[tuple[str, str, str], float] = field(default_factory=dict)
+    clock_start: float | None = None  # the market clock starts at its first order
 
     def __post_init__(self) -> None:
         self.providers = dict(self.config.providers)
@@ -83,7 +82,7 @@ class Simulator:
         self.deliveries.clear()
         self.load.clear()
         self.throttled.clear()
-        self.first_asked.clear()
+        self.clock_start = None
         self.providers = dict(self.config.providers)
 
     def update(self, name: str, changes: dict[str, Any]) -> ProviderConfig:
@@ -135,14 +134,16 @@ class Simulator:
         self, provider: ProviderConfig, reference: str, amount: str, currency: str
     ) -> CreateAnswer:
         assert provider.market is not None
-        market_time = time.monotonic() - self.started
-        if provider.market.down_at(market_time):
+        now = time.monotonic()
+        self.clock_start = now if self.clock_start is None else self.clock_start
+        if provider.market.down_at(now - self.clock_start):
             return await self._outage_create(provider, reference, amount, currency)
-        key = (provider.name, amount, currency)
-        # The swing is read at the first asking of this order, for the same reason.
-        seen_at = self.first_asked.setdefault(key, market_time)
+        rng = self.order_rng(provider.name, amount, currency)
+        # Where on its approval wave the order falls comes from the order too: a wall
+        # clock cannot be repeated, and the same seed must give the same outcomes.
+        wave_at = rng.uniform(0, provider.market.swing_period_s)
         phase = (zlib.crc32(provider.name.encode()) % 628) / 100  # each provider its own wave
-        fate = draw(provider.market, self.order_rng(*key), seen_at, phase)
+        fate = draw(provider.market, rng, wave_at, phase)
         await asyncio.sleep(fate.answer_after_s)
         existing = self.orders.get((provider.name, reference))
         if existing is not None:  # a concurrent replay got here first

@@ -91,3 +91,58 @@ def test_small_demo_reconciles_and_settles_every_withdrawal(tmp_path: Path) -> N
     finally:
         with psycopg.connect(database_url(), autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+OUTCOMES = """
+SELECT q.order_id, q.policy, q.status::text,
+       (SELECT t.provider FROM order_tasks t WHERE t.queue_id = q.id AND t.status = 'SUCCEEDED'),
+       (SELECT count(DISTINCT e.task_id) FROM order_task_events e
+        WHERE e.queue_id = q.id AND e.event_type = 'start')
+FROM order_queues q ORDER BY q.order_id
+"""
+
+
+def test_the_same_seed_gives_the_same_outcome_for_every_withdrawal(tmp_path: Path) -> None:
+    runs = []
+    for attempt in (1, 2):
+        name = f"ps_test_{os.getpid()}_repeat{attempt}"
+        env = {k: v for k, v in os.environ.items() if k != "NATS_URL"}
+        env |= {
+            "PAYMENT_DATA_DIR": str(tmp_path / f"data{attempt}"),
+            "DATABASE_URL": database_url(),
+        }
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "sandbox.demo",
+                "--count",
+                "24",
+                "--spread",
+                "3",
+                "--seed",
+                "5",
+                "--database",
+                name,
+                "--report",
+                str(tmp_path / f"r{attempt}.html"),
+                "--timeout",
+                "120",
+            ],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+        try:
+            assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+            with psycopg.connect(make_conninfo(database_url(), dbname=name)) as conn:
+                runs.append(conn.execute(OUTCOMES).fetchall())
+        finally:
+            with psycopg.connect(database_url(), autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    first, second = runs
+    assert len(first) == 24
+    assert first == second  # policy, final status, provider that paid, attempts
+    assert {row[2] for row in first} >= {"COMPLETED", "FAILED"}  # not trivially equal
