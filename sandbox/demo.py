@@ -120,6 +120,8 @@ def submit_batch(
                 },
             )
             response.raise_for_status()
+        if (i + 1) % max(triples // 10, 1) == 0 or i + 1 == triples:
+            print(f"  submitted {(i + 1) * len(MERCHANTS)}/{triples * len(MERCHANTS)}", flush=True)
         time.sleep(spread_s / triples)
 
 
@@ -134,9 +136,9 @@ def run(args: argparse.Namespace) -> int:
     workdir = Path(data_dir()) / "demo"
     rollout = workdir / "rollout.toml"
     workdir.mkdir(parents=True, exist_ok=True)
-    rollout.write_text(
-        "[merchants]\n" + "".join(f'{m} = "{p}"\n' for m, p in MERCHANTS.items())
-    )
+    for old in workdir.glob("*.log"):  # each run's logs only, not every run's
+        old.unlink()
+    rollout.write_text("[merchants]\n" + "".join(f'{m} = "{p}"\n' for m, p in MERCHANTS.items()))
     stack = Stack(
         url,
         workdir,
@@ -247,19 +249,29 @@ def reconcile(client: StackClient, url: str) -> dict[str, int]:
     return drifts
 
 
+class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module's text as written, and every option's default."""
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=_Help)
     parser.add_argument("--count", type=int, default=300, help="withdrawals (a third per policy)")
     parser.add_argument("--spread", type=float, default=60.0, help="seconds to submit over")
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--timeout", type=float, default=180.0)
-    parser.add_argument("--market", default=str(MARKET_FILE))
-    parser.add_argument("--database", default="payment_demo")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes")
+    parser.add_argument(
+        "--seed", type=int, default=42, help="picks cascades and amounts (and so the outcomes)"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=180.0, help="seconds to wait for every withdrawal"
+    )
+    parser.add_argument("--market", default=str(MARKET_FILE), help="the simulated market")
+    parser.add_argument("--database", default="payment_demo", help="recreated for each run")
     parser.add_argument("--each", action="store_true", help="print every withdrawal's path")
-    parser.add_argument("--report", default=str(PROJECT_ROOT / "reports" / "demo-report.html"))
+    parser.add_argument(
+        "--report",
+        default=str(PROJECT_ROOT / "reports" / "demo-report.html"),
+        help="the HTML report",
+    )
     parser.add_argument("--json", help="also write the per-policy figures here, as JSON")
     sys.exit(run(parser.parse_args()))
 

@@ -100,16 +100,22 @@ def collect(url: str) -> tuple[list[PolicyStats], dict[str, list[float]]]:
 def table(stats: list[PolicyStats], compression: float) -> str:
     head = (
         f"{'policy':<15} {'withdrawals':>11} {'success':>8} {'manual':>7} {'failed':>7}"
-        f" {'attempts':>9} {'p50 final':>10} {'p95 final':>10} {'p50 success':>12}"
+        f" {'attempts':>9} {'p50 final':>10} {'p95 final':>10} {'p50 success':>12} {'lift':>6}"
     )
     lines = [head, "-" * len(head)]
+    base = next((s.success for s in stats if s.policy == "single_shot"), 0.0)
     for s in stats:
         p50, p95 = _real(s.p50_s, compression), _real(s.p95_s, compression)
         success = _real(s.p50_success_s, compression)
+        lift = f"{s.success / base:.1f}x" if base else "-"
         lines.append(
             f"{s.policy:<15} {s.n:>11} {s.success:>8.1%} {s.manual:>7.1%} {s.failed:>7.1%}"
-            f" {s.attempts:>9.2f} {p50:>10} {p95:>10} {success:>12}"
+            f" {s.attempts:>9.2f} {p50:>10} {p95:>10} {success:>12} {lift:>6}"
         )
+    lines.append(
+        "lift: success over single-shot's; manual: still waiting for a person when every"
+        " withdrawal was final or in manual check"
+    )
     return "\n".join(lines)
 
 
