@@ -107,6 +107,11 @@ async def work_until_shutdown(
             worker.cancel()  # procrastinate stops gracefully: running jobs may finish
             with contextlib.suppress(asyncio.CancelledError):
                 await worker
+            # A job fetched in the last instant runs in a task of its own that the
+            # cancelled worker does not wait for; the app must stay open until it ends.
+            jobs = [t for t in asyncio.all_tasks() if t.get_name().startswith("process job")]
+            if jobs:
+                await asyncio.wait(jobs, timeout=options["shutdown_graceful_timeout"])
             return
         stop.cancel()
         failure = worker.exception() if not worker.cancelled() else None

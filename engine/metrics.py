@@ -92,6 +92,9 @@ OUTBOX_LAG = Gauge("outbox_lag_seconds", "Age of the oldest unpublished outbox e
 OUTBOX_BACKLOG = Gauge("outbox_unpublished", "Outbox events not yet published")
 TASKS_IN_STATE = Gauge("tasks_in_state", "Tasks currently in each state", ["state"])
 MANUAL_CHECKS = Gauge("manual_check_queue", "Tasks awaiting a manual check")
+WITHDRAWALS = Gauge(
+    "withdrawals", "Withdrawals by status, from SQL (the API's view of every process)", ["status"]
+)
 WORKERS_ALIVE = Gauge(
     "workers_alive", "Workers whose heartbeat is younger than WORKER_STALLED_AFTER_S"
 )

@@ -23,6 +23,7 @@ SELECT
        FROM procrastinate_workers) AS heartbeat_age
 """
 _STATES = "SELECT status::text AS state, count(*) AS n FROM order_tasks GROUP BY 1"
+_WITHDRAWALS = "SELECT status::text AS status, count(*) AS n FROM order_queues GROUP BY 1"
 _CIRCUITS = "SELECT provider, coalesce(forced, state) AS state FROM provider_circuits"
 
 
@@ -32,6 +33,7 @@ async def metrics_endpoint(request: Request) -> Response:
         gauges = await (await conn.execute(_DB_GAUGES, (stalled_after,))).fetchone()
         states = await (await conn.execute(_STATES)).fetchall()
         circuits = await (await conn.execute(_CIRCUITS)).fetchall()
+        withdrawals = await (await conn.execute(_WITHDRAWALS)).fetchall()
     assert gauges is not None
     metrics.DLQ_SIZE.set(gauges["dlq"])
     metrics.OUTBOX_BACKLOG.set(gauges["backlog"])
@@ -42,6 +44,8 @@ async def metrics_endpoint(request: Request) -> Response:
     metrics.TASKS_IN_STATE.clear()
     for row in states:
         metrics.TASKS_IN_STATE.labels(row["state"]).set(row["n"])
+    for row in withdrawals:  # every process's outcome counters, in one place, from SQL
+        metrics.WITHDRAWALS.labels(row["status"]).set(row["n"])
     seen = {str(r["provider"]): STATE_VALUE[str(r["state"])] for r in circuits}
     for provider in services(request).providers:
         metrics.PROVIDER_CIRCUIT.labels(provider).set(seen.get(provider, 0))

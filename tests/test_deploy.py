@@ -140,3 +140,17 @@ def _anchor(heading: str) -> str:
     text = heading.lstrip("#").strip().lower()
     text = re.sub(r"[^\w\- ]", "", text)
     return text.replace(" ", "-")
+
+
+def test_the_api_shows_every_processes_outcomes_from_sql(client: Any) -> None:
+    """With steps in workers, outcome counters live in the workers; the API's
+    `withdrawals` gauge counts them from SQL, so one /metrics shows them all."""
+    queue_id = client.submit(["alpha"]).json()["id"]
+    assert client.wait_final(queue_id)["status"] == "COMPLETED"
+    text = httpx.get(f"{client.stack.api_url}/metrics", timeout=5).text
+    completed = [
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith('withdrawals{status="COMPLETED"}')
+    ]
+    assert completed and completed[0] >= 1

@@ -76,8 +76,16 @@ def test_ctrl_c_on_make_run_stops_everything_without_an_error(
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in its terminal does
     assert proc.wait(timeout=60) == 0
     wait_until(lambda: not leftovers(data_dir), 30, "every process of the stack to exit")
-    errors = [line for line in log.read_text().splitlines() if '"level": "error"' in line]
+    logs = [log, *sorted((data_dir / "logs").glob("*.log"))]  # each process's own file
+    assert len(logs) >= 3  # the terminal's, the API's and a worker's
+    errors = [
+        line
+        for path in logs
+        for line in path.read_text().splitlines()
+        if '"level": "error"' in line
+    ]
     assert errors == []
+    assert "withdrawals:" in log.read_text() or "Ctrl-C stops" in log.read_text()
 
 
 def test_make_stop_stops_a_stack_started_elsewhere(data_dir: Path, tmp_path: Path) -> None:
