@@ -28,7 +28,7 @@ def data_dir() -> Path:
     return path
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -49,7 +49,7 @@ def _prune_dead_handle_pids(pgdata: Path) -> None:
     except (OSError, ValueError):
         handle_file.unlink(missing_ok=True)
         return
-    live = [p for p in pids if isinstance(p, int) and _pid_alive(p)]
+    live = [p for p in pids if isinstance(p, int) and pid_alive(p)]
     if live != pids:
         handle_file.write_text(json.dumps(live))
 

@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from engine.embedded import data_dir
+from engine.embedded import data_dir, pid_alive
 
 OWNERS = ("run", "sandbox")
 
@@ -26,22 +26,12 @@ def _pid_file(name: str) -> Path:
     return data_dir() / f"{name}.pid"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def running(name: str) -> int | None:
     try:
         pid = int(_pid_file(name).read_text().strip())
     except (OSError, ValueError):
         return None
-    return pid if _alive(pid) else None
+    return pid if pid_alive(pid) else None
 
 
 @contextlib.contextmanager
@@ -63,7 +53,7 @@ def postgres_pid() -> int | None:
         pid = int((data_dir() / "pg" / "postmaster.pid").read_text().split("\n", 1)[0])
     except (OSError, ValueError):
         return None
-    return pid if _alive(pid) else None
+    return pid if pid_alive(pid) else None
 
 
 def stop_postgres(timeout_s: float = 30.0) -> bool:
@@ -77,7 +67,7 @@ def stop_postgres(timeout_s: float = 30.0) -> bool:
 
 def _wait_gone(pid: int, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
-    while _alive(pid):
+    while pid_alive(pid):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.1)

@@ -19,32 +19,8 @@ from sandbox.stack import ROOT
 def test_small_demo_reconciles_and_settles_every_withdrawal(tmp_path: Path) -> None:
     name = f"ps_test_{os.getpid()}_demo"
     report = tmp_path / "report.html"
-    env = {k: v for k, v in os.environ.items() if k != "NATS_URL"}
-    env["PAYMENT_DATA_DIR"] = str(tmp_path / "data")  # its own nats store and logs
-    env["DATABASE_URL"] = database_url()
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sandbox.demo",
-            "--count",
-            "24",
-            "--spread",
-            "3",
-            "--database",
-            name,
-            "--report",
-            str(report),
-            "--timeout",
-            "120",
-            "--json",
-            str(tmp_path / "figures.json"),
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
+    done = run_demo(
+        tmp_path / "data", name, "--report", str(report), "--json", str(tmp_path / "figures.json")
     )
     try:
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -106,35 +82,8 @@ def test_the_same_seed_gives_the_same_outcome_for_every_withdrawal(tmp_path: Pat
     runs = []
     for attempt in (1, 2):
         name = f"ps_test_{os.getpid()}_repeat{attempt}"
-        env = {k: v for k, v in os.environ.items() if k != "NATS_URL"}
-        env |= {
-            "PAYMENT_DATA_DIR": str(tmp_path / f"data{attempt}"),
-            "DATABASE_URL": database_url(),
-        }
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "sandbox.demo",
-                "--count",
-                "24",
-                "--spread",
-                "3",
-                "--seed",
-                "5",
-                "--database",
-                name,
-                "--report",
-                str(tmp_path / f"r{attempt}.html"),
-                "--timeout",
-                "120",
-            ],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=240,
-        )
+        report = str(tmp_path / f"r{attempt}.html")
+        done = run_demo(tmp_path / f"data{attempt}", name, "--seed", "5", "--report", report)
         try:
             assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
             with psycopg.connect(make_conninfo(database_url(), dbname=name)) as conn:
@@ -146,3 +95,18 @@ def test_the_same_seed_gives_the_same_outcome_for_every_withdrawal(tmp_path: Pat
     assert len(first) == 24
     assert first == second  # policy, final status, provider that paid, attempts
     assert {row[2] for row in first} >= {"COMPLETED", "FAILED"}  # not trivially equal
+
+
+def run_demo(data: Path, database: str, *options: str) -> subprocess.CompletedProcess[str]:
+    """A small demo (24 withdrawals over 3 s) on its own database, nats store and logs."""
+    env = {k: v for k, v in os.environ.items() if k != "NATS_URL"}
+    env |= {"PAYMENT_DATA_DIR": str(data), "DATABASE_URL": database_url()}
+    command = ["--count", "24", "--spread", "3", "--database", database, "--timeout", "120"]
+    return subprocess.run(
+        [sys.executable, "-m", "sandbox.demo", *command, *options],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
