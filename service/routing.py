@@ -35,6 +35,7 @@ INSERT INTO provider_limits AS l (provider, tokens, refilled_at) VALUES (%s, %s,
 ON CONFLICT (provider) DO UPDATE SET provider = l.provider
 RETURNING tokens, refilled_at
 """
+_SPEND = "UPDATE provider_limits SET tokens = %s, refilled_at = %s WHERE provider = %s"
 _TAKE_PROBE = """
 UPDATE provider_circuits SET probes_left = probes_left - 1, updated_at = now()
 WHERE provider = %s AND state = 'half_open' AND probes_left > 0 AND forced IS NULL
@@ -82,21 +83,22 @@ class ProviderRouting:
             # A probe time that passed waits for the checks job to half-open the circuit.
             soonest = now + timedelta(seconds=self.probe_retry_s)
             return Unhealthy(max(probe_at or soonest, soonest))
-        limited = await self._reserve(conn, provider, str(task["id"]), now, take=False)
-        if limited is not None:
-            return limited
+        room = await self._room(conn, provider, str(task["id"]), now)
+        if isinstance(room, Limited):
+            return room
         probe = state == "half_open"
         if probe and await (await conn.execute(_TAKE_PROBE, (provider,))).fetchone() is None:
             return Unhealthy(now + timedelta(seconds=self.probe_retry_s))
-        await self._reserve(conn, provider, str(task["id"]), now, take=True)
+        if room is not None:  # the order's rate token, spent only now that it starts
+            await conn.execute(_SPEND, (room, now, provider))
         return Admit(probe=probe)
 
-    async def _reserve(
-        self, conn: Conn, provider: str, task_id: str, now: datetime, *, take: bool
-    ) -> Limited | None:
-        """Limited, or None when the provider may take one more order now (and, with
-        `take`, that order's rate token is spent). The limits row stays locked until
-        the transaction ends."""
+    async def _room(
+        self, conn: Conn, provider: str, task_id: str, now: datetime
+    ) -> Limited | float | None:
+        """Limited; or room for one more order now: the bucket's tokens once its token
+        is spent (None: no rate limit). The limits row stays locked until the
+        transaction ends, so the count and the bucket hold for the start."""
         limits = self.limits.get(provider)
         if limits is None or (limits.max_in_flight is None and limits.rate_per_s is None):
             return None
@@ -104,23 +106,18 @@ class ProviderRouting:
             await conn.execute(_LOCK_LIMITS, (provider, float(limits.burst), now))
         ).fetchone()
         assert row is not None
-        if not take and limits.max_in_flight is not None:
+        if limits.max_in_flight is not None:
             busy = await (await conn.execute(_IN_FLIGHT, (provider,))).fetchone()
             if busy is not None and busy["n"] >= limits.max_in_flight:
                 return Limited(now + _jitter(task_id, BUSY_RETRY_S), CONCURRENCY)
         if limits.rate_per_s is None:
             return None
         elapsed = max((now - row["refilled_at"]).total_seconds(), 0.0)
-        tokens = min(float(limits.burst), row["tokens"] + elapsed * limits.rate_per_s)
+        tokens = min(float(limits.burst), float(row["tokens"]) + elapsed * limits.rate_per_s)
         if tokens < 1.0:
             wait_s = (1.0 - tokens) / limits.rate_per_s
             return Limited(now + _jitter(task_id, wait_s), RATE)
-        if take:
-            await conn.execute(
-                "UPDATE provider_limits SET tokens = %s, refilled_at = %s WHERE provider = %s",
-                (tokens - 1.0, now, provider),
-            )
-        return None
+        return tokens - 1.0
 
 
 def _effective(circuit: dict[str, Any] | None) -> str:

@@ -90,24 +90,22 @@ def test_ctrl_c_on_make_run_stops_everything_without_an_error(
 
 def test_make_stop_stops_a_stack_started_elsewhere(data_dir: Path, tmp_path: Path) -> None:
     proc, _ = start_run(data_dir, tmp_path / "run.log")
-    status = subprocess.run(
-        [sys.executable, "-m", "engine.lifecycle", "status"],
-        cwd=PROJECT_ROOT,
-        env=env_for(data_dir),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    status = lifecycle(data_dir, "status")
     assert f"DATABASE_URL=postgresql://postgres@/postgres?host={data_dir / 'pg'}" in status.stdout
     assert f"make run: running, pid {proc.pid}" in status.stdout
-    stopped = subprocess.run(
-        [sys.executable, "-m", "engine.lifecycle", "stop"],
+    stopped = lifecycle(data_dir, "stop")
+    assert stopped.returncode == 0, stopped.stderr
+    assert proc.wait(timeout=30) == 0
+    wait_until(lambda: not leftovers(data_dir), 30, "every process of the stack to exit")
+
+
+def lifecycle(data: Path, command: str) -> subprocess.CompletedProcess[str]:
+    """`make status` / `make stop`, from a process of its own (another terminal)."""
+    return subprocess.run(
+        [sys.executable, "-m", "engine.lifecycle", command],
         cwd=PROJECT_ROOT,
-        env=env_for(data_dir),
+        env=env_for(data),
         capture_output=True,
         text=True,
         timeout=90,
     )
-    assert stopped.returncode == 0, stopped.stderr
-    assert proc.wait(timeout=30) == 0
-    wait_until(lambda: not leftovers(data_dir), 30, "every process of the stack to exit")
