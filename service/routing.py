@@ -112,7 +112,7 @@ class ProviderRouting:
                 return Limited(now + _jitter(task_id, BUSY_RETRY_S), CONCURRENCY)
         if limits.rate_per_s is None:
             return None
-        elapsed = max((now - row["refilled_at"]).total_seconds(), 0.0)
+        elapsed: float = max((now - row["refilled_at"]).total_seconds(), 0.0)
         tokens = min(float(limits.burst), float(row["tokens"]) + elapsed * limits.rate_per_s)
         if tokens < 1.0:
             wait_s = (1.0 - tokens) / limits.rate_per_s
