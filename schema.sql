@@ -129,7 +129,9 @@ DROP TRIGGER IF EXISTS order_task_events_no_truncate ON order_task_events;
 CREATE TRIGGER order_task_events_no_truncate BEFORE TRUNCATE ON order_task_events
     FOR EACH STATEMENT EXECUTE FUNCTION order_task_events_append_only();
 
--- Transactional outbox, relayed to NATS JetStream; id doubles as Nats-Msg-Id.
+-- Transactional outbox, relayed to NATS JetStream. event_id is the Nats-Msg-Id:
+-- random and stored with the row, never the id sequence, which a failover that
+-- lost commits can rewind (0005, docs/ha.md).
 CREATE TABLE IF NOT EXISTS outbox (
     id           bigserial PRIMARY KEY,
     subject      text NOT NULL,
@@ -138,7 +140,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     payload      jsonb NOT NULL,
     trace_id     text,
     created_at   timestamptz NOT NULL DEFAULT now(),
-    published_at timestamptz
+    published_at timestamptz,
+    event_id     uuid DEFAULT gen_random_uuid()
 );
 CREATE INDEX IF NOT EXISTS outbox_unpublished ON outbox (id) WHERE published_at IS NULL;
 -- Wakes the relay (activities/outbox_relay.py) when a transaction that wrote
@@ -268,7 +271,8 @@ CREATE TABLE IF NOT EXISTS ledger_holds (
     currency     text,
     amount       text,
     status       text NOT NULL,
-    fetched_at   timestamptz NOT NULL DEFAULT now()
+    fetched_at   timestamptz NOT NULL DEFAULT now(),
+    order_id     text  -- cascade-core's order id, as the ledger has it (0005)
 );
 
 -- Where our books and the ledger's disagree. A task with a ledger call in flight
@@ -281,7 +285,8 @@ WITH ours AS (
            t.funds::text AS funds, t.activity_token IS NOT NULL AS in_flight
     FROM order_tasks t JOIN order_queues q ON q.id = t.queue_id
 )
-SELECT coalesce(o.key, l.key) AS key, o.order_id, o.queue_id, o.task_status, o.funds,
+SELECT coalesce(o.key, l.key) AS key, coalesce(o.order_id, l.order_id) AS order_id,
+       o.queue_id, o.task_status, o.funds,
        l.status AS ledger_status,
        CASE WHEN o.key IS NULL THEN 'hold unknown to payment-service'
             ELSE 'funds ' || o.funds || ' but ledger ' || coalesce(l.status, 'has no hold') END

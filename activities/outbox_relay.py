@@ -4,9 +4,13 @@
   PostgreSQL advisory lock (on its own connection) publishes. If that worker
   dies, its connection drops, the lock is freed and another worker takes over.
   One publisher in outbox-id order keeps each withdrawal's events in order.
-- Exactly once: `Nats-Msg-Id` is the outbox id, and the stream deduplicates
-  within `duplicate_window` (a day). A relay killed after publishing but before
-  marking the rows republishes them, and JetStream drops the repeats.
+- Exactly once: `Nats-Msg-Id` is the row's `event_id`, and the stream
+  deduplicates within `duplicate_window` (a day). A relay killed after publishing
+  but before marking the rows republishes them, and JetStream drops the repeats.
+  The id is random and stored in the row, never the outbox id: a failover that
+  lost commits rewinds that sequence, and JetStream would drop new events that
+  reuse ids it has seen (docs/ha.md). A repeat that JetStream calls a duplicate is
+  counted (`outbox_duplicates_total`): with such ids it is always our own replay.
 - NATS down: publishing fails, nothing is marked, events accumulate in the
   outbox, and the loop retries with backoff until NATS is back.
 - Published rows are pruned after `retention_s`.
@@ -45,7 +49,7 @@ LINGER_S = 0.05  # after a wake-up, so that a busy stream goes out in batches
 FOLLOWER_RETRY_S = 10.0  # how often a worker that is not the relay tries to become it
 
 _BATCH = """
-SELECT id, subject, payload, trace_id FROM outbox
+SELECT id, event_id, subject, payload, trace_id FROM outbox
 WHERE published_at IS NULL ORDER BY id LIMIT %s
 """
 
@@ -138,11 +142,14 @@ class OutboxRelay:
         return len(rows)
 
     async def _publish(self, row: dict[str, Any]) -> None:
-        headers = {"Nats-Msg-Id": str(row["id"])}
+        event_id = row["event_id"]
+        headers = {"Nats-Msg-Id": str(event_id)}
         if row["trace_id"]:
-            headers["traceparent"] = f"00-{row['trace_id']}-{row['id']:016x}-01"
-        body = json.dumps({"outbox_id": row["id"], **row["payload"]}).encode()
-        await self._js.publish(row["subject"], body, headers=headers, timeout=5)
+            headers["traceparent"] = f"00-{row['trace_id']}-{event_id.hex[:16]}-01"
+        body = json.dumps({"event_id": str(event_id), **row["payload"]}).encode()
+        ack = await self._js.publish(row["subject"], body, headers=headers, timeout=5)
+        if ack.duplicate:
+            metrics.OUTBOX_DUPLICATES.inc()
 
     async def _connect(self) -> None:
         if self._nc is not None and self._nc.is_connected:

@@ -85,6 +85,10 @@ CIRCUIT_CHANGES = Counter(
     "provider_circuit_changes_total", "Provider circuits moved", ["provider", "to_state"]
 )
 OUTBOX_PUBLISHED = Counter("outbox_published_total", "Outbox events published to JetStream")
+OUTBOX_DUPLICATES = Counter(
+    "outbox_duplicates_total",
+    "Events JetStream acknowledged as duplicates (a relay's own replay of a row)",
+)
 
 # Database-derived, refreshed by the API server at scrape time.
 DLQ_SIZE = Gauge("dlq_size", "Dead letters not yet replayed")

@@ -11,6 +11,7 @@ from engine.engine import Engine
 from engine.journal import Conn
 from service.models import BadRequest, WithdrawalRequest
 from service.rollout import EVERYONE_ON_CASCADE, RolloutGate
+from workflows import identity
 from workflows.money import format_minor
 
 _INSERT_QUEUE = """
@@ -51,7 +52,9 @@ async def _submit(
     # Single-shot is the old path: one attempt, at the cheapest provider.
     cascade = request.cascade if rollout.policy.cascades else request.cascade[:1]
     fingerprint = request.fingerprint()
-    queue_id = str(uuid.uuid4())
+    # Derived, not random: a resubmission after a failover that lost this commit
+    # gets the same ids, so the ledger and the provider see a replay (identity.py).
+    queue_id = identity.withdrawal_id(request.order_id)
     # It starts on the current version of the machine and keeps it to the end.
     definition = engine.definitions.current(WORKFLOW)
     async with conn.transaction():
@@ -76,7 +79,8 @@ async def _submit(
         if await cur.fetchone() is None:
             return await _existing(conn, request.order_id, fingerprint), False
         for position, provider in enumerate(cascade):
-            await conn.execute(_INSERT_TASK, (str(uuid.uuid4()), queue_id, position, provider))
+            task_id = identity.task_id(request.order_id, position, provider)
+            await conn.execute(_INSERT_TASK, (task_id, queue_id, position, provider))
         await engine.activate(conn, queue_id, Origin(actor="cascade-core", trace_id=trace_id))
     return queue_id, True
 

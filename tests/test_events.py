@@ -14,11 +14,12 @@ from sandbox.soak_checks import stream_messages
 from sandbox.stack import wait_until
 
 
-def outbox(url: str, queue_ids: list[str]) -> list[tuple[int, str, str]]:
+def outbox(url: str, queue_ids: list[str]) -> list[tuple[str, str, str]]:
+    """(event id, subject, queue id) in outbox order."""
     with psycopg.connect(url) as conn:
         rows = conn.execute(
-            "SELECT id, subject, queue_id::text FROM outbox WHERE queue_id = ANY(%s::uuid[])"
-            " ORDER BY id",
+            "SELECT event_id::text, subject, queue_id::text FROM outbox"
+            " WHERE queue_id = ANY(%s::uuid[]) ORDER BY id",
             (queue_ids,),
         ).fetchall()
     return [(r[0], r[1], r[2]) for r in rows]
@@ -40,8 +41,9 @@ def assert_exactly_once_in_order(url: str, nats_url: str, queue_ids: list[str]) 
     assert set(counts) == ours  # nothing missing
     subjects = {m["id"]: m["subject"] for m in published}
     assert all(subjects[i] == subject for i, subject, _ in expected)
+    place = {event_id: n for n, (event_id, _, _) in enumerate(expected)}
     for queue_id in queue_ids:  # per withdrawal, stream order == outbox order
-        ids = [m["id"] for m in published if m["body"]["queue_id"] == queue_id]
+        ids = [place[m["id"]] for m in published if m["body"]["queue_id"] == queue_id]
         assert ids == sorted(ids)
 
 
