@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
+from engine.db import follow_primary
 from workflows.health import OUTCOMES, SUCCESSES, HealthRules
 from workflows.registry import Definitions
 from workflows.withdrawal_events import Timing
@@ -177,7 +178,7 @@ class Settings(_Strict):
     def from_env(cls, database_url: str) -> Settings:
         env = os.environ
         values: dict[str, object] = {
-            "database_url": database_url,
+            "database_url": follow_primary(database_url),
             "api_tokens": _tokens(env.get("API_TOKENS")),
             "ops_tokens": _tokens(env.get("OPS_TOKENS")),
         }

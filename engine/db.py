@@ -1,4 +1,18 @@
-"""Connections: psycopg 3 pools. (The schema: engine/migrations.py.)"""
+"""Connections: psycopg 3 pools. (The schema: engine/migrations.py.)
+
+Following the primary (docs/ha.md). A highly available PostgreSQL moves its
+primary: every connection dies at once, and the new primary is another host.
+libpq finds it when `DATABASE_URL` lists every node (`host=a,b,c`) with
+`target_session_attrs=read-write`: it tries them in turn and keeps the one that
+takes writes. `follow_primary` adds that attribute to a multi-host URL that lacks
+it (without it libpq would settle on the first node that answers, a standby as
+often as not), and TCP keepalives so that a connection to a machine that vanished
+without closing its sockets is found dead in seconds, not after the kernel's two
+hours. Every loop that holds a connection (pools, LISTEN, the relay's lock, the
+timer pump, procrastinate's worker) opens a new one after an error, so they all
+land on the new primary; `check_idle_connection` drops a pooled connection that
+finds itself on a standby.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +20,38 @@ import select
 
 import psycopg
 from psycopg import AsyncConnection
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 
 Pool = AsyncConnectionPool[AsyncConnection[DictRow]]
+
+# Added to a multi-host URL where it says nothing else (each can be overridden in it).
+_MULTI_HOST_DEFAULTS = {
+    "target_session_attrs": "read-write",
+    "connect_timeout": "3",  # per host: a dead node costs 3 s, not the TCP timeout
+    "keepalives": "1",
+    "keepalives_idle": "10",
+    "keepalives_interval": "3",
+    "keepalives_count": "3",
+}
+
+
+def follow_primary(conninfo: str) -> str:
+    """The conninfo, with what following a moving primary needs when it names
+    several hosts; a single-host conninfo (or a socket) is returned as it is."""
+    params = conninfo_to_dict(conninfo)
+    if "," not in str(params.get("host") or params.get("hostaddr") or ""):
+        return conninfo
+    missing = {k: v for k, v in _MULTI_HOST_DEFAULTS.items() if k not in params}
+    return make_conninfo(conninfo, **missing) if missing else conninfo
+
+
+def on_standby(conn: AsyncConnection[DictRow]) -> bool:
+    """Whether the server says (PostgreSQL 14+ reports it on every change, at no
+    round trip) that this session cannot write: a standby, or a read-only default."""
+    status = conn.pgconn.parameter_status
+    return status(b"in_hot_standby") == b"on" or status(b"default_transaction_read_only") == b"on"
 
 
 async def open_pool(
@@ -46,6 +88,8 @@ async def check_idle_connection(conn: AsyncConnection[DictRow]) -> None:
     transaction per request: a third of the API's commits."""
     if conn.closed or conn.broken:
         raise psycopg.OperationalError("connection is closed")
+    if on_standby(conn):  # the pool drops it and opens one on the primary
+        raise psycopg.OperationalError("connection is on a read-only standby")
     readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
     if readable:
         await AsyncConnectionPool.check_connection(conn)

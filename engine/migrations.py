@@ -33,6 +33,8 @@ import psycopg
 from psycopg import Connection
 from psycopg.rows import TupleRow
 
+from engine.db import follow_primary
+
 log = logging.getLogger("payment.migrations")
 OURS = Path(__file__).resolve().parent.parent / "migrations"
 PROCRASTINATE = Path(procrastinate.schema.SchemaManager.get_migrations_path())
@@ -140,7 +142,7 @@ def migrate(conninfo: str, *, pre_deploy: bool = False, upto: str | None = None)
     `pre_deploy`: stop before procrastinate's post migrations. `upto`: stop after
     our migration of that name (tests build older databases with it)."""
     done: list[str] = []
-    with psycopg.connect(conninfo, autocommit=True) as conn:
+    with psycopg.connect(follow_primary(conninfo), autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK,))
         try:
             conn.execute(_BOOKS)
@@ -254,7 +256,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     logs.setup()
-    url = database_url(keep_running=True)
+    url = follow_primary(database_url(keep_running=True))
     if args.status:
         with psycopg.connect(url, autocommit=True) as conn:
             lacking = missing(conn, with_post=True)

@@ -17,11 +17,13 @@ from procrastinate.jobs import Job
 from activities.outcomes import AmbiguousOutcome
 
 # psycopg's OperationalError covers a lost connection, a server shutting down or
-# starting up, the pool's timeout, deadlocks and serialisation failures.
+# starting up, the pool's timeout, deadlocks and serialisation failures. A write
+# refused as read-only is a connection that landed on a standby during a failover.
 TRANSIENT: tuple[type[BaseException], ...] = (
     AmbiguousOutcome,
     psycopg.OperationalError,
     psycopg.InterfaceError,
+    psycopg.errors.ReadOnlySqlTransaction,
 )
 
 

@@ -78,5 +78,7 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     BadRequest: bad_request,
     HTTPException: router_error,
     psycopg.OperationalError: database_unavailable,
+    # A connection on a standby, mid-failover (the pool replaces it): retry later.
+    psycopg.errors.ReadOnlySqlTransaction: database_unavailable,
     Exception: internal_error,
 }

@@ -75,8 +75,8 @@ async def open_services(
     serving_requests: bool = False,
     inline_steps: int | None = None,
 ) -> Services:
-    """`serving_requests` (the API): checked connections and a short wait for one,
-    so a client gets a 503 to retry rather than a hung request or a dead connection.
+    """`serving_requests` (the API): a short wait for a connection, so a client
+    gets a 503 to retry rather than a hung request.
     Jobs keep the pool's long wait: a short outage should delay them, not fail them.
     `inline_steps`: how many activities this process runs at once right after the
     transitions it commits (engine/inline.py); 0: every step is a job."""
@@ -86,7 +86,9 @@ async def open_services(
         settings.database_url,
         max_size=pool_size + steps,
         acquire_timeout_s=settings.db_acquire_timeout_s if serving_requests else 30.0,
-        check=serving_requests,
+        # Every process: a connection the server closed (a restart, a failover) or
+        # one on a standby is replaced at hand-out, at no round trip otherwise.
+        check=True,
     )
     retry = CappedBackoff(
         settings.activity_max_retries, settings.activity_retry_base_s, settings.activity_retry_cap_s
