@@ -16,8 +16,14 @@ from engine import metrics
 
 
 class FreezeResult(StrEnum):
+    """A freeze's definitive answer. All but FROZEN mean nothing is frozen for the
+    task; the values are the ledger's error codes, and the task's skip reason."""
+
     FROZEN = "frozen"
     INSUFFICIENT = "insufficient_balance"
+    # The hold was rolled back (or voided) before: a task replayed after a lost
+    # commit must not take a released hold's old 200 for money frozen.
+    RELEASED = "hold_released"
 
 
 class LedgerRefused(Exception):
@@ -34,6 +40,10 @@ class Hold:
     provider: str
     currency: str
     amount: str
+    # cascade-core's order id: lets reconciliation name the withdrawal behind a hold
+    # the service has lost (a failover that lost commits). Not part of the hold's
+    # idempotency: a replay without it is the same request.
+    order_id: str | None = None
 
 
 class LedgerClient:
@@ -44,11 +54,15 @@ class LedgerClient:
 
     async def freeze(self, hold: Hold, trace_headers: dict[str, str]) -> FreezeResult:
         body = {"provider": hold.provider, "currency": hold.currency, "amount": hold.amount}
+        if hold.order_id is not None:
+            body["order_id"] = hold.order_id
         answer = await self._post(f"/v1/holds/{hold.key}/freeze", body, trace_headers)
         if answer.status == 200:
             return FreezeResult.FROZEN
         if answer.status == 422 and answer.error_code == "insufficient_balance":
             return FreezeResult.INSUFFICIENT
+        if answer.status == 409 and answer.error_code == "hold_released":
+            return FreezeResult.RELEASED
         raise LedgerRefused("freeze", answer.status, answer.error_code)
 
     async def commit(self, key: str, trace_headers: dict[str, str]) -> None:

@@ -72,10 +72,18 @@ class WithdrawalActivities:
 
     async def freeze(self, ctx: ActivityContext) -> Event:
         hold = Hold(
-            str(ctx.task["id"]), ctx.task["provider"], str(ctx.queue["currency"]), _amount(ctx)
+            str(ctx.task["id"]),
+            ctx.task["provider"],
+            str(ctx.queue["currency"]),
+            _amount(ctx),
+            order_id=str(ctx.queue["order_id"]),
         )
         result = await self._ledger.freeze(hold, ctx.headers)
-        return FundsFrozen() if result == FreezeResult.FROZEN else FundsInsufficient()
+        if result == FreezeResult.FROZEN:
+            return FundsFrozen()
+        # Nothing frozen: too little balance, or a hold released before (a replay
+        # after a lost commit). Either way skip the task, with the ledger's reason.
+        return FundsInsufficient(reason=result.value)
 
     async def create_order(self, ctx: ActivityContext) -> Event:
         if not ctx.task["order_submitted"]:

@@ -132,7 +132,13 @@ class Ledger:
             raise LedgerError(422, "invalid_request", str(exc)) from None
         if minor == 0:
             raise LedgerError(422, "invalid_request", "amount must be positive")
-        hold = await store.freeze(self.pool, key, FreezeRequest(provider, currency, minor))
+        order_id = body.get("order_id")  # optional: older clients send none
+        if order_id is not None and (
+            not isinstance(order_id, str) or not order_id or len(order_id) > MAX_KEY_LENGTH
+        ):
+            raise LedgerError(422, "invalid_request", "order_id must be a non-empty string")
+        freeze = FreezeRequest(provider, currency, minor, order_id)
+        hold = await store.freeze(self.pool, key, freeze)
         return JSONResponse(hold.to_json())
 
     async def commit(self, request: Request) -> Response:

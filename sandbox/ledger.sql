@@ -23,6 +23,11 @@ CREATE TABLE IF NOT EXISTS sandbox_ledger.holds (
     updated_at   timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 
+-- cascade-core's order id, as the freeze sent it (optional, so NULL for a client
+-- that sends none, and for a tombstone). Added, never part of CREATE TABLE, so a
+-- ledger database from before it gets it at the next start like a new one does.
+ALTER TABLE sandbox_ledger.holds ADD COLUMN IF NOT EXISTS order_id text;
+
 CREATE TABLE IF NOT EXISTS sandbox_ledger.ops (
     id  bigserial   PRIMARY KEY,
     key text        NOT NULL,

@@ -23,7 +23,7 @@ from workflows.money import format_minor
 
 # Column lists are composed with psycopg.sql, never string formatting.
 _HOLD_COLS = sql.SQL(
-    "key, provider, currency, amount_minor, status, request_hash, created_at, updated_at"
+    "key, provider, currency, amount_minor, status, request_hash, created_at, updated_at, order_id"
 )
 _SELECT_HOLD = sql.SQL("SELECT {} FROM sandbox_ledger.holds WHERE key = %s").format(_HOLD_COLS)
 _SELECT_HOLD_FOR_UPDATE = sql.SQL(
@@ -34,8 +34,8 @@ _SELECT_HOLDS = sql.SQL("SELECT {} FROM sandbox_ledger.holds ORDER BY created_at
 )
 _INSERT_HOLD = sql.SQL(
     "INSERT INTO sandbox_ledger.holds"
-    " (key, provider, currency, amount_minor, status, request_hash)"
-    " VALUES (%s, %s, %s, %s, 'frozen', %s) ON CONFLICT (key) DO NOTHING RETURNING {}"
+    " (key, provider, currency, amount_minor, status, request_hash, order_id)"
+    " VALUES (%s, %s, %s, %s, 'frozen', %s, %s) ON CONFLICT (key) DO NOTHING RETURNING {}"
 ).format(_HOLD_COLS)
 _INSERT_TOMBSTONE = sql.SQL(
     "INSERT INTO sandbox_ledger.holds (key, status) VALUES (%s, 'released')"
@@ -74,6 +74,7 @@ class Hold:
     request_hash: str | None
     created_at: datetime
     updated_at: datetime
+    order_id: str | None
 
     @classmethod
     def from_row(cls, row: Row) -> Hold:
@@ -91,6 +92,7 @@ class Hold:
             "status": self.status,
             "created_at": iso(self.created_at),
             "updated_at": iso(self.updated_at),
+            "order_id": self.order_id,
         }
 
 
@@ -99,6 +101,10 @@ class FreezeRequest:
     provider: str
     currency: str
     amount_minor: int
+    # Stored with the hold, but no part of its idempotency: it names the money's
+    # owner and does not move any, and a replay by a client that does not send it
+    # is the same request.
+    order_id: str | None = None
 
     def digest(self) -> str:
         # Hash the normalised request, so "10.0" and "10.00" are the same body.
@@ -148,6 +154,10 @@ def _freeze_replay(hold: Hold, req: FreezeRequest) -> Hold:
         raise LedgerError(409, "hold_released", "the key was rolled back before any freeze")
     if hold.request_hash != req.digest():
         raise LedgerError(409, "idempotency_conflict", "the key was frozen with another body")
+    if hold.status == "released":
+        # Not the old 200: a caller replaying after it lost its own record (a lost
+        # commit) would take it for money frozen now, and pay out with none held.
+        raise LedgerError(409, "hold_released", "the hold was rolled back")
     return hold
 
 
@@ -258,7 +268,7 @@ def _money(hold: Hold) -> tuple[str, str, int]:
 async def _insert_hold(conn: AsyncConnection[Any], key: str, req: FreezeRequest) -> Hold | None:
     cur = await conn.execute(
         _INSERT_HOLD,
-        (key, req.provider, req.currency, req.amount_minor, req.digest()),
+        (key, req.provider, req.currency, req.amount_minor, req.digest(), req.order_id),
     )
     row = await cur.fetchone()
     return Hold.from_row(row) if row is not None else None

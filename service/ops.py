@@ -6,7 +6,8 @@ manual                tasks awaiting a manual check
 resolve TASK positive|negative --operator NAME --reason TEXT
 dlq                   dead letters not yet replayed
 replay ID --operator NAME
-reconcile             fetch the ledger's holds, report drift (exit 1 if any)
+reconcile             fetch the ledger's holds, report drift (exit 1 if any); a hold
+                      unknown to the service is named by its order_id, as the ledger has it
 providers             each provider's circuit, recent outcomes, orders in flight, limits
 circuit PROVIDER open|closed|auto --operator NAME --reason TEXT
                       force a provider's circuit (audited), or give it back to health
@@ -84,8 +85,8 @@ async def reconcile(svc: Services) -> list[dict[str, Any]]:
         await conn.execute("DELETE FROM ledger_holds")
         async with conn.cursor() as cur:
             await cur.executemany(
-                "INSERT INTO ledger_holds (key, provider, currency, amount, status)"
-                " VALUES (%s, %s, %s, %s, %s)",
+                "INSERT INTO ledger_holds (key, provider, currency, amount, status, order_id)"
+                " VALUES (%s, %s, %s, %s, %s, %s)",
                 [
                     (
                         h["key"],
@@ -93,6 +94,8 @@ async def reconcile(svc: Services) -> list[dict[str, Any]]:
                         h.get("currency"),
                         h.get("amount"),
                         "void" if h.get("amount") is None else h["status"],
+                        # names the withdrawal behind a hold we do not know (a lost commit)
+                        h.get("order_id"),
                     )
                     for h in holds
                 ],

@@ -129,7 +129,13 @@ class FundsFrozen(Event):
 
 @dataclass(frozen=True)
 class FundsInsufficient(Event):
-    pass
+    """The freeze froze nothing: too little balance, or (`hold_released`) the hold
+    was released before, as when a task is replayed after a lost commit."""
+
+    reason: str = "insufficient_balance"
+
+
+HOLD_RELEASED = "hold_released"  # FundsInsufficient's reason when the ledger had released it
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,12 @@ from workflows.core import (
     StartTimer,
 )
 from workflows.withdrawal_events import (
+    HOLD_RELEASED,
     PROVIDER_OBSERVATIONS,
     TERMINAL,
     BeginRecheck,
     Funds,
+    FundsInsufficient,
     ManualResolved,
     NothingToRelease,
     OrderAccepted,
@@ -94,10 +96,14 @@ def frozen(state: TaskState, _e: Event, _now: datetime) -> Decision:
     return replace(state, funds=Funds.FROZEN), [RunActivity(CREATE)]
 
 
-def insufficient(state: TaskState, _e: Event, _now: datetime) -> Decision:
+def insufficient(state: TaskState, event: Event, _now: datetime) -> Decision:
     # Nothing was frozen, so there is nothing to release: evaluate and skip at once.
+    assert isinstance(event, FundsInsufficient)
+    # A hold the ledger had already released (a replay after a lost commit) is
+    # recorded as released, as the ledger has it, so that reconciliation agrees.
+    funds = Funds.RELEASED if event.reason == HOLD_RELEASED else state.funds
     new = replace(
-        state, status=S.NEGATIVE_EVAL, target=S.SKIPPED, last_reason="insufficient_balance"
+        state, status=S.NEGATIVE_EVAL, target=S.SKIPPED, funds=funds, last_reason=event.reason
     )
     return new, [FollowUp(NothingToRelease())]
 
@@ -256,7 +262,8 @@ def released(state: TaskState, _e: Event, _now: datetime) -> Decision:
 
 
 def nothing_released(state: TaskState, _e: Event, _now: datetime) -> Decision:
-    if state.target is None or state.funds != Funds.NONE:
+    # RELEASED: the ledger had released the hold before this task's freeze (insufficient)
+    if state.target is None or state.funds not in (Funds.NONE, Funds.RELEASED):
         raise IllegalTransition(state.status, "nothing_to_release")
     return replace(state, status=state.target, target=None), []
 
