@@ -12,7 +12,7 @@ export OPS_TOKENS   ?= dev-ops-token
 export CORE_CALLBACK_URL   ?= http://127.0.0.1:8090/core
 export CORE_CALLBACK_TOKEN ?= dev-ledger-token
 
-.PHONY: setup lock tools demo run sandbox stop status migrate test lint bench fuzz soak clean
+.PHONY: setup lock tools demo run sandbox stop status migrate test lint bench fuzz soak ha clean
 
 setup: $(STAMP)
 
@@ -29,7 +29,8 @@ $(STAMP): pyproject.toml requirements.lock
 # promtool (package prometheus) checks and unit-tests deploy/prometheus/alerts.yml;
 # chromium drives the console's browser tests (Playwright). Without them those
 # tests skip and say why. Never fails the setup.
-TOOLS := promtool:prometheus chromium:chromium
+# etcd (package etcd-server) holds the leader key of `make ha`'s Patroni cluster.
+TOOLS := promtool:prometheus chromium:chromium etcd:etcd-server
 tools:
 	@for pair in $(TOOLS); do cmd=$${pair%%:*}; pkg=$${pair##*:}; \
 	command -v $$cmd >/dev/null 2>&1 && continue; \
@@ -50,6 +51,13 @@ run: setup ## API + worker(s) against DATABASE_URL / NATS_URL (embedded when uns
 
 sandbox: setup ## the simulated ledger and providers of config/sandbox.toml on :8090
 	$(PY) -m sandbox --config config/sandbox.toml --port 8090
+
+# A 3-node HA PostgreSQL (etcd + three Patroni nodes, PostgreSQL on :5441-5443), left
+# running in the background; the last line is its multi-host URL. HA_MODE=async for the
+# lossy variant. Patroni's own venv is built on first use. `make stop` stops it.
+HA_MODE ?= sync
+ha: setup ## a 3-node HA PostgreSQL (etcd + Patroni) in the background; prints the multi-host URL
+	$(PY) -m sandbox.ha_cluster start --mode $(HA_MODE)
 
 stop: setup ## stop what `make run`, `make sandbox` and the embedded PostgreSQL run, from any terminal
 	$(PY) -m engine.lifecycle stop

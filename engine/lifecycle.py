@@ -107,6 +107,11 @@ def stop() -> list[str]:
             done.append(f"make {name} (pid {pid}): " + ("stopped" if stopped else "still running"))
     if "DATABASE_URL" not in os.environ and postgres_pid() is not None:
         done.append("embedded PostgreSQL: " + ("stopped" if stop_postgres() else "still running"))
+    ha = data_dir() / "ha" / "cluster"  # `make ha`'s cluster (sandbox/ha_cluster.py)
+    if (ha / "ha_cluster.json").exists():
+        from sandbox.ha_cluster import stop_from_dir
+
+        done.append(f"HA cluster: {stop_from_dir(ha)}")
     return done or ["nothing was running"]
 
 
