@@ -20,6 +20,10 @@ class FreezeResult(StrEnum):
     task; the values are the ledger's error codes, and the task's skip reason."""
 
     FROZEN = "frozen"
+    # Frozen, but not by this call: the ledger held the key already (its answer says
+    # `replayed`). After a failover that lost commits, a timeline we no longer
+    # remember froze it, and may have sent the order too.
+    REPLAYED = "replayed"
     INSUFFICIENT = "insufficient_balance"
     # The hold was rolled back (or voided) before: a task replayed after a lost
     # commit must not take a released hold's old 200 for money frozen.
@@ -58,7 +62,11 @@ class LedgerClient:
             body["order_id"] = hold.order_id
         answer = await self._post(f"/v1/holds/{hold.key}/freeze", body, trace_headers)
         if answer.status == 200:
-            return FreezeResult.FROZEN
+            return (
+                FreezeResult.REPLAYED
+                if answer.body.get("replayed") is True
+                else FreezeResult.FROZEN
+            )
         if answer.status == 422 and answer.error_code == "insufficient_balance":
             return FreezeResult.INSUFFICIENT
         if answer.status == 409 and answer.error_code == "hold_released":
@@ -71,17 +79,37 @@ class LedgerClient:
             raise LedgerRefused("commit", answer.status, answer.error_code)
 
     async def rollback(self, key: str, trace_headers: dict[str, str]) -> None:
+        """A key with nothing frozen is voided: the ledger keeps a tombstone, so a
+        freeze that lands later is refused."""
         answer = await self._post(f"/v1/holds/{key}/rollback", {}, trace_headers)
         if answer.status != 200:
             raise LedgerRefused("rollback", answer.status, answer.error_code)
 
+    async def hold_status(self, key: str, trace_headers: dict[str, str]) -> str | None:
+        """`frozen`, `committed`, `released`, `void`, or None: the ledger has no such key."""
+        answer = await self._send("get", "GET", f"/v1/holds/{key}", None, trace_headers)
+        if answer.status == 404 and answer.error_code == "hold_not_found":
+            return None
+        if answer.status != 200:
+            raise LedgerRefused("get", answer.status, answer.error_code)
+        return _hold_status(answer.body)
+
     async def _post(self, path: str, body: dict[str, str], extra: dict[str, str]) -> HttpAnswer:
-        operation = path.rsplit("/", 1)[-1]
+        return await self._send(path.rsplit("/", 1)[-1], "POST", path, body, extra)
+
+    async def _send(
+        self,
+        operation: str,
+        method: str,
+        path: str,
+        body: dict[str, str] | None,
+        extra: dict[str, str],
+    ) -> HttpAnswer:
         started = time.perf_counter()
         try:
             answer = await call(
                 self._client,
-                "POST",
+                method,
                 self._base + path,
                 json=body,
                 headers={**self._headers, **extra},
@@ -98,3 +126,13 @@ class LedgerClient:
         if answer.status != 200:
             metrics.LEDGER_ERRORS.labels(operation, answer.error_code or "refused").inc()
         return answer
+
+
+def _hold_status(body: dict[str, object]) -> str:
+    """A hold's status; a tombstone (no amount: nothing was ever frozen) is `void`."""
+    if body.get("amount") is None:
+        return "void"
+    status = body.get("status")
+    if not isinstance(status, str):
+        raise AmbiguousOutcome("ledger_hold_without_status")
+    return status

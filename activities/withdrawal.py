@@ -16,6 +16,8 @@ from workflows.withdrawal_events import (
     FundsFrozen,
     FundsInsufficient,
     FundsReleased,
+    HoldFound,
+    KeyVoided,
     OrderAccepted,
     OrderAmbiguous,
     OrderDeclined,
@@ -68,6 +70,7 @@ class WithdrawalActivities:
             "check_status": Activity(self.check_status),
             "commit": Activity(self.commit, guarded=False),
             "release": Activity(self.release, guarded=False),
+            "void": Activity(self.void),
         }
 
     async def freeze(self, ctx: ActivityContext) -> Event:
@@ -79,8 +82,8 @@ class WithdrawalActivities:
             order_id=str(ctx.queue["order_id"]),
         )
         result = await self._ledger.freeze(hold, ctx.headers)
-        if result == FreezeResult.FROZEN:
-            return FundsFrozen()
+        if result in (FreezeResult.FROZEN, FreezeResult.REPLAYED):
+            return FundsFrozen(replayed=result == FreezeResult.REPLAYED)
         # Nothing frozen: too little balance, or a hold released before (a replay
         # after a lost commit). Either way skip the task, with the ledger's reason.
         return FundsInsufficient(reason=result.value)
@@ -112,6 +115,18 @@ class WithdrawalActivities:
     async def commit(self, ctx: ActivityContext) -> Event:
         await self._ledger.commit(str(ctx.task["id"]), ctx.headers)
         return FundsCommitted()
+
+    async def void(self, ctx: ActivityContext) -> Event:
+        """Before an unstarted task ends (version 3): money under its key means a timeline
+        the database lost started it; otherwise the key is voided, so that no freeze
+        from any timeline lands on it later."""
+        key = str(ctx.task["id"])
+        status = await self._ledger.hold_status(key, ctx.headers)
+        if status in ("frozen", "committed"):
+            return HoldFound(status)
+        if status is None:
+            await self._ledger.rollback(key, ctx.headers)
+        return KeyVoided()
 
     async def release(self, ctx: ActivityContext) -> Event:
         await self._ledger.rollback(str(ctx.task["id"]), ctx.headers)

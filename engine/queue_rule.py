@@ -26,7 +26,7 @@ async def run(engine: Engine, conn: Conn, queue: dict[str, Any], origin: Origin)
     queue_id = str(queue["id"])
     rows = await (await conn.execute(_TASKS, (queue_id,))).fetchall()
     definition = engine.definition_of(queue)
-    views = [TaskView(str(r["id"]), r["position"], str(r["status"])) for r in rows]
+    views = [_view(r) for r in rows]
     status, cancel = str(queue["status"]), queue["cancel_requested"]
     decision = definition.queue_decide(status, cancel, views)
     if decision.start and definition.routed and engine.admission is not None:
@@ -34,6 +34,17 @@ async def run(engine: Engine, conn: Conn, queue: dict[str, Any], origin: Origin)
         routing = await engine.admission(conn, queue, pending)
         decision = definition.queue_decide(status, cancel, views, routing)
     await _carry_out(engine, conn, queue, decision, origin)
+
+
+def _view(row: dict[str, Any]) -> TaskView:
+    unstarted = str(row["status"]) == "PENDING"
+    return TaskView(
+        str(row["id"]),
+        row["position"],
+        str(row["status"]),
+        settling=unstarted and row.get("target") is not None,
+        resumed=unstarted and bool(row.get("order_submitted")),
+    )
 
 
 async def _carry_out(

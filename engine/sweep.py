@@ -33,7 +33,9 @@ SELECT t.id::text AS task_id, t.queue_id, t.status::text AS status, t.activity_t
                 WHERE d.task_id = t.id AND d.replayed_at IS NULL) AS dead_lettered,
        q.needs_attention
 FROM order_tasks t JOIN order_queues q ON q.id = t.queue_id
-WHERE t.status IN ('CREATING', 'EXECUTING', 'NEGATIVE_EVAL', 'RECHECKING', 'MANUAL_CHECK')
+WHERE (t.status IN ('CREATING', 'EXECUTING', 'NEGATIVE_EVAL', 'RECHECKING', 'MANUAL_CHECK')
+       -- an unstarted task asking the ledger before it ends (withdrawal version 3)
+       OR (t.status = 'PENDING' AND t.target IS NOT NULL))
   AND NOT (t.status = 'MANUAL_CHECK' AND t.target IS NULL)  -- a person has it
   AND t.updated_at < now() - make_interval(secs => %s)
   AND NOT EXISTS (SELECT 1 FROM timers tm WHERE tm.task_id = t.id)

@@ -138,8 +138,10 @@ class Ledger:
         ):
             raise LedgerError(422, "invalid_request", "order_id must be a non-empty string")
         freeze = FreezeRequest(provider, currency, minor, order_id)
-        hold = await store.freeze(self.pool, key, freeze)
-        return JSONResponse(hold.to_json())
+        hold, replayed = await store.freeze(self.pool, key, freeze)
+        # `replayed`: the key was frozen before this call. A caller that lost its own
+        # record of the first freeze (a failover) learns that its order may exist.
+        return JSONResponse({**hold.to_json(), "replayed": replayed})
 
     async def commit(self, request: Request) -> Response:
         hold = await store.commit(self.pool, _key(request))

@@ -135,17 +135,18 @@ async def seed_balances(pool: AsyncConnectionPool, balances: list[tuple[str, str
             )
 
 
-async def freeze(pool: AsyncConnectionPool, key: str, req: FreezeRequest) -> Hold:
+async def freeze(pool: AsyncConnectionPool, key: str, req: FreezeRequest) -> tuple[Hold, bool]:
+    """The hold, and whether it was there before this call (a replay)."""
     for _ in range(_RACE_RETRIES):
         async with pool.connection() as conn, conn.transaction():
             created = await _insert_hold(conn, key, req)
             if created is not None:
                 await _move(conn, req.provider, req.currency, req.amount_minor, "freeze")
                 await _record(conn, key, "freeze")
-                return created
+                return created, False
             hold = await _select_for_update(conn, key)
             if hold is not None:
-                return _freeze_replay(hold, req)
+                return _freeze_replay(hold, req), True
     raise LedgerError(503, "retry", "hold changed concurrently; retry")
 
 

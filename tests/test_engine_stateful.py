@@ -52,11 +52,14 @@ from workflows.core import Event, IllegalTransition
 from workflows.registry import DEFINITIONS
 from workflows.withdrawal_definition import WITHDRAWAL
 from workflows.withdrawal_events import (
+    HOLD_RELEASED,
     Cancel,
     FundsCommitted,
     FundsFrozen,
     FundsInsufficient,
     FundsReleased,
+    HoldFound,
+    KeyVoided,
     ManualResolved,
     OrderAccepted,
     OrderAmbiguous,
@@ -72,6 +75,7 @@ OUTCOMES = {
     "check_status": ["truth", "unknown"],
     "commit": ["ok", "ambiguous"],
     "release": ["ok", "ambiguous"],
+    "void": ["ok", "ambiguous"],
 }
 
 
@@ -91,10 +95,11 @@ class LedgerModel:
     queue_of: dict[str, str] = field(default_factory=dict)
     commits: dict[str, int] = field(default_factory=dict)  # queue -> commits
 
-    def freeze(self, key: str) -> None:
+    def freeze(self, key: str) -> bool | None:
+        """Whether the key was frozen before (a replay); None: released, nothing frozen."""
         state = self.holds.get(key)
-        if state == "void":
-            raise LedgerRefusal("hold_released")
+        if state in ("void", "released"):
+            return None
         if state is None:
             queue = self.queue_of[key]
             held = [
@@ -104,6 +109,8 @@ class LedgerModel:
             ]
             assert not held, f"second hold in queue {queue}: {held} then {key}"
             self.holds[key] = "frozen"
+            return False
+        return True
 
     def commit(self, key: str) -> None:
         state = self.holds.get(key)
@@ -140,8 +147,10 @@ class World:
             self._maybe_ambiguous()
             if self.outcome == "insufficient":
                 return FundsInsufficient()
-            self.ledger.freeze(str(ctx.task["id"]))
-            return FundsFrozen()
+            replayed = self.ledger.freeze(str(ctx.task["id"]))
+            if replayed is None:
+                return FundsInsufficient(reason=HOLD_RELEASED)
+            return FundsFrozen(replayed=replayed)
 
         async def create_order(ctx: ActivityContext) -> Event:
             if not ctx.task["order_submitted"]:
@@ -182,12 +191,21 @@ class World:
             self.ledger.rollback(str(ctx.task["id"]))
             return FundsReleased()
 
+        async def void(ctx: ActivityContext) -> Event:
+            self._maybe_ambiguous()
+            key = str(ctx.task["id"])
+            if self.ledger.holds.get(key) in ("frozen", "committed"):
+                return HoldFound(self.ledger.holds[key])
+            self.ledger.rollback(key)
+            return KeyVoided()
+
         return {
             "freeze": Activity(freeze),
             "create_order": Activity(create_order),
             "check_status": Activity(check_status),
             "commit": Activity(commit, guarded=False),
             "release": Activity(release, guarded=False),
+            "void": Activity(void),
         }
 
     def _maybe_ambiguous(self) -> None:

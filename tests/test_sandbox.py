@@ -270,7 +270,9 @@ async def test_freeze_commit_and_replays(http: httpx.AsyncClient) -> None:
     assert (hold["status"], hold["amount"], hold["provider"]) == ("frozen", "10.50", provider)
     # Same body, written differently: still a replay, no second freeze.
     replay = await hold_call(http, key, "freeze", freeze_body(provider, "10.50"))
-    assert replay.status_code == 200 and replay.json() == hold
+    # the answer says it was there before: a caller that lost its record learns it
+    assert replay.status_code == 200 and replay.json() == {**hold, "replayed": True}
+    assert hold["replayed"] is False
     assert await balance(http, provider) == {
         "available": "89.50",
         "frozen": "10.50",

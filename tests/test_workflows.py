@@ -49,6 +49,8 @@ from workflows.withdrawal_events import (
     FundsFrozen,
     FundsInsufficient,
     FundsReleased,
+    HoldFound,
+    KeyVoided,
     ManualResolved,
     NothingToRelease,
     OrderAccepted,
@@ -175,6 +177,9 @@ EXAMPLE_EVENTS: dict[type[Event], Event] = {
     Skip: Skip("provider_unhealthy"),
     Wait: Wait(WEBHOOK_DUE, "rate_limit"),
     OrderThrottled: OrderThrottled(2.0),
+    # Version 3's (workflows/withdrawal_timelines.py): illegal in this table too.
+    KeyVoided: KeyVoided(),
+    HoldFound: HoldFound("frozen"),
 }
 CANCEL = EXAMPLE_EVENTS[Cancel]
 OBSERVATIONS: list[Event] = [

@@ -16,7 +16,12 @@ from datetime import datetime
 from workflows.core import Event, FollowUp
 from workflows.registry import DEFINITIONS as THIS_BUILD
 from workflows.registry import Definitions
-from workflows.withdrawal_definition import WITHDRAWAL, WITHDRAWAL_V2, WithdrawalDefinition
+from workflows.withdrawal_definition import (
+    WITHDRAWAL,
+    WITHDRAWAL_V2,
+    WITHDRAWAL_V3,
+    WithdrawalDefinition,
+)
 from workflows.withdrawal_events import BeginRecheck, OrderDeclined, TaskState, TaskStatus
 from workflows.withdrawal_handlers import Decision
 
@@ -28,14 +33,15 @@ def recheck_a_decline(state: TaskState, event: Event, _now: datetime) -> Decisio
 
 
 CURRENT = THIS_BUILD.current("withdrawal")
-assert CURRENT is WITHDRAWAL_V2
+assert CURRENT is WITHDRAWAL_V3
 NEXT = WithdrawalDefinition(
     version=CURRENT.version + 1,
     transitions={
-        **WITHDRAWAL_V2.transitions,
+        **WITHDRAWAL_V3.transitions,
         (TaskStatus.CREATING, OrderDeclined): recheck_a_decline,
     },
     routed=True,
+    asks_the_ledger=True,
 )
-DEFINITIONS = Definitions(WITHDRAWAL, WITHDRAWAL_V2, NEXT)  # new ones start on NEXT
+DEFINITIONS = Definitions(WITHDRAWAL, WITHDRAWAL_V2, WITHDRAWAL_V3, NEXT)  # new ones start on NEXT
 CURRENT_RETIRED = Definitions(NEXT)

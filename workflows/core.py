@@ -77,6 +77,11 @@ class TaskView:
     task_id: str
     position: int
     status: str
+    # Version 3 of the withdrawal (workflows/withdrawal_timelines.py): an unstarted
+    # task waiting for the ledger's word before it ends, and one a lost timeline
+    # started, which must run before anything else.
+    settling: bool = False
+    resumed: bool = False
 
 
 @dataclass(frozen=True)

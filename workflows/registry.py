@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from workflows.core import WorkflowDefinition
-from workflows.withdrawal_definition import WITHDRAWAL, WITHDRAWAL_V2
+from workflows.withdrawal_definition import WITHDRAWAL, WITHDRAWAL_V2, WITHDRAWAL_V3
 
 
 class UnknownDefinition(LookupError):
@@ -55,4 +55,4 @@ class Definitions:
 
 
 # Version 1 stays while withdrawals started before version 2 are in flight.
-DEFINITIONS = Definitions(WITHDRAWAL, WITHDRAWAL_V2)
+DEFINITIONS = Definitions(WITHDRAWAL, WITHDRAWAL_V2, WITHDRAWAL_V3)

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from workflows import withdrawal
+from workflows import withdrawal_timelines as timelines
 from workflows.core import Command, Event, QueueDecision, Routing, TaskView
 from workflows.routing import route
 from workflows.withdrawal import Transitions
@@ -75,10 +76,13 @@ class WithdrawalDefinition:
         transitions: Transitions = V1_TRANSITIONS,
         *,
         routed: bool = False,
+        asks_the_ledger: bool = False,
     ) -> None:
+        """`asks_the_ledger`: version 3's queue rule (workflows/withdrawal_timelines.py)."""
         self.version = version
         self.transitions = transitions
         self.routed = routed
+        self.asks_the_ledger = asks_the_ledger
 
     def decide(
         self, state: TaskState, event: Event, now: datetime
@@ -110,7 +114,12 @@ class WithdrawalDefinition:
         tasks: Sequence[TaskView],
         routing: Routing | None = None,
     ) -> QueueDecision:
-        return queue_decide(queue_status, cancel_requested, tasks, routing if self.routed else None)
+        plain = queue_decide(
+            queue_status, cancel_requested, tasks, routing if self.routed else None
+        )
+        if self.asks_the_ledger:
+            return timelines.queue_decide(plain, queue_status, tasks)
+        return plain
 
     @staticmethod
     def start_event() -> Event:
@@ -140,3 +149,6 @@ class WithdrawalDefinition:
 WITHDRAWAL = WithdrawalDefinition(1, V1_TRANSITIONS)
 # Version 2 routes by provider health and limits and waits out a 429 (issue 12).
 WITHDRAWAL_V2 = WithdrawalDefinition(2, V2_TRANSITIONS, routed=True)
+# Version 3 asks the ledger before it believes what a lost commit may have taken
+# with it (a failover that lost commits; docs/ha.md).
+WITHDRAWAL_V3 = WithdrawalDefinition(3, timelines.V3_TRANSITIONS, routed=True, asks_the_ledger=True)

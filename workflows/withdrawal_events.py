@@ -124,7 +124,11 @@ class Wait(Event):
 # Ledger results ----------------------------------------------------------------
 @dataclass(frozen=True)
 class FundsFrozen(Event):
-    pass
+    """`replayed`: the ledger already held this key frozen (or committed) before this
+    call: a timeline the database lost (a failover) froze it, and may have sent the
+    order too (version 3 reads it so; workflows/withdrawal_timelines.py)."""
+
+    replayed: bool = False
 
 
 @dataclass(frozen=True)
@@ -136,6 +140,20 @@ class FundsInsufficient(Event):
 
 
 HOLD_RELEASED = "hold_released"  # FundsInsufficient's reason when the ledger had released it
+
+
+@dataclass(frozen=True)
+class KeyVoided(Event):
+    """An unstarted task's key is void at the ledger: nothing is frozen under it, and
+    now nothing can be (a tombstone, or a hold released before)."""
+
+
+@dataclass(frozen=True)
+class HoldFound(Event):
+    """The ledger holds money (`status`: frozen or committed) under an unstarted task's
+    key: a timeline the database lost started it. It must run to its own end."""
+
+    status: str
 
 
 @dataclass(frozen=True)
