@@ -6,6 +6,10 @@ holds the leader key. `mode="sync"` is synchronous_mode_strict (an acknowledged
 commit is on two nodes); `mode="async"` lets a lagging standby be promoted, which
 `lossy_failover()` uses to lose acknowledged commits on purpose.
 
+base_dir and its parents get o+rx, so that Patroni's user reaches its files: keep it
+out of pytest's tmp_path (pytest makes /tmp/pytest-of-<user> 0700 at every session
+start, which cuts off a running cluster).
+
 A TEST cluster: every connection from 127.0.0.1 is trusted (pg_hba `trust`, no
 passwords, superuser `postgres`). Patroni's smallest `ttl` is 20 s (it raises a
 smaller one), so a failover takes about 20 s after the leader is lost.
@@ -98,6 +102,8 @@ class HaCluster:
     def start(self, timeout_s: float = 120.0) -> None:
         """Start etcd and the three nodes; return once the leader takes writes (and,
         in sync mode, a synchronous standby is in place)."""
+        if "/pytest-of-" in str(self.base_dir):  # each pytest session chmods it 0700 again
+            raise ValueError("base_dir under pytest's tmp_path: Patroni's user would lose it")
         etcd, self._patroni, self._user = ha_env.prerequisites()
         if self.running():
             raise RuntimeError(f"an HA cluster already runs from {self.base_dir}")

@@ -6,6 +6,8 @@ needs. Skips where etcd or Patroni cannot be installed (no root, no apt-get)."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -34,13 +36,16 @@ def free_ports(count: int) -> list[int]:
 
 
 @pytest.fixture
-def make_cluster(ha_available: None, tmp_path: Path) -> Iterator[Callable[[Mode], HaCluster]]:
+def make_cluster(ha_available: None) -> Iterator[Callable[[Mode], HaCluster]]:
+    # Not under tmp_path: every pytest session resets /tmp/pytest-of-<user> to 0700,
+    # and Patroni's user could then no longer reach its files.
+    base = Path(tempfile.mkdtemp(prefix="ha-test-"))
     started: list[HaCluster] = []
 
     def make(mode: Mode) -> HaCluster:
         p = free_ports(8)  # not the default ports: a `make ha` cluster may be running
         cluster = HaCluster(
-            tmp_path / mode,
+            base / mode,
             mode,
             pg_ports=(p[0], p[1], p[2]),
             rest_ports=(p[3], p[4], p[5]),
@@ -55,6 +60,7 @@ def make_cluster(ha_available: None, tmp_path: Path) -> Iterator[Callable[[Mode]
         print(cluster.log_tail(40))  # shown when the test failed
         cluster.stop()
         assert not cluster.running()
+    shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture
