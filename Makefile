@@ -82,8 +82,11 @@ fuzz: setup ## schemathesis against the served OpenAPI document of a local stack
 	$(PY) -m pip install -q -e '.[dev,fuzz]'
 	$(PY) -m sandbox.fuzz --max-examples $${FUZZ_EXAMPLES:-100}
 
-soak: setup ## seeded chaos soak, every fault at once (SHORT=1: about a minute; also in make test)
-	$(PY) -m sandbox.soak $(if $(SHORT),--short,) $(if $(SEED),--seed $(SEED),)
+# HA=1: on a 3-node Patroni cluster (synchronous, strict) whose primary's machine is
+# killed; HA=lossy: asynchronous, each failover loses its last commits (docs/ha.md).
+soak: setup ## seeded chaos soak, every fault at once (SHORT=1: about a minute; also in make test; HA=1|lossy)
+	$(PY) -m sandbox.soak $(if $(SHORT),--short,) $(if $(SEED),--seed $(SEED),) \
+		$(if $(filter lossy,$(HA)),--ha lossy,$(if $(HA),--ha sync,))
 
 bench: setup
 	@ls bench/*.py >/dev/null 2>&1 || { echo "no benchmarks yet"; exit 0; }

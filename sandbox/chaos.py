@@ -16,6 +16,7 @@ import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,8 +43,14 @@ class Plan:
     hang_share: float = 0.1  # cascades that end with the provider whose creates hang
 
 
-def submit_all(client: StackClient, market: dict[str, Any], plan: Plan) -> tuple[Counter[int], int]:
-    """Returns every API answer by status, and how many cancels were sent."""
+OnAnswer = Callable[[str, dict[str, Any], int, float], None]  # path, body, status, sent at
+
+
+def submit_all(
+    client: StackClient, market: dict[str, Any], plan: Plan, on_answer: OnAnswer | None = None
+) -> tuple[Counter[int], int]:
+    """Returns every API answer by status, and how many cancels were sent.
+    `on_answer` sees each request's final answer (cascade-core's memory)."""
     rng = random.Random(plan.seed)
     answers: Counter[int] = Counter()
     cancels: list[tuple[float, str]] = []
@@ -61,7 +68,7 @@ def submit_all(client: StackClient, market: dict[str, Any], plan: Plan) -> tuple
             "currency": "EUR",
             "cascade": cascade,
         }
-        _post_until_answered(client, "/v1/withdrawals", body, answers)
+        _post_until_answered(client, "/v1/withdrawals", body, answers, on_answer)
         if rng.random() < plan.cancel_share:
             sent_cancels += 1
             cancels.append((time.monotonic() + rng.uniform(0.2, 5.0), order_id))
@@ -69,29 +76,40 @@ def submit_all(client: StackClient, market: dict[str, Any], plan: Plan) -> tuple
         for cancel in due:
             cancels.remove(cancel)
             _post_until_answered(
-                client, f"/v1/withdrawals/{cancel[1]}/cancel", {"reason": "soak"}, answers
+                client,
+                f"/v1/withdrawals/{cancel[1]}/cancel",
+                {"reason": "soak"},
+                answers,
+                on_answer,
             )
         time.sleep(max(0.0, started + plan.spread_s * (i + 1) / plan.count - time.monotonic()))
     for _, order_id in cancels:
         _post_until_answered(
-            client, f"/v1/withdrawals/{order_id}/cancel", {"reason": "soak"}, answers
+            client, f"/v1/withdrawals/{order_id}/cancel", {"reason": "soak"}, answers, on_answer
         )
     return answers, sent_cancels
 
 
 def _post_until_answered(
-    client: StackClient, path: str, body: dict[str, Any], answers: Counter[int]
+    client: StackClient,
+    path: str,
+    body: dict[str, Any],
+    answers: Counter[int],
+    on_answer: OnAnswer | None = None,
 ) -> int:
     """POST until the answer is not a 503 or a dropped connection (60 s at most); every
     answer is counted (0: no answer at all)."""
     deadline, backoff = time.monotonic() + 60, 0.2
     while True:
+        sent = time.monotonic()
         try:
             status = client.api.post(path, json=body).status_code
         except httpx.TransportError:
             status = 0
         answers[status] += 1
         if status not in (0, 503) or time.monotonic() > deadline:
+            if on_answer is not None:
+                on_answer(path, body, status, sent)
             return status
         time.sleep(backoff)
         backoff = min(backoff * 2, 2.0)
@@ -102,10 +120,13 @@ class Chaos:
         self,
         stack: Stack,
         client: StackClient,
-        pg: RestartablePostgres,
+        pg: RestartablePostgres | None,
         nats_server: NatsServer,
         plan: Plan,
+        database_fault: Callable[[], None] | None = None,
     ) -> None:
+        """`database_fault`: what a "pg" fault does instead of a crash-restart in place
+        (the HA soak loses the primary's machine: sandbox/soak_ha.py)."""
         self.stack, self.client, self.pg, self.nats, self.plan = (
             stack,
             client,
@@ -117,6 +138,7 @@ class Chaos:
         self.kills = self.pg_restarts = self.webhooks_resent = self.unexpected_exits = 0
         self.api_kills = 0
         self.cancels = 0  # set by the caller from submit_all
+        self.database_fault = database_fault or self._crash_postgres
         self._killed: set[int] = set()
         self._supervising = threading.Event()
         self._supervising.set()
@@ -155,7 +177,8 @@ class Chaos:
             elif fault == "kill":
                 self._kill_a_worker()
             elif fault == "pg":
-                self._crash_postgres()
+                self.database_fault()
+                self.pg_restarts += 1
             else:
                 outage = threading.Thread(target=self._nats_outage, name="nats-outage")
                 outage.start()
@@ -185,10 +208,10 @@ class Chaos:
         self.api_kills += 1
 
     def _crash_postgres(self) -> None:
+        assert self.pg is not None, "a crash-restart needs the soak's own PostgreSQL"
         self.pg.crash()
         time.sleep(self.plan.pg_down_s)  # the outage itself
         self.pg.start()
-        self.pg_restarts += 1
 
     def _nats_outage(self) -> None:
         self.nats.stop()

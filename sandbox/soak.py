@@ -14,6 +14,7 @@ The last line is the verdict; the exit status is non-zero when any check fails.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import signal
 import sys
@@ -22,6 +23,7 @@ import threading
 import time
 import tomllib
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
@@ -31,7 +33,12 @@ from sandbox import soak_checks as checks
 from sandbox.chaos import Chaos, Plan, submit_all
 from sandbox.client import StackClient
 from sandbox.demo import MARKET_FILE, market_env, market_specs
+from sandbox.ha_cluster import HaCluster
+from sandbox.ha_probe import HaProbe
 from sandbox.servers import NatsServer, RestartablePostgres
+from sandbox.soak_ha import Core, Failovers, ha_database
+from sandbox.soak_ha import checks as ha_checks
+from sandbox.soak_ha import figures as ha_figures
 from sandbox.stack import ProviderSpec, Stack
 
 SOAK_ENV = {
@@ -72,12 +79,31 @@ def api_5xx_other_than_503(log: Path) -> int:
 
 def run(args: argparse.Namespace) -> int:
     plan = plan_from(args)
-    market = tomllib.loads(Path(args.market).read_text())
     workdir = Path(tempfile.mkdtemp(prefix="soak-"))
-    pg = RestartablePostgres(workdir / "pg")
     nats_server = NatsServer(workdir / "nats")
     nats_server.start()
-    url = pg.database("soak")
+    try:
+        with contextlib.ExitStack() as resources:
+            if args.ha:
+                cluster, url, ledger_url = resources.enter_context(ha_database(workdir, args.ha))
+                return soak(args, plan, workdir, nats_server, url, None, (cluster, ledger_url))
+            pg = RestartablePostgres(workdir / "pg")
+            resources.callback(pg.close)
+            return soak(args, plan, workdir, nats_server, pg.database("soak"), pg, None)
+    finally:
+        nats_server.stop()
+
+
+def soak(
+    args: argparse.Namespace,
+    plan: Plan,
+    workdir: Path,
+    nats_server: NatsServer,
+    url: str,
+    pg: RestartablePostgres | None,
+    ha: tuple[HaCluster, str] | None,
+) -> int:
+    market = tomllib.loads(Path(args.market).read_text())
     migrate(url)
     specs = [*market_specs(market), ProviderSpec("hangs", behaviour="timeout")]
     stack = Stack(
@@ -89,21 +115,31 @@ def run(args: argparse.Namespace) -> int:
         market_seed=plan.seed,
         worker_concurrency=8,
         extra_env={**SOAK_ENV, **market_env(market)},
+        ledger_database_url=ha[1] if ha else None,
     )
     print(
-        f"soak: seed {plan.seed}, {plan.count} withdrawals over {plan.spread_s:.0f}s,"
-        f" logs in {workdir}"
+        f"soak: seed {plan.seed}, {plan.count} withdrawals over {plan.spread_s:.0f}s"
+        f"{f', on a Patroni cluster ({args.ha})' if ha else ''}, logs in {workdir}"
     )
     started = time.monotonic()
+    probe = HaProbe(url) if ha else None
     try:
         stack.start()
         client = StackClient(stack)
-        chaos = Chaos(stack, client, pg, nats_server, plan)
+        core = Core(client)
+        failovers = None
+        if ha and probe:
+            probe.start_thread()
+            failovers = Failovers(ha[0], probe, core, plan.pg_restarts)
+        chaos = Chaos(stack, client, pg, nats_server, plan, failovers.fault if failovers else None)
         chaos_thread = threading.Thread(target=chaos.run, name="chaos")
         chaos_thread.start()
-        answers, chaos.cancels = submit_all(client, market, plan)
+        answers, chaos.cancels = submit_all(client, market, plan, core.answered)
         submitted = plan.count
         chaos_thread.join()
+        if failovers:
+            failovers.join()
+            core.resubmit_lost()  # what the last failover lost, cascade-core sends again
         client.set_ledger_faults()  # the last fault; from here on the system settles alone
         last_fault = time.monotonic()
         deadline = last_fault + args.quiet_timeout
@@ -112,43 +148,46 @@ def run(args: argparse.Namespace) -> int:
         quiet_after = time.monotonic() - last_fault
         chaos.stop_supervising()
         return report(
-            client,
-            stack,
-            url,
-            nats_server.url,
-            plan,
-            chaos,
-            answers,
-            submitted,
+            Run(client, stack, url, nats_server.url, plan, chaos, answers, submitted),
             quiet_after,
             args.quiet_timeout,
             time.monotonic() - started,
+            (failovers, core) if failovers else None,
         )
     finally:
+        if probe:
+            probe.stop()
         stack.stop()
-        nats_server.stop()
-        pg.close()
+
+
+@dataclass(frozen=True)
+class Run:
+    """What a soak ran against, and what it sent and did."""
+
+    client: StackClient
+    stack: Stack
+    url: str
+    nats_url: str
+    plan: Plan
+    chaos: Chaos
+    answers: Counter[int]
+    submitted: int
 
 
 def report(
-    client: StackClient,
-    stack: Stack,
-    url: str,
-    nats_url: str,
-    plan: Plan,
-    chaos: Chaos,
-    answers: Counter[int],
-    submitted: int,
+    run: Run,
     quiet_after: float,
     quiet_timeout: float,
     wall: float,
+    ha: tuple[Failovers, Core] | None,
 ) -> int:
-    api_errors = api_5xx_other_than_503(stack.workdir / "api.log")
+    client, chaos, url = run.client, run.chaos, run.url
+    api_errors = api_5xx_other_than_503(run.stack.workdir / "api.log")
     found = [
         *checks.money_checks(client, url),
         *checks.liveness_checks(url),
         checks.audit_replay(url),
-        *checks.outbox_checks(url, nats_url),
+        *checks.outbox_checks(url, run.nats_url),
         checks.Check(
             "worker exits other than the ones killed",
             chaos.unexpected_exits,
@@ -160,6 +199,7 @@ def report(
             f"{quiet_after:.0f}",
             quiet_after < min(quiet_timeout, 120),
         ),
+        *(ha_checks(*ha, client, url) if ha else []),
     ]
     outcomes = checks.outcome_counts(url)
     manual = checks.manual_checks_by_cause(client, url)
@@ -170,13 +210,14 @@ def report(
     print()
     print(f"{'figure':<64} {'value':>14}")
     for name, value in [
-        ("withdrawals submitted", submitted),
+        ("withdrawals submitted", run.submitted),
         *((f"  {k}", v) for k, v in outcomes.items()),
-        ("API answers (every try; 0: no answer)", dict(sorted(answers.items()))),
+        ("API answers (every try; 0: no answer)", dict(sorted(run.answers.items()))),
         ("workers SIGKILLed (and replaced)", chaos.kills),
         ("API SIGKILLed mid-step (and restarted)", chaos.api_kills),
-        ("PostgreSQL crash-restarts", chaos.pg_restarts),
-        ("nats-server outage, s", plan.nats_down_s),
+        ("PostgreSQL crash-restarts" if ha is None else "primary failovers", chaos.pg_restarts),
+        *(ha_figures(*ha) if ha else []),
+        ("nats-server outage, s", run.plan.nats_down_s),
         ("stale or duplicate webhooks resent", chaos.webhooks_resent),
         ("cancels by cascade-core", chaos.cancels),
         *((f"manual check: {cause}", n) for cause, n in manual.items()),
@@ -188,7 +229,7 @@ def report(
         print(f"{'ok  ' if check.ok else 'FAIL'} {check.name:<59} {check.value!s:>14}")
     failed = [c.name for c in found if not c.ok]
     verdict = "PASSED" if not failed else "FAILED: " + "; ".join(failed)
-    print(f"\nsoak seed {plan.seed}, {submitted} withdrawals: {verdict}")
+    print(f"\nsoak seed {run.plan.seed}, {run.submitted} withdrawals: {verdict}")
     return 0 if not failed else 1
 
 
@@ -202,6 +243,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=20261126)
     parser.add_argument("--quiet-timeout", type=float, default=300.0)
     parser.add_argument("--market", default=str(MARKET_FILE))
+    parser.add_argument(
+        "--ha",
+        choices=("sync", "lossy"),
+        help="on a three-node Patroni cluster whose primary is killed (lossy: asynchronous,"
+        " each failover loses its last commits on purpose); docs/ha.md",
+    )
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     sys.exit(run(parser.parse_args()))
 
