@@ -30,15 +30,25 @@ from sandbox.servers import NatsServer
 from sandbox.stack import ROOT, ProviderSpec, Stack, wait_until
 from tests.conftest import FAST_TIMING, fresh_database
 from workflows.core import Command, Event, FollowUp, RunActivity
-from workflows.withdrawal_definition import WITHDRAWAL, WITHDRAWAL_V2, WithdrawalDefinition
+from workflows.registry import Definitions
+from workflows.withdrawal_definition import (
+    WITHDRAWAL,
+    WITHDRAWAL_V2,
+    WITHDRAWAL_V3,
+    WithdrawalDefinition,
+)
 from workflows.withdrawal_events import Funds, FundsInsufficient, TaskState, TaskStatus
 
 UNKNOWN = "hold unknown to payment-service"
+# This build with new withdrawals pinned to version 2, which believes what a lost
+# commit took with it: the proof that the version 3 scenarios below can fail.
+V2_CURRENT = Definitions(WITHDRAWAL, WITHDRAWAL_V2, WITHDRAWAL_V3, current={"withdrawal": 2})
+ON_V2 = {"WORKFLOW_DEFINITIONS": "tests.test_lost_commit:V2_CURRENT"}
 
 
 @contextlib.contextmanager
 def stack_with_standby(
-    workdir: Path, nats_url: str, specs: list[ProviderSpec]
+    workdir: Path, nats_url: str, specs: list[ProviderSpec], extra_env: dict[str, str] | None = None
 ) -> Iterator[tuple[Stack, str]]:
     """A stack on database A, with the sandbox on a database of its own, and the
     migrated, empty database B that `fail_over` moves the service to."""
@@ -50,7 +60,13 @@ def stack_with_standby(
         migrate(url_a)
         migrate(url_b)
         stack = Stack(
-            url_a, workdir, specs, nats_url=nats_url, workers=1, ledger_database_url=ledger_url
+            url_a,
+            workdir,
+            specs,
+            nats_url=nats_url,
+            workers=1,
+            ledger_database_url=ledger_url,
+            extra_env=dict(extra_env or {}),
         )
         stack.start()
         try:
@@ -212,6 +228,167 @@ def test_resubmission_after_a_lost_commit_skips_a_released_hold(
             (queue_id, "COMPLETED")
         ]
         assert told[0]["body"]["provider_reference"] == paid_order["id"]
+        assert reconcile(stack) == (0, [])
+
+
+# Version 3: what a lost commit took with it is asked of the ledger, not believed ------
+def order_open_at_alpha_then_lost(stack: Stack, url_b: str, client: StackClient) -> tuple[str, str]:
+    """On A: alpha's task froze the money and alpha took the order, which stays open
+    (never_answers); then the failover to the empty B. The order id, alpha's task id."""
+    order_id = f"lost-{uuid.uuid4().hex[:12]}"
+    first = client.submit(["alpha", "beta"], order_id=order_id)
+    assert first.status_code == 201, first.text
+    client.wait_task_status(first.json()["id"], 0, "EXECUTING")
+    task_id = client.withdrawal(first.json()["id"])["tasks"][0]["id"]
+    order = client.provider_orders()[task_id]
+    assert (order["provider"], order["status"], order["creates"]) == ("alpha", "pending", 1)
+    fail_over(stack, url_b)
+    return order_id, task_id
+
+
+def force_circuit(client: StackClient, provider: str, state: str) -> None:
+    """An operator's word on B (circuits are the service's rows: A's went with A)."""
+    body = {"state": state, "operator": "ana", "reason": "provider announced an outage"}
+    forced = client.ops.post(f"/ops/v1/providers/{provider}/circuit", json=body)
+    assert forced.status_code == 200, forced.text
+
+
+def resubmit_and_cancel_at_once(client: StackClient, order_id: str) -> str:
+    """The cancel lands while the resubmission's (replayed) freeze is unanswered."""
+    client.set_ledger_faults(latency_ms=1000)
+    queue_id = str(client.submit(["alpha", "beta"], order_id=order_id).json()["id"])
+    cancel = client.api.post(f"/v1/withdrawals/{queue_id}/cancel", json={"reason": "user"})
+    client.set_ledger_faults()
+    assert cancel.status_code == 202, cancel.text
+    return queue_id
+
+
+def audit_of(client: StackClient, queue_id: str, task_id: str) -> list[tuple[str, str, str]]:
+    events = [e for e in client.events(queue_id) if e.get("task_id") == task_id]
+    return [(e["from_state"], e["to_state"], e["event_type"]) for e in events]
+
+
+def test_version_2_skips_the_task_the_lost_timeline_started_and_pays_twice(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    """alpha's circuit is open on B when cascade-core resubmits. Version 2 believes
+    what the lost commit took with it ("nothing frozen for alpha's task"): it skips
+    alpha without asking the ledger, and beta pays while alpha's order is still open
+    (a double payout), under A's hold, frozen for ever."""
+    with stack_with_standby(
+        tmp_path, nats_server.url, specs("never_answers", "instant"), ON_V2
+    ) as (stack, url_b):
+        client = StackClient(stack)
+        order_id, task_id = order_open_at_alpha_then_lost(stack, url_b, client)
+        force_circuit(client, "alpha", "open")
+
+        again = client.submit(["alpha", "beta"], order_id=order_id)
+        assert again.status_code == 201, again.text
+        view = client.wait_final(again.json()["id"])
+
+        assert view["status"] == "COMPLETED"
+        alpha, beta = view["tasks"]
+        assert [(t["status"], t["funds"]) for t in (alpha, beta)] == [
+            ("SKIPPED", "NONE"),
+            ("SUCCEEDED", "COMMITTED"),
+        ]
+        assert audit_of(client, view["id"], task_id) == [("PENDING", "SKIPPED", "skip")]
+        orders = client.provider_orders()
+        assert (orders[task_id]["provider"], orders[task_id]["status"]) == ("alpha", "pending")
+        assert orders[beta["id"]]["provider"] == "beta"  # the second payout
+        assert client.ledger_ops() == {task_id: ["freeze"], beta["id"]: ["freeze", "commit"]}
+        code, drift = reconcile(stack)
+        assert code == 1
+        assert [(r["key"], r["drift"]) for r in drift] == [
+            (task_id, "funds NONE but ledger frozen")
+        ]
+
+
+def test_a_cancel_right_after_a_resubmission_never_releases_the_lost_timelines_hold(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    """The cancel lands while the replayed freeze is unanswered: the task waits for the
+    answer, which says "replayed", so it re-checks alpha's order rather than release
+    the hold under it. The hold is released once alpha says the order failed; beta's
+    task, never started, leaves its key voided at the ledger."""
+    with stack_with_standby(tmp_path, nats_server.url, specs("never_answers", "instant")) as (
+        stack,
+        url_b,
+    ):
+        client = StackClient(stack)
+        order_id, task_id = order_open_at_alpha_then_lost(stack, url_b, client)
+        queue_id = resubmit_and_cancel_at_once(client, order_id)
+
+        def following() -> dict[str, Any] | None:
+            view = client.withdrawal(queue_id)
+            first = view["tasks"][0]
+            return view if first["status"] == "EXECUTING" and first["provider_ref"] else None
+
+        view = wait_until(following, 20, "alpha's task to re-check and follow its order")
+        alpha, beta = view["tasks"]
+        assert view["status"] == "ACTIVE"  # alpha's order may still pay out
+        assert alpha["id"] == task_id
+        assert (alpha["cancel_requested"], alpha["funds"], alpha["last_reason"]) == (
+            True,
+            "FROZEN",
+            "cancelled_after_a_lost_commit",
+        )
+        audit = audit_of(client, queue_id, task_id)
+        assert audit[:4] == [
+            ("PENDING", "CREATING", "start"),
+            ("CREATING", "CREATING", "cancel"),  # the freeze unanswered: wait for it
+            ("CREATING", "NEGATIVE_EVAL", "funds_frozen"),  # replayed: the order may exist
+            ("NEGATIVE_EVAL", "RECHECKING", "begin_recheck"),
+        ], audit
+        assert audit[-1][:2] == ("RECHECKING", "EXECUTING"), audit  # alpha: still pending
+        (hold,) = holds_of(client, order_id)
+        assert (hold["key"], hold["status"]) == (task_id, "frozen")  # not released
+        assert client.ledger_ops()[task_id] == ["freeze"]  # A's freeze, nothing since
+        assert client.provider_orders()[task_id]["creates"] == 1  # looked at, not resent
+
+        client.send_webhook("alpha", task_id, "failed")
+        final = client.wait_final(queue_id)
+
+        assert final["status"] == "CANCELLED"
+        assert [(t["status"], t["funds"]) for t in final["tasks"]] == [
+            ("FAILED", "RELEASED"),
+            ("CANCELLED", "RELEASED"),
+        ]
+        ops = client.ledger_ops()
+        assert ops == {task_id: ["freeze", "rollback"], beta["id"]: ["void"]}
+        assert list(client.provider_orders()) == [task_id]  # beta never tried
+        assert client.provider_load("beta")["creates"] == 0
+        assert reconcile(stack) == (0, [])
+
+
+def test_version_2_releases_the_lost_timelines_hold_under_an_open_order(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    """The same cancel on version 2: the hold is released at once, while alpha's
+    order is open and can still pay (money paid out with nothing held for it); the
+    ledger and the service agree, so reconciliation sees nothing."""
+    with stack_with_standby(
+        tmp_path, nats_server.url, specs("never_answers", "instant"), ON_V2
+    ) as (stack, url_b):
+        client = StackClient(stack)
+        order_id, task_id = order_open_at_alpha_then_lost(stack, url_b, client)
+        queue_id = resubmit_and_cancel_at_once(client, order_id)
+        final = client.wait_final(queue_id)
+
+        assert final["status"] == "CANCELLED"
+        assert (final["tasks"][0]["status"], final["tasks"][0]["funds"]) == (
+            "CANCELLED",
+            "RELEASED",
+        )
+        assert audit_of(client, queue_id, task_id) == [
+            ("PENDING", "CREATING", "start"),
+            ("CREATING", "CREATING", "cancel"),
+            ("CREATING", "CANCELLED", "funds_released"),
+        ]
+        (hold,) = holds_of(client, order_id)
+        assert hold["status"] == "released"
+        assert client.ledger_ops()[task_id] == ["freeze", "rollback"]
+        assert client.provider_orders()[task_id]["status"] == "pending"  # can still pay
         assert reconcile(stack) == (0, [])
 
 
