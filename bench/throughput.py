@@ -8,6 +8,10 @@ commits and jobs per withdrawal (the server's own counters, idle traffic
 subtracted), Python CPU per withdrawal by process, idle commits per second per
 worker, submit -> SUCCEEDED latency at steady rates, webhook ingest, worker
 memory. The last column is service / baseline. Options: --help.
+
+`--ha`: the service on one PostgreSQL against the service on a three-node Patroni
+cluster in synchronous mode (sandbox/ha_cluster.py), in the same run, 2 workers:
+what synchronous replication costs (the last column is HA / single node).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from benchlib.servicestack import SERVICE_DEFAULTS, fresh
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 
-from engine.embedded import database_url, start_embedded_nats
+from engine.embedded import database_url, free_port, start_embedded_nats
 from sandbox.stack import API_TOKEN, ProviderSpec, Stack, wait_until
 
 
@@ -70,14 +74,19 @@ class Service:
         " WHERE q.order_id LIKE '{prefix}-%'"
     )
 
-    def __init__(self, nats_url: str, api_processes: int = 1) -> None:
+    def __init__(
+        self, nats_url: str, api_processes: int = 1, server: str | None = None, name: str = ""
+    ) -> None:
+        """`server`: an admin URL of the PostgreSQL to run on (default: DATABASE_URL's)."""
         self.nats_url = nats_url
         self.api_processes = api_processes
         self.stack: Stack | None = None
+        self.server = server
+        self.name = name or self.name
 
     def start(self, workers: int) -> None:
-        self.url = fresh(self.database)
-        ledger = fresh("bench_ledger", schema=False)
+        self.url = fresh(self.database, admin=self.server)
+        ledger = fresh("bench_ledger", schema=False)  # the ledger is cascade-core's: not HA
         spec = ProviderSpec("instant", behaviour="instant", webhook_delay_ms=0)
         self.stack = Stack(
             self.url,
@@ -253,13 +262,16 @@ def webhooks(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def report(results: dict[str, dict[str, Any]]) -> None:
+def report(
+    results: dict[str, dict[str, Any]],
+    ratio_of: tuple[str, str] = ("service, 2 workers", "baseline, 2 workers"),
+) -> None:
     names = list(results)
     keys = list(dict.fromkeys(k for r in results.values() for k in r))
     print(f"\n{'figure':<46}" + "".join(f"{n:>20}" for n in names) + f"{'ratio (2 workers)':>20}")
     for key in keys:
         cells = [results[n].get(key, "") for n in names]
-        svc, base = results.get("service, 2 workers", {}), results.get("baseline, 2 workers", {})
+        svc, base = results.get(ratio_of[0], {}), results.get(ratio_of[1], {})
         a, b = svc.get(key), base.get(key)
         ratio = f"{a / b:.2f}" if isinstance(a, float) and isinstance(b, float) and b else ""
         print(f"{key:<46}" + "".join(f"{_fmt(c):>20}" for c in cells) + f"{ratio:>20}")
@@ -282,7 +294,13 @@ def main() -> None:
     )
     parser.add_argument("--api-processes", type=int, default=1, help="API_PROCESSES")
     parser.add_argument("--only", choices=["service", "baseline"], help="run one side only")
+    parser.add_argument(
+        "--ha", action="store_true", help="single node against a Patroni cluster (sync), 2 workers"
+    )
     args = parser.parse_args()
+    if args.ha:
+        ha_main(args)
+        return
     nats_proc, nats_url = start_embedded_nats(store=Path(tempfile.mkdtemp()) / "nats")
     server = conninfo_to_dict(database_url(keep_running=True)).get("host", "?")
     print(f"throughput bench: {args.count} per burst, PostgreSQL at {server}")
@@ -298,6 +316,35 @@ def main() -> None:
     finally:
         nats_proc.terminate()
     report(results)
+
+
+def ha_main(args: argparse.Namespace) -> None:
+    """The service on one PostgreSQL and on a synchronous three-node cluster, one run."""
+    from sandbox.ha_cluster import HaCluster  # only this mode needs Patroni and etcd
+
+    ports = [free_port() for _ in range(8)]
+    cluster = HaCluster(
+        Path(tempfile.mkdtemp(prefix="bench-ha-")),
+        "sync",
+        pg_ports=(ports[0], ports[1], ports[2]),
+        rest_ports=(ports[3], ports[4], ports[5]),
+        etcd_ports=(ports[6], ports[7]),
+    )
+    nats_proc, nats_url = start_embedded_nats(store=Path(tempfile.mkdtemp()) / "nats")
+    print(f"throughput bench: {args.count} per burst, one PostgreSQL against a Patroni cluster")
+    results: dict[str, dict[str, Any]] = {}
+    try:
+        cluster.start()
+        for target in (
+            Service(nats_url, args.api_processes, name="single node"),
+            Service(nats_url, args.api_processes, server=cluster.url, name="HA sync"),
+        ):
+            print(f"... {target.name} with 2 workers", flush=True)
+            results[f"{target.name}, 2 workers"] = run_config(target, 2, args)
+    finally:
+        nats_proc.terminate()
+        cluster.stop()
+    report(results, ratio_of=("HA sync, 2 workers", "single node, 2 workers"))
 
 
 if __name__ == "__main__":

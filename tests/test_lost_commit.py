@@ -38,6 +38,7 @@ from workflows.withdrawal_definition import (
     WithdrawalDefinition,
 )
 from workflows.withdrawal_events import Funds, FundsInsufficient, TaskState, TaskStatus
+from workflows.withdrawal_timelines import LOST_TIMELINE
 
 UNKNOWN = "hold unknown to payment-service"
 # This build with new withdrawals pinned to version 2, which believes what a lost
@@ -266,6 +267,51 @@ def resubmit_and_cancel_at_once(client: StackClient, order_id: str) -> str:
 def audit_of(client: StackClient, queue_id: str, task_id: str) -> list[tuple[str, str, str]]:
     events = [e for e in client.events(queue_id) if e.get("task_id") == task_id]
     return [(e["from_state"], e["to_state"], e["event_type"]) for e in events]
+
+
+def test_a_health_skip_after_a_lost_commit_resumes_the_task_the_lost_timeline_started(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    """alpha's circuit is open on B when cascade-core resubmits: the skip asks the
+    ledger first, finds A's hold, and the task runs to its end at alpha (its create
+    replayed) before beta is ever considered: one payout."""
+    with stack_with_standby(tmp_path, nats_server.url, specs("never_answers", "instant")) as (
+        stack,
+        url_b,
+    ):
+        client = StackClient(stack)
+        order_id, task_id = order_open_at_alpha_then_lost(stack, url_b, client)
+        force_circuit(client, "alpha", "open")
+
+        again = client.submit(["alpha", "beta"], order_id=order_id)
+        assert again.status_code == 201, again.text
+        queue_id = again.json()["id"]
+        client.wait_task_status(queue_id, 0, "EXECUTING")
+        alpha, beta = client.withdrawal(queue_id)["tasks"]
+        assert alpha["id"] == task_id
+        assert (alpha["last_reason"], beta["status"]) == (LOST_TIMELINE, "PENDING")
+        audit = audit_of(client, queue_id, task_id)
+        assert audit[:3] == [
+            ("PENDING", "PENDING", "skip"),  # alpha unhealthy: but first, the ledger
+            ("PENDING", "PENDING", "hold_found"),  # A's hold: resumed
+            ("PENDING", "CREATING", "start"),  # whatever alpha's circuit says
+        ], audit
+        orders = client.provider_orders()
+        assert list(orders) == [task_id]  # nothing at beta while alpha's order is open
+        assert (orders[task_id]["provider"], orders[task_id]["creates"]) == ("alpha", 2)
+        assert client.provider_load("beta")["creates"] == 0
+
+        client.send_webhook("alpha", task_id, "succeeded")
+        view = client.wait_final(queue_id)
+        assert view["status"] == "COMPLETED"
+        assert [(t["status"], t["funds"]) for t in view["tasks"]] == [
+            ("SUCCEEDED", "COMMITTED"),
+            ("CANCELLED", "NONE"),  # stopped by the success: no ledger call
+        ]
+        assert client.ledger_ops() == {task_id: ["freeze", "commit"]}  # one payout
+        assert list(client.provider_orders()) == [task_id]
+        assert client.provider_load("beta")["creates"] == 0
+        assert reconcile(stack) == (0, [])
 
 
 def test_version_2_skips_the_task_the_lost_timeline_started_and_pays_twice(

@@ -8,7 +8,16 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from workflows.core import Admit, Alert, QueueDecision, Routing, RunActivity, TaskView, Unhealthy
+from workflows.core import (
+    Admit,
+    Alert,
+    QueueDecision,
+    Reconsider,
+    Routing,
+    RunActivity,
+    TaskView,
+    Unhealthy,
+)
 from workflows.withdrawal_definition import WITHDRAWAL_V2, WITHDRAWAL_V3
 from workflows.withdrawal_events import (
     BeginRecheck,
@@ -59,7 +68,7 @@ def test_version_2_ends_them_without_asking() -> None:
 def test_a_hold_a_lost_timeline_froze_resumes_the_task_as_if_its_order_had_left() -> None:
     asking, _ = decide(PENDING, CANCEL, NOW)
     resumed, commands = decide(asking, HoldFound("frozen"), NOW)
-    assert commands == []
+    assert commands == [Reconsider()]  # PENDING stays PENDING: the queue rule starts it
     assert resumed == replace(
         PENDING, order_submitted=True, cancel_requested=True, last_reason=LOST_TIMELINE
     )

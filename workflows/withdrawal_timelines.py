@@ -50,7 +50,15 @@ from dataclasses import replace
 from datetime import datetime
 
 from workflows import withdrawal_handlers as h
-from workflows.core import Alert, Event, IllegalTransition, QueueDecision, RunActivity, TaskView
+from workflows.core import (
+    Alert,
+    Event,
+    IllegalTransition,
+    QueueDecision,
+    Reconsider,
+    RunActivity,
+    TaskView,
+)
 from workflows.withdrawal import Transitions
 from workflows.withdrawal_events import (
     TERMINAL,
@@ -107,7 +115,7 @@ def hold_found(state: TaskState, event: Event, _now: datetime) -> Decision:
         cancel_requested=state.cancel_requested or state.target == S.CANCELLED,
         last_reason=LOST_TIMELINE,
     )
-    return new, []
+    return new, [Reconsider()]  # its status is unchanged: the queue rule must still run
 
 
 def start(state: TaskState, event: Event, now: datetime) -> Decision:

@@ -24,8 +24,9 @@ SERVICE_DEFAULTS = {
 }
 
 
-def fresh(name: str, schema: bool = True) -> str:
-    admin = database_url(keep_running=True)
+def fresh(name: str, schema: bool = True, admin: str | None = None) -> str:
+    """A new database `name` on `admin`'s server (DATABASE_URL's, or the embedded one)."""
+    admin = admin or database_url(keep_running=True)
     sql(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', f'CREATE DATABASE "{name}"')
     url = make_conninfo(admin, dbname=name)
     if schema:
