@@ -215,6 +215,7 @@ def report(
         ("API answers (every try; 0: no answer)", dict(sorted(run.answers.items()))),
         ("workers SIGKILLed (and replaced)", chaos.kills),
         ("API SIGKILLed mid-step (and restarted)", chaos.api_kills),
+        ("kills dropped (due while a database fault held the schedule)", chaos.kills_skipped),
         ("PostgreSQL crash-restarts" if ha is None else "primary failovers", chaos.pg_restarts),
         *(ha_figures(*ha) if ha else []),
         ("nats-server outage, s", run.plan.nats_down_s),
