@@ -26,6 +26,13 @@ from psycopg_pool import AsyncConnectionPool
 
 Pool = AsyncConnectionPool[AsyncConnection[DictRow]]
 
+# psycopg_pool retries a failed connection after 1, 2, 4, 8, 16 … s until this
+# window ends, then starts again from 1 s when a client next asks. Its default (5
+# min) let the gaps grow past the outage: a pool that lost its primary reached the
+# new one up to 16 s after Patroni had promoted it. Ten seconds keeps every gap
+# under 4 s.
+RECONNECT_WINDOW_S = 10.0
+
 # Added to a multi-host URL where it says nothing else (each can be overridden in it).
 _MULTI_HOST_DEFAULTS = {
     "target_session_attrs": "read-write",
@@ -74,6 +81,7 @@ async def open_pool(
         timeout=acquire_timeout_s,
         kwargs={"row_factory": dict_row, "autocommit": True},
         check=check_idle_connection if check else None,
+        reconnect_timeout=RECONNECT_WINDOW_S,
         open=False,
     )
     await pool.open(wait=True, timeout=30)

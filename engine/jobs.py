@@ -31,7 +31,7 @@ import procrastinate
 from psycopg_pool import AsyncConnectionPool
 
 from engine import deadletters, logs
-from engine.db import check_idle_connection
+from engine.db import RECONNECT_WINDOW_S, check_idle_connection
 from engine.retry import CappedBackoff
 from engine.steps import Runtime, deliver_timer, notify_outcome, run_activity
 from engine.sweep import sweep
@@ -134,7 +134,14 @@ async def checks_job(context: procrastinate.JobContext, timestamp: int) -> None:
 def _job_pool(**options: Any) -> AsyncConnectionPool[Any]:
     """procrastinate's pool, with our check: its own is an empty query (a round trip
     and a server transaction) on every hand-out, most of an idle worker's load."""
-    return AsyncConnectionPool(**{"min_size": 1, **options, "check": check_idle_connection})
+    return AsyncConnectionPool(
+        **{
+            "min_size": 1,
+            **options,
+            "check": check_idle_connection,
+            "reconnect_timeout": RECONNECT_WINDOW_S,
+        }
+    )
 
 
 def build_app(

@@ -43,7 +43,7 @@ class Plan:
     hang_share: float = 0.1  # cascades that end with the provider whose creates hang
 
 
-OnAnswer = Callable[[str, dict[str, Any], int, float], None]  # path, body, status, sent at
+OnAnswer = Callable[[str, dict[str, Any], int], None]  # path, body, final status
 
 
 def submit_all(
@@ -101,7 +101,6 @@ def _post_until_answered(
     answer is counted (0: no answer at all)."""
     deadline, backoff = time.monotonic() + 60, 0.2
     while True:
-        sent = time.monotonic()
         try:
             status = client.api.post(path, json=body).status_code
         except httpx.TransportError:
@@ -109,7 +108,7 @@ def _post_until_answered(
         answers[status] += 1
         if status not in (0, 503) or time.monotonic() > deadline:
             if on_answer is not None:
-                on_answer(path, body, status, sent)
+                on_answer(path, body, status)
             return status
         time.sleep(backoff)
         backoff = min(backoff * 2, 2.0)
