@@ -15,6 +15,7 @@ from workflows.core import (
     Reconsider,
     Routing,
     RunActivity,
+    StartTimer,
     TaskView,
     Unhealthy,
 )
@@ -26,11 +27,17 @@ from workflows.withdrawal_events import (
     FundsFrozen,
     HoldFound,
     KeyVoided,
+    ManualResolved,
+    ProviderPending,
+    ProviderSucceeded,
     Skip,
     Start,
     Stop,
     TaskState,
     TaskStatus,
+    Timer,
+    TimerFired,
+    Timing,
 )
 from workflows.withdrawal_timelines import LOST_TIMELINE, VOID
 
@@ -38,6 +45,7 @@ S = TaskStatus
 NOW = datetime(2026, 12, 6, 12, tzinfo=UTC)
 PENDING = TaskState(status=S.PENDING)
 CANCEL = Cancel(actor="cascade-core", reason="asked")
+REF = "ord_1"
 decide = WITHDRAWAL_V3.decide
 
 
@@ -166,3 +174,27 @@ def test_a_resumed_task_starts_before_anything_else_whatever_health_or_a_cancel_
     assert WITHDRAWAL_V3.queue_decide("ACTIVE", False, paid) == QueueDecision(
         "COMPLETED", stop=("t1",)
     )
+
+
+def test_a_manual_check_keeps_asking_the_provider_and_settles_on_a_final_answer() -> None:
+    """A webhook acknowledged in a lost timeline never comes again: the status is
+    asked every `recheck_cap` while a person has the task."""
+    timing = Timing(recheck_cap=timedelta(minutes=5))
+    executing = TaskState(status=S.EXECUTING, funds=Funds.FROZEN, sla_expired=True, timing=timing)
+    manual, commands = decide(executing, ProviderPending(REF, solicited=True), NOW)
+    due = NOW + timedelta(minutes=5)
+    assert (manual.status, manual.next_check_at) == (S.MANUAL_CHECK, due)
+    assert commands == [StartTimer(Timer.STATUS_POLL, due)]
+    asking, commands = decide(manual, TimerFired(Timer.STATUS_POLL, due), due)
+    assert (asking.next_check_at, commands) == (None, [RunActivity("check_status")])
+    again, commands = decide(asking, ProviderPending(REF, solicited=True), due)
+    assert commands == [StartTimer(Timer.STATUS_POLL, due + timedelta(minutes=5))]
+    assert decide(again, ProviderPending(REF), due) == (again, [])  # a poll is already due
+    paid, commands = decide(asking, ProviderSucceeded(REF, solicited=True), due)
+    assert (paid.target, commands) == (S.SUCCEEDED, [RunActivity("commit")])
+    # a person decided first: the poll that comes due asks nothing
+    decided, _ = decide(manual, ManualResolved(False, "ana", "statement"), NOW)
+    assert decide(decided, TimerFired(Timer.STATUS_POLL, due), due) == (decided, [])
+    # version 2 leaves it to the person alone
+    v2, commands = WITHDRAWAL_V2.decide(executing, ProviderPending(REF, solicited=True), NOW)
+    assert (v2.status, v2.next_check_at, commands) == (S.MANUAL_CHECK, None, [])

@@ -33,6 +33,15 @@ Version 3 asks the world instead:
     CREATING -cancel, freeze unanswered-> wait for the freeze's answer: fresh, the
                                   hold is released; a replay, the order is re-checked
 
+    EXECUTING -SLA passed, status still open-> MANUAL_CHECK, and the order's status
+                                  is asked again every `recheck_cap` until it is
+                                  final or a person decides
+
+A webhook the service acknowledged in a lost timeline is never sent again: the
+provider has its 2xx. A task waiting for it would wait for ever, and one a
+person has would be decided blind; so a manual check keeps asking the provider
+(it is what a person would do first), and a final answer settles it.
+
 The queue rule waits while an unstarted ending waits for the ledger, so the
 cascade never moves past a task a lost timeline may have started, and starts a
 resumed task before anything else. A task stopped because another succeeded
@@ -57,6 +66,7 @@ from workflows.core import (
     QueueDecision,
     Reconsider,
     RunActivity,
+    StartTimer,
     TaskView,
 )
 from workflows.withdrawal import Transitions
@@ -68,12 +78,17 @@ from workflows.withdrawal_events import (
     HoldFound,
     KeyVoided,
     OrderAmbiguous,
+    ProviderNotFound,
+    ProviderPending,
     QueueStatus,
     Skip,
     Start,
+    StatusUnknown,
     Stop,
     TaskState,
     TaskStatus,
+    Timer,
+    TimerFired,
 )
 from workflows.withdrawal_handlers import Decision
 from workflows.withdrawal_routing import V2_TRANSITIONS
@@ -81,6 +96,7 @@ from workflows.withdrawal_routing import V2_TRANSITIONS
 S = TaskStatus
 VOID = "void"  # the activity: ask the ledger, void the key if nothing is there
 LOST_TIMELINE = "hold_from_a_lost_commit"
+STILL_OPEN = (ProviderPending, ProviderNotFound, StatusUnknown)  # a status that is not final
 
 
 def end_unstarted(state: TaskState, event: Event, _now: datetime) -> Decision:
@@ -155,6 +171,37 @@ def cancel_creating(state: TaskState, event: Event, now: datetime) -> Decision:
     return h.cancel_creating(state, event, now)
 
 
+def open_status(state: TaskState, event: Event, now: datetime) -> Decision:
+    """EXECUTING, the status still open: past the SLA, a person takes it, and the
+    provider is asked again later all the same."""
+    new, commands = h.open_status(state, event, now)
+    if new.status != S.MANUAL_CHECK:
+        return new, commands
+    return _ask_again(new, now)
+
+
+def manual_poll_due(state: TaskState, event: Event, _now: datetime) -> Decision:
+    assert isinstance(event, TimerFired)
+    if event.kind != Timer.STATUS_POLL or event.due_at != state.next_check_at:
+        return state, []  # a superseded timer, or another kind
+    if state.target is not None:
+        return state, []  # a person (or the provider) already decided
+    return replace(state, next_check_at=None), [RunActivity(h.CHECK)]
+
+
+def manual_still_open(state: TaskState, event: Event, now: datetime) -> Decision:
+    """Pending, not found or unknown while a person has it: ask again later, unless
+    a poll is already due or the task is settling."""
+    if state.target is not None or state.next_check_at is not None:
+        return state, []
+    return _ask_again(state, now)
+
+
+def _ask_again(state: TaskState, now: datetime) -> Decision:
+    due = now + state.timing.recheck_cap
+    return replace(state, next_check_at=due), [StartTimer(Timer.STATUS_POLL, due)]
+
+
 V3_TRANSITIONS: Transitions = {
     **V2_TRANSITIONS,
     (S.PENDING, Start): start,
@@ -165,6 +212,9 @@ V3_TRANSITIONS: Transitions = {
     (S.PENDING, HoldFound): hold_found,
     (S.CREATING, FundsFrozen): frozen,
     (S.CREATING, Cancel): cancel_creating,
+    **{(S.EXECUTING, still): open_status for still in STILL_OPEN},
+    **{(S.MANUAL_CHECK, still): manual_still_open for still in STILL_OPEN},
+    (S.MANUAL_CHECK, TimerFired): manual_poll_due,
 }
 
 
