@@ -120,6 +120,7 @@ async def maintenance_job(context: procrastinate.JobContext, timestamp: int) -> 
             conn,
             runtime.engine.scheduler,
             runtime.sweep_grace_s,
+            runtime.engine.definitions.live_statuses(),
             notifications=runtime.notify is not None,
         )
 

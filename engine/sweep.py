@@ -23,9 +23,12 @@ from typing import Any
 from engine import metrics
 from engine.contracts import Scheduler
 from engine.journal import Conn
+from workflows.core import sql_literals
 
 log = logging.getLogger("payment.sweep")
 
+# `{live}`: the definitions' live statuses, as literals (workflows/core.py
+# sql_literals), so that the partial index order_tasks_open serves the scan.
 _WAITING_FOR_NOTHING = """
 SELECT t.id::text AS task_id, t.queue_id, t.status::text AS status, t.activity_token,
        t.activity,
@@ -33,7 +36,7 @@ SELECT t.id::text AS task_id, t.queue_id, t.status::text AS status, t.activity_t
                 WHERE d.task_id = t.id AND d.replayed_at IS NULL) AS dead_lettered,
        q.needs_attention
 FROM order_tasks t JOIN order_queues q ON q.id = t.queue_id
-WHERE (t.status IN ('CREATING', 'EXECUTING', 'NEGATIVE_EVAL', 'RECHECKING', 'MANUAL_CHECK')
+WHERE (t.status IN ({live})
        -- an unstarted task asking the ledger before it ends (withdrawal version 3)
        OR (t.status = 'PENDING' AND t.target IS NOT NULL))
   AND NOT (t.status = 'MANUAL_CHECK' AND t.target IS NULL)  -- a person has it
@@ -65,14 +68,16 @@ async def sweep(
     conn: Conn,
     scheduler: Scheduler,
     grace_s: float,
+    live_statuses: frozenset[str],
     limit: int = 100,
     notifications: bool = False,
 ) -> dict[str, int]:
-    """One pass; returns how many tasks were repaired and flagged, and (with
-    `notifications` on) how many untold outcomes were deferred again."""
+    """One pass over tasks in `live_statuses`; returns how many were repaired and
+    flagged, and (with `notifications` on) how many untold outcomes were deferred again."""
     done = {"repaired": 0, "flagged": 0, "renotified": 0}
+    query = _WAITING_FOR_NOTHING.format(live=sql_literals(live_statuses))
     async with conn.transaction():
-        rows = await (await conn.execute(_WAITING_FOR_NOTHING, (grace_s, limit))).fetchall()
+        rows = await (await conn.execute(query, (grace_s, limit))).fetchall()
         for row in rows:
             action = await _handle(conn, scheduler, row)
             if action:

@@ -19,9 +19,10 @@ from typing import Any
 from engine import metrics
 from engine.config import ProviderConfig
 from engine.journal import Conn
-from workflows.core import Event
+from workflows.core import Event, sql_literals
 from workflows.health import Circuit, HealthRules, Tally, next_circuit
 from workflows.withdrawal_events import (
+    AT_PROVIDER,
     OrderAccepted,
     OrderAmbiguous,
     OrderDeclined,
@@ -168,19 +169,19 @@ async def evaluate_health(rules: Mapping[str, HealthRules], conn: Conn) -> list[
     return await evaluate(conn, rules, datetime.now(UTC))
 
 
-_REPORT = """
+_REPORT = f"""
 SELECT p.provider, coalesce(c.state, 'closed') AS state, c.forced, c.since, c.probe_at,
        c.probes_left, c.reason,
-       (SELECT coalesce(jsonb_object_agg(outcome, n), '{}') FROM (
+       (SELECT coalesce(jsonb_object_agg(outcome, n), '{{}}') FROM (
             SELECT outcome, count(*) AS n FROM provider_outcomes o
             WHERE o.provider = p.provider AND o.at > now() - make_interval(secs => p.window_s)
             GROUP BY 1) AS w) AS recent,
        (SELECT count(*) FROM order_tasks t WHERE t.provider = p.provider
-          AND t.status IN ('CREATING', 'EXECUTING', 'NEGATIVE_EVAL', 'RECHECKING')) AS in_flight
+          AND t.status IN ({sql_literals(AT_PROVIDER)})) AS in_flight
 FROM unnest(%s::text[], %s::float8[]) AS p(provider, window_s)
 LEFT JOIN provider_circuits c USING (provider)
 ORDER BY p.provider
-"""
+"""  # noqa: S608 - statuses from a constant, not from input
 
 
 async def report(conn: Conn, providers: Mapping[str, ProviderConfig]) -> list[dict[str, Any]]:

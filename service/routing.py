@@ -18,7 +18,8 @@ from typing import Any
 
 from engine.config import LimitsConfig
 from engine.journal import Conn
-from workflows.core import Admit, Limited, Routing, Unhealthy, Verdict
+from workflows.core import Admit, Limited, Routing, Unhealthy, Verdict, sql_literals
+from workflows.withdrawal_events import AT_PROVIDER
 
 CONCURRENCY, RATE = "concurrency_limit", "rate_limit"
 BUSY_RETRY_S = 0.5  # a provider at its concurrency limit is asked again after this
@@ -26,10 +27,11 @@ HEALTH_ROUTED = "health_cascade"
 _FOREVER = datetime.max.replace(tzinfo=UTC)
 
 _CIRCUITS = "SELECT * FROM provider_circuits WHERE provider = ANY(%s)"
-_IN_FLIGHT = """
+# Literals from the one constant, so the partial index order_tasks_in_flight serves it.
+_IN_FLIGHT = f"""
 SELECT count(*) AS n FROM order_tasks WHERE provider = %s
-  AND status IN ('CREATING', 'EXECUTING', 'NEGATIVE_EVAL', 'RECHECKING')
-"""
+  AND status IN ({sql_literals(AT_PROVIDER)})
+"""  # noqa: S608 - statuses from a constant, not from input
 _LOCK_LIMITS = """
 INSERT INTO provider_limits AS l (provider, tokens, refilled_at) VALUES (%s, %s, %s)
 ON CONFLICT (provider) DO UPDATE SET provider = l.provider

@@ -7,7 +7,7 @@ the same database transaction that stores the new state.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -147,6 +147,7 @@ class WorkflowDefinition(Protocol):
     name: str
     version: int  # a withdrawal is driven by the version it started on (registry.py)
     terminal_statuses: frozenset[str]
+    live_statuses: frozenset[str]  # a task waits for an activity, a timer or a person
     routed: bool  # the queue rule takes Routing (provider health and limits)
 
     def decide(self, state: Any, event: Event, now: datetime) -> tuple[Any, list[Command]]: ...
@@ -176,6 +177,13 @@ class WorkflowDefinition(Protocol):
     def skip_event(self, reason: str) -> Event: ...
 
     def hold_event(self, until: datetime, reason: str) -> Event: ...
+
+
+def sql_literals(values: Iterable[str]) -> str:
+    """`'A', 'B'`, sorted: a set of statuses written into a query as literals (not a
+    parameter), so that the planner can match a partial index's predicate."""
+    assert all(v.isidentifier() for v in values)
+    return ", ".join(f"'{v}'" for v in sorted(values))
 
 
 def _snake(name: str) -> str:

@@ -53,6 +53,10 @@ class Definitions:
     def versions(self) -> frozenset[tuple[str, int]]:
         return frozenset(self._by_key)
 
+    def live_statuses(self) -> frozenset[str]:
+        """Every status in which some definition's task waits for something."""
+        return frozenset().union(*(d.live_statuses for d in self._by_key.values()))
+
 
 # Version 1 stays while withdrawals started before version 2 are in flight.
 DEFINITIONS = Definitions(WITHDRAWAL, WITHDRAWAL_V2, WITHDRAWAL_V3)

@@ -19,6 +19,7 @@ from workflows.core import Command, Event, QueueDecision, Routing, TaskView
 from workflows.routing import route
 from workflows.withdrawal import Transitions
 from workflows.withdrawal_events import (
+    LIVE,
     TERMINAL,
     Cancel,
     Funds,
@@ -69,6 +70,7 @@ class WithdrawalDefinition:
 
     name = "withdrawal"
     terminal_statuses: frozenset[str] = frozenset(TERMINAL)
+    live_statuses: frozenset[str] = frozenset(LIVE)
 
     def __init__(
         self,

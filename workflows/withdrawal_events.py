@@ -25,6 +25,12 @@ class TaskStatus(StrEnum):
 TERMINAL = frozenset(
     {TaskStatus.SUCCEEDED, TaskStatus.SKIPPED, TaskStatus.FAILED, TaskStatus.CANCELLED}
 )
+# A task is live from its start to its end: the database allows one per withdrawal
+# (index order_tasks_one_live), and each waits for an activity, a timer or a person.
+LIVE = frozenset(TaskStatus) - TERMINAL - {TaskStatus.PENDING}
+# Live and not with a person: an order may be open at the provider (the concurrency
+# limit's count, index order_tasks_in_flight; stuck_tasks()).
+AT_PROVIDER = LIVE - {TaskStatus.MANUAL_CHECK}
 
 
 class QueueStatus(StrEnum):

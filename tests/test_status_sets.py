@@ -1,0 +1,71 @@
+"""One constant per set of task statuses (workflows/withdrawal_events.py), and the SQL
+that must agree with it: the partial indexes and stuck_tasks() in the schema, and
+the queries built from the constants. Add a status and forget a copy: this fails."""
+
+from __future__ import annotations
+
+import re
+
+import psycopg
+import pytest
+
+from engine import sweep
+from service import health, routing
+from workflows.core import sql_literals
+from workflows.registry import DEFINITIONS
+from workflows.withdrawal_events import AT_PROVIDER, LIVE, TERMINAL, TaskStatus
+
+S = TaskStatus
+
+
+def test_the_sets() -> None:
+    assert {S.CREATING, S.EXECUTING, S.NEGATIVE_EVAL, S.RECHECKING, S.MANUAL_CHECK} == LIVE
+    assert LIVE - {S.MANUAL_CHECK} == AT_PROVIDER
+    assert LIVE | TERMINAL | {S.PENDING} == set(TaskStatus) and not LIVE & TERMINAL
+    assert DEFINITIONS.live_statuses() == LIVE
+
+
+def statuses_in(sql: str) -> set[str]:
+    return set(re.findall(r"'([A-Z_]+)'", sql))
+
+
+def index_predicate(url: str, name: str) -> str:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT pg_get_expr(i.indpred, i.indrelid) FROM pg_index i"
+            " JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relname = %s",
+            (name,),
+        ).fetchone()
+    assert row is not None, name
+    return str(row[0])
+
+
+@pytest.mark.parametrize(
+    ("index", "expected"),
+    [("order_tasks_one_live", LIVE), ("order_tasks_in_flight", AT_PROVIDER)],
+)
+def test_the_partial_indexes_cover_the_constants(
+    migrated_url: str, index: str, expected: frozenset[str]
+) -> None:
+    assert statuses_in(index_predicate(migrated_url, index)) == expected
+
+
+def test_the_open_tasks_index_excludes_exactly_the_rest(migrated_url: str) -> None:
+    predicate = index_predicate(migrated_url, "order_tasks_open")
+    assert "<> ALL" in predicate
+    assert statuses_in(predicate) == set(TaskStatus) - LIVE
+
+
+def test_stuck_tasks_looks_at_tasks_at_a_provider(migrated_url: str) -> None:
+    with psycopg.connect(migrated_url) as conn:
+        row = conn.execute("SELECT pg_get_functiondef('stuck_tasks'::regproc)").fetchone()
+    assert row is not None
+    where = str(row[0]).rsplit("WHERE t.status IN", 1)[1].split(")", 1)[0]
+    assert statuses_in(where) == AT_PROVIDER
+
+
+def test_the_queries_are_built_from_the_constants() -> None:
+    assert sql_literals(AT_PROVIDER) in routing._IN_FLIGHT
+    assert sql_literals(AT_PROVIDER) in health._REPORT
+    built = sweep._WAITING_FOR_NOTHING.format(live=sql_literals(DEFINITIONS.live_statuses()))
+    assert sql_literals(LIVE) in built
