@@ -76,7 +76,7 @@ class Engine:
         """Apply `event`. `result_of` is the token of the activity that produced it:
         with `strict`, the result is stale (and dropped) unless that activity is still
         the task's pending one; either way, applying it consumes the token."""
-        with metrics.transaction_scope(), commit_hooks.savepoint():
+        with commit_hooks.transaction_scope(), commit_hooks.savepoint():
             async with conn.transaction():
                 queue, row = await self._lock(conn, task_id)
                 result = _Result(result_of, strict) if result_of is not None else None
@@ -94,7 +94,7 @@ class Engine:
     ) -> Applied:
         """A durable timer fired: its event is the one the task's own definition
         (the version its queue started on) makes of it."""
-        with metrics.transaction_scope(), commit_hooks.savepoint():
+        with commit_hooks.transaction_scope(), commit_hooks.savepoint():
             async with conn.transaction():
                 queue, row = await self._lock(conn, task_id)
                 event = self.definition_of(queue).timer_event(kind, due_at)
@@ -105,7 +105,7 @@ class Engine:
 
     async def cancel_queue(self, conn: Conn, queue_id: str, origin: Origin, reason: str) -> None:
         """Request cancellation of a whole queue: each open task gets a Cancel event."""
-        with metrics.transaction_scope(), commit_hooks.savepoint():
+        with commit_hooks.transaction_scope(), commit_hooks.savepoint():
             await self._cancel_queue(conn, queue_id, origin, reason)
 
     async def _cancel_queue(self, conn: Conn, queue_id: str, origin: Origin, reason: str) -> None:
@@ -292,7 +292,7 @@ def _observe_transition(from_status: str, to_status: str, since: datetime, now: 
         metrics.TRANSITIONS.labels(from_status, to_status).inc()
         metrics.TASK_TIME_IN_STATE.labels(from_status).observe(seconds)
 
-    metrics.on_commit(observe)
+    commit_hooks.on_commit(observe)
 
 
 @dataclass(frozen=True)

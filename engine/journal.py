@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 
-from engine import metrics
+from engine import commit_hooks, metrics
 from workflows.core import Alert, Event
 
 if TYPE_CHECKING:  # contracts imports Conn from here
@@ -108,7 +108,7 @@ async def alert(
     conn: Conn, queue: dict[str, Any], task_id: str, status: str, raised: Alert, origin: Origin
 ) -> None:
     payload = {"kind": raised.kind, "detail": raised.detail}
-    metrics.on_commit(lambda: metrics.ALERTS.labels(raised.kind).inc())
+    commit_hooks.on_commit(lambda: metrics.ALERTS.labels(raised.kind).inc())
     await conn.execute(
         "UPDATE order_queues SET needs_attention = true, attention_reason = %s,"
         " updated_at = now() WHERE id = %s",

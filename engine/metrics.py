@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-# Observations made inside a transaction count once it commits.
-from engine.commit_hooks import on_commit as on_commit
-from engine.commit_hooks import transaction_scope as transaction_scope
+# Observations made inside a transaction count once it commits: wrap them in
+# commit_hooks.on_commit (one name for the commit scope: commit_hooks).
 
 TIME_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 900, 1800, 3600)
 FAST_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from engine import metrics
+from engine import commit_hooks, metrics
 from engine.contracts import Origin
 from engine.journal import Conn, QueueEvent, record
 from workflows.core import QueueDecision, TaskView
@@ -71,7 +71,7 @@ async def _finish(
     engine: Engine, conn: Conn, queue: dict[str, Any], status: str, origin: Origin
 ) -> None:
     queue_id = str(queue["id"])
-    metrics.on_commit(lambda: metrics.WITHDRAWAL_OUTCOMES.labels(status).inc())
+    commit_hooks.on_commit(lambda: metrics.WITHDRAWAL_OUTCOMES.labels(status).inc())
     await conn.execute(
         "UPDATE order_queues SET status = %s, updated_at = now(), finished_at = now()"
         " WHERE id = %s",

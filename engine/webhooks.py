@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from engine import metrics
+from engine import commit_hooks, metrics
 from engine.contracts import Origin, UnknownTask
 from engine.journal import Conn
 from workflows.core import IllegalTransition
@@ -53,7 +53,7 @@ async def accept_webhook(
     duplicate (its second application is rolled back with the insert that failed)."""
     inbox = {"id": webhook_id, "provider": provider, "body": json.loads(body)}
     try:
-        with metrics.transaction_scope():
+        with commit_hooks.transaction_scope():
             async with runtime.pool.connection() as conn, conn.transaction():
                 outcome = await _apply_inbox_row(runtime, conn, inbox)
                 values = (provider, webhook_id, reference, body, outcome)
@@ -76,7 +76,7 @@ async def accept_webhook(
 
 async def apply_webhook(runtime: Runtime, inbox_id: int) -> str:
     """Apply a stored webhook exactly once; its outcome is written on the inbox row."""
-    with metrics.transaction_scope():  # the engine's observations count on our commit
+    with commit_hooks.transaction_scope():  # the engine's observations count on our commit
         async with runtime.pool.connection() as conn, conn.transaction():
             cur = await conn.execute(
                 "SELECT * FROM webhook_inbox WHERE id = %s FOR UPDATE", (inbox_id,)
@@ -92,7 +92,7 @@ async def apply_webhook(runtime: Runtime, inbox_id: int) -> str:
 async def _apply_inbox_row(runtime: Runtime, conn: Conn, row: dict[str, Any]) -> str:
     outcome = await _inbox_outcome(runtime, conn, row)
     provider = str(row["provider"])
-    metrics.on_commit(lambda: metrics.WEBHOOK_OUTCOMES.labels(provider, outcome).inc())
+    commit_hooks.on_commit(lambda: metrics.WEBHOOK_OUTCOMES.labels(provider, outcome).inc())
     if outcome in _REFUSALS:
         log.warning("webhook %s from %s refused: %s", row["id"], provider, outcome)
     return outcome

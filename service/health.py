@@ -16,7 +16,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from engine import metrics
+from engine import commit_hooks, metrics
 from engine.config import ProviderConfig
 from engine.journal import Conn
 from workflows.core import Event, sql_literals
@@ -70,7 +70,7 @@ class HealthRecorder:
 def _count(provider: str, event: Event) -> None:
     if isinstance(event, Skip):
         reason = event.reason
-        metrics.on_commit(lambda: metrics.ROUTING_SKIPS.labels(provider, reason).inc())
+        commit_hooks.on_commit(lambda: metrics.ROUTING_SKIPS.labels(provider, reason).inc())
     elif isinstance(event, Wait):
         held = max((event.until - datetime.now(UTC)).total_seconds(), 0.0)
         reason = event.reason
@@ -79,10 +79,10 @@ def _count(provider: str, event: Event) -> None:
             metrics.ROUTING_HOLDS.labels(provider, reason).inc()
             metrics.ROUTING_WAIT.labels(provider, reason).inc(held)
 
-        metrics.on_commit(held_for)
+        commit_hooks.on_commit(held_for)
     elif isinstance(event, OrderThrottled):
         wait_s = event.retry_after_s
-        metrics.on_commit(lambda: metrics.THROTTLED_WAIT.labels(provider).inc(wait_s))
+        commit_hooks.on_commit(lambda: metrics.THROTTLED_WAIT.labels(provider).inc(wait_s))
 
 
 _TALLY = """
@@ -128,7 +128,7 @@ async def _write(conn: Conn, provider: str, was: str, new: Circuit, actor: str) 
     await conn.execute(_CHANGE, {"provider": provider, **asdict(new)})
     await conn.execute(_AUDIT, (provider, was, new.state, new.reason or "", actor))
     state = new.state
-    metrics.on_commit(lambda: metrics.CIRCUIT_CHANGES.labels(provider, state).inc())
+    commit_hooks.on_commit(lambda: metrics.CIRCUIT_CHANGES.labels(provider, state).inc())
 
 
 def _circuit(row: Mapping[str, Any]) -> Circuit:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from engine import metrics
+from engine import commit_hooks
 from engine.contracts import Origin
 from engine.engine import Engine
 from engine.journal import Conn
@@ -36,7 +36,7 @@ async def submit(
 ) -> tuple[str, bool]:
     """Create the withdrawal (or find its identical twin). Returns (queue id, created).
     `traceparent`: the submission's span, parent of the withdrawal's other spans."""
-    with metrics.transaction_scope():
+    with commit_hooks.transaction_scope():
         return await _submit(conn, engine, request, trace_id, gate, traceparent)
 
 
