@@ -124,14 +124,7 @@ def test_resubmission_after_a_lost_commit_replays_the_hold_and_the_order(
         url_b,
     ):
         client = StackClient(stack)
-        order_id = f"lost-{uuid.uuid4().hex[:12]}"
-        first = client.submit(["alpha", "beta"], order_id=order_id)
-        assert first.status_code == 201, first.text
-        queue_id = first.json()["id"]
-        client.wait_task_status(queue_id, 0, "EXECUTING")  # frozen, and alpha took the order
-        task_id = client.withdrawal(queue_id)["tasks"][0]["id"]
-        order = client.provider_orders()[task_id]
-        assert (order["provider"], order["status"], order["creates"]) == ("alpha", "pending", 1)
+        order_id, task_id, order = order_open_at_alpha(client)
 
         # The ledger keeps the order id with the hold; a replay that does not send
         # it (an older client) is the same request, and changes nothing.
@@ -233,9 +226,9 @@ def test_resubmission_after_a_lost_commit_skips_a_released_hold(
 
 
 # Version 3: what a lost commit took with it is asked of the ledger, not believed ------
-def order_open_at_alpha_then_lost(stack: Stack, url_b: str, client: StackClient) -> tuple[str, str]:
+def order_open_at_alpha(client: StackClient) -> tuple[str, str, dict[str, Any]]:
     """On A: alpha's task froze the money and alpha took the order, which stays open
-    (never_answers); then the failover to the empty B. The order id, alpha's task id."""
+    (never_answers). The order id, alpha's task id and its order at alpha."""
     order_id = f"lost-{uuid.uuid4().hex[:12]}"
     first = client.submit(["alpha", "beta"], order_id=order_id)
     assert first.status_code == 201, first.text
@@ -243,6 +236,12 @@ def order_open_at_alpha_then_lost(stack: Stack, url_b: str, client: StackClient)
     task_id = client.withdrawal(first.json()["id"])["tasks"][0]["id"]
     order = client.provider_orders()[task_id]
     assert (order["provider"], order["status"], order["creates"]) == ("alpha", "pending", 1)
+    return order_id, task_id, order
+
+
+def order_open_at_alpha_then_lost(stack: Stack, url_b: str, client: StackClient) -> tuple[str, str]:
+    """order_open_at_alpha, then the failover to the empty B. The order id, alpha's task id."""
+    order_id, task_id, _ = order_open_at_alpha(client)
     fail_over(stack, url_b)
     return order_id, task_id
 
