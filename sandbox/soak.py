@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import re
 import signal
 import sys
 import tempfile
@@ -23,13 +22,12 @@ import threading
 import time
 import tomllib
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
 from engine.migrations import migrate
-from sandbox import soak_checks as checks
 from sandbox.chaos import Chaos, Plan, submit_all
 from sandbox.client import StackClient
 from sandbox.demo import MARKET_FILE, market_env, market_specs
@@ -37,8 +35,7 @@ from sandbox.ha_cluster import HaCluster
 from sandbox.ha_probe import HaProbe
 from sandbox.servers import NatsServer, RestartablePostgres
 from sandbox.soak_ha import Core, Failovers, ha_database
-from sandbox.soak_ha import checks as ha_checks
-from sandbox.soak_ha import figures as ha_figures
+from sandbox.soak_report import Run, report
 from sandbox.stack import ProviderSpec, Stack
 
 SOAK_ENV = {
@@ -72,11 +69,6 @@ def quiet(url: str) -> bool:
     return row == (0,)
 
 
-def api_5xx_other_than_503(log: Path) -> int:
-    statuses = re.findall(r'HTTP/1\.1\\?" (5\d\d)', log.read_text(errors="replace"))
-    return sum(s != "503" for s in statuses)
-
-
 def run(args: argparse.Namespace) -> int:
     plan = plan_from(args)
     workdir = Path(tempfile.mkdtemp(prefix="soak-"))
@@ -105,18 +97,7 @@ def soak(
 ) -> int:
     market = tomllib.loads(Path(args.market).read_text())
     migrate(url)
-    specs = [*market_specs(market), ProviderSpec("hangs", behaviour="timeout")]
-    stack = Stack(
-        url,
-        workdir / "stack",
-        specs,
-        workers=plan.workers,
-        nats_url=nats_server.url,
-        market_seed=plan.seed,
-        worker_concurrency=8,
-        extra_env={**SOAK_ENV, **market_env(market)},
-        ledger_database_url=ha[1] if ha else None,
-    )
+    stack = soak_stack(url, market, plan, workdir, nats_server.url, ha[1] if ha else None)
     print(
         f"soak: seed {plan.seed}, {plan.count} withdrawals over {plan.spread_s:.0f}s"
         f"{f', on a Patroni cluster ({args.ha})' if ha else ''}, logs in {workdir}"
@@ -127,28 +108,13 @@ def soak(
         stack.start()
         client = StackClient(stack)
         core = Core(client)
-        failovers = None
-        if ha and probe:
-            probe.start_thread()
-            failovers = Failovers(ha[0], probe, core, plan.pg_restarts)
+        failovers = watch_failovers(ha[0], probe, core, plan) if ha and probe else None
         chaos = Chaos(stack, client, pg, nats_server, plan, failovers.fault if failovers else None)
-        chaos_thread = threading.Thread(target=chaos.run, name="chaos")
-        chaos_thread.start()
-        answers, chaos.cancels = submit_all(client, market, plan, core.answered)
-        submitted = plan.count
-        chaos_thread.join()
-        if failovers:
-            failovers.join()
-            core.resubmit_lost()  # what the last failover lost, cascade-core sends again
-        client.set_ledger_faults()  # the last fault; from here on the system settles alone
-        last_fault = time.monotonic()
-        deadline = last_fault + args.quiet_timeout
-        while not quiet(url) and time.monotonic() < deadline:
-            time.sleep(1)
-        quiet_after = time.monotonic() - last_fault
+        answers = load_under_chaos(chaos, client, market, plan, core, failovers)
+        quiet_after = settle(client, url, args.quiet_timeout)
         chaos.stop_supervising()
         return report(
-            Run(client, stack, url, nats_server.url, plan, chaos, answers, submitted),
+            Run(client, stack, url, nats_server.url, plan, chaos, answers, plan.count),
             quiet_after,
             args.quiet_timeout,
             time.monotonic() - started,
@@ -160,78 +126,65 @@ def soak(
         stack.stop()
 
 
-@dataclass(frozen=True)
-class Run:
-    """What a soak ran against, and what it sent and did."""
-
-    client: StackClient
-    stack: Stack
-    url: str
-    nats_url: str
-    plan: Plan
-    chaos: Chaos
-    answers: Counter[int]
-    submitted: int
-
-
-def report(
-    run: Run,
-    quiet_after: float,
-    quiet_timeout: float,
-    wall: float,
-    ha: tuple[Failovers, Core] | None,
-) -> int:
-    client, chaos, url = run.client, run.chaos, run.url
-    api_errors = api_5xx_other_than_503(run.stack.workdir / "api.log")
-    found = [
-        *checks.money_checks(client, url),
-        *checks.liveness_checks(url),
-        checks.audit_replay(url),
-        *checks.outbox_checks(url, run.nats_url),
-        checks.Check(
-            "worker exits other than the ones killed",
-            chaos.unexpected_exits,
-            chaos.unexpected_exits == 0,
-        ),
-        checks.Check("API 5xx other than 503", api_errors, api_errors == 0),
-        checks.Check(
-            "seconds to quiet after the last fault",
-            f"{quiet_after:.0f}",
-            quiet_after < min(quiet_timeout, 120),
-        ),
-        *(ha_checks(*ha, client, url) if ha else []),
-    ]
-    outcomes = checks.outcome_counts(url)
-    manual = checks.manual_checks_by_cause(client, url)
-    avoidable = sum(n for cause, n in manual.items() if not cause.endswith("order pending"))
-    found.append(
-        checks.Check("manual checks whose provider had settled", avoidable, avoidable == 0)
+def soak_stack(
+    url: str,
+    market: dict[str, Any],
+    plan: Plan,
+    workdir: Path,
+    nats_url: str,
+    ledger_url: str | None,
+) -> Stack:
+    """The market's providers plus one whose creates hang, under the soak's retry and
+    sweep settings; `ledger_url` (HA) puts the sandbox ledger on a database of its own."""
+    return Stack(
+        url,
+        workdir / "stack",
+        [*market_specs(market), ProviderSpec("hangs", behaviour="timeout")],
+        workers=plan.workers,
+        nats_url=nats_url,
+        market_seed=plan.seed,
+        worker_concurrency=8,
+        extra_env={**SOAK_ENV, **market_env(market)},
+        ledger_database_url=ledger_url,
     )
-    print()
-    print(f"{'figure':<64} {'value':>14}")
-    for name, value in [
-        ("withdrawals submitted", run.submitted),
-        *((f"  {k}", v) for k, v in outcomes.items()),
-        ("API answers (every try; 0: no answer)", dict(sorted(run.answers.items()))),
-        ("workers SIGKILLed (and replaced)", chaos.kills),
-        ("API SIGKILLed mid-step (and restarted)", chaos.api_kills),
-        ("kills dropped (due while a database fault held the schedule)", chaos.kills_skipped),
-        ("PostgreSQL crash-restarts" if ha is None else "primary failovers", chaos.pg_restarts),
-        *(ha_figures(*ha) if ha else []),
-        ("nats-server outage, s", run.plan.nats_down_s),
-        ("stale or duplicate webhooks resent", chaos.webhooks_resent),
-        ("cancels by cascade-core", chaos.cancels),
-        *((f"manual check: {cause}", n) for cause, n in manual.items()),
-        ("wall time, s", f"{wall:.0f}"),
-    ]:
-        print(f"{name:<64} {value!s:>14}")
-    print()
-    for check in found:
-        print(f"{'ok  ' if check.ok else 'FAIL'} {check.name:<59} {check.value!s:>14}")
-    failed = [c.name for c in found if not c.ok]
-    verdict = "PASSED" if not failed else "FAILED: " + "; ".join(failed)
-    print(f"\nsoak seed {run.plan.seed}, {run.submitted} withdrawals: {verdict}")
-    return 0 if not failed else 1
+
+
+def watch_failovers(cluster: HaCluster, probe: HaProbe, core: Core, plan: Plan) -> Failovers:
+    """On a cluster the soak's database fault is a failover: the probe's writes start
+    (they count the commits a failover loses, and time each one) and the kills are
+    scheduled against them."""
+    probe.start_thread()
+    return Failovers(cluster, probe, core, plan.pg_restarts)
+
+
+def load_under_chaos(
+    chaos: Chaos,
+    client: StackClient,
+    market: dict[str, Any],
+    plan: Plan,
+    core: Core,
+    failovers: Failovers | None,
+) -> Counter[int]:
+    """Submits every withdrawal while the faults run; returns the API's answers by status."""
+    chaos_thread = threading.Thread(target=chaos.run, name="chaos")
+    chaos_thread.start()
+    answers, chaos.cancels = submit_all(client, market, plan, core.answered)
+    chaos_thread.join()
+    if failovers:
+        failovers.join()
+        core.resubmit_lost()  # what the last failover lost, cascade-core sends again
+    return answers
+
+
+def settle(client: StackClient, url: str, quiet_timeout: float) -> float:
+    """Ends the last fault and waits (at most `quiet_timeout`) for quiet; the seconds
+    from the last fault to quiet."""
+    client.set_ledger_faults()  # the last fault; from here on the system settles alone
+    last_fault = time.monotonic()
+    deadline = last_fault + quiet_timeout
+    while not quiet(url) and time.monotonic() < deadline:
+        time.sleep(1)
+    return time.monotonic() - last_fault
 
 
 def main() -> None:
