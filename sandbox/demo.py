@@ -173,14 +173,7 @@ def measure(
         " (a third each: single-shot, cascade, health-aware cascade)"
     )
     submit_batch(client, market, args.count, args.spread, rng)
-    deadline = time.monotonic() + args.timeout
-    while True:
-        settled, _ = progress(url, total, started)
-        if settled >= total or time.monotonic() > deadline:
-            break
-        time.sleep(0.5 if sys.stdout.isatty() else 5)
-    if sys.stdout.isatty():
-        print()  # end the progress bar's line
+    settled = wait_until_settled(url, total, started, args.timeout)
     if args.each:
         print_each(url)
     drifts = reconcile(client, url)
@@ -192,6 +185,33 @@ def measure(
     print(demo_report.table(stats, compression))
     verdict = "OK, 0 discrepancies" if drift == 0 else f"{drift} DISCREPANCIES"
     print(f"\nledger reconciliation: {verdict}")
+    write_reports(args, stats, durations, compression, drift, total, started)
+    return 0 if drift == 0 and settled >= total else 1
+
+
+def wait_until_settled(url: str, total: int, started: float, timeout: float) -> int:
+    """Shows progress until every withdrawal is final or with a person (or `timeout` s
+    pass); how many are. A log gets a line every 5 s, not a terminal's 0.5 s redraws."""
+    deadline = time.monotonic() + timeout
+    settled, _ = progress(url, total, started)
+    while settled < total and time.monotonic() <= deadline:
+        time.sleep(0.5 if sys.stdout.isatty() else 5)
+        settled, _ = progress(url, total, started)
+    if sys.stdout.isatty():
+        print()  # end the progress bar's line
+    return settled
+
+
+def write_reports(
+    args: argparse.Namespace,
+    stats: list[demo_report.PolicyStats],
+    durations: dict[str, list[float]],
+    compression: float,
+    drift: int,
+    total: int,
+    started: float,
+) -> None:
+    """The HTML report, and with --json the per-policy figures for a program."""
     report = Path(args.report)
     demo_report.write_html(
         report,
@@ -216,7 +236,6 @@ def measure(
         }
         Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
         print(f"figures: {args.json}")
-    return 0 if drift == 0 and settled >= total else 1
 
 
 def print_each(url: str) -> None:
