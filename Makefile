@@ -59,14 +59,17 @@ HA_MODE ?= sync
 ha: setup ## a 3-node HA PostgreSQL (etcd + Patroni) in the background; prints the multi-host URL
 	$(PY) -m sandbox.ha_cluster start --mode $(HA_MODE)
 
-stop: setup ## stop what `make run`, `make sandbox` and the embedded PostgreSQL run, from any terminal
-	$(PY) -m engine.lifecycle stop
+# devstack knows nothing of the sandbox: `make ha`'s cluster is stopped by its own CLI.
+stop: setup ## stop what `make run`, `make sandbox`, the embedded PostgreSQL and `make ha` run, from any terminal
+	$(PY) -m devstack.lifecycle stop
+	$(PY) -m sandbox.ha_cluster stop
 
 status: setup ## the database URL and what of the local stack is running
-	$(PY) -m engine.lifecycle status
+	$(PY) -m devstack.lifecycle status
 
+# DATABASE_URL, else the embedded PostgreSQL (started and left running if need be).
 migrate: setup ## apply the missing migrations (ours and procrastinate's), in order, once
-	$(PY) -m engine.migrations $(if $(PRE_DEPLOY),--pre-deploy,)
+	$(PY) -m service.migrate $(if $(PRE_DEPLOY),--pre-deploy,)
 
 test: setup ## the whole suite against a real PostgreSQL (embedded when DATABASE_URL is unset)
 	@$(PY) -m pytest -q; status=$$?; \
@@ -75,7 +78,7 @@ test: setup ## the whole suite against a real PostgreSQL (embedded when DATABASE
 
 lint: setup
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check workflows activities engine service server.py worker.py
+	$(VENV)/bin/ruff format --check workflows activities engine service server.py worker.py devstack
 	$(VENV)/bin/mypy .
 
 fuzz: setup ## schemathesis against the served OpenAPI document of a local stack (FUZZ_EXAMPLES per operation)

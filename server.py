@@ -17,9 +17,9 @@ from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 from starlette.applications import Starlette
 from starlette.routing import Route
 
+from devstack.embedded import database_url
 from engine import logs, tracing
 from engine.config import Settings
-from engine.embedded import database_url
 from engine.startup import prepare_or_exit, startup_arguments
 from service.api import ROUTES
 from service.console import CONSOLE_ROUTES

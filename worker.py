@@ -23,9 +23,9 @@ import prometheus_client
 import uvloop
 
 from activities.outbox_relay import OutboxRelay
+from devstack.embedded import database_url
 from engine import logs, tracing
 from engine.config import Settings
-from engine.embedded import database_url
 from engine.startup import prepare_or_exit, startup_arguments
 from engine.steps import fire_timer
 from engine.timers import run_pump

@@ -19,8 +19,8 @@ import psycopg
 from benchlib import DB, pct, sql
 from psycopg.conninfo import make_conninfo
 
+from devstack.embedded import database_url
 from engine import migrations
-from engine.embedded import database_url
 from engine.startup import prepare_database
 from workflows.registry import DEFINITIONS
 

@@ -22,8 +22,8 @@ import nats
 from benchlib import drop_database, fresh_database
 
 from activities.outbox_relay import STREAM, OutboxRelay
+from devstack.embedded import start_embedded_nats
 from engine.db import open_pool
-from engine.embedded import start_embedded_nats
 
 
 async def run(url: str, nats_url: str, count: int) -> None:

@@ -33,7 +33,7 @@ from benchlib.servicestack import SERVICE_DEFAULTS, fresh
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 
-from engine.embedded import database_url, free_port, start_embedded_nats
+from devstack.embedded import database_url, free_port, start_embedded_nats
 from sandbox.stack import API_TOKEN, ProviderSpec, Stack, wait_until
 
 

@@ -24,7 +24,7 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -238,12 +238,14 @@ def _record(conn: Conn, migration: Migration, how: str) -> None:
     )
 
 
-def main() -> int:
+def main(argv: list[str] | None = None, default_url: Callable[[], str] | None = None) -> int:
+    """`python -m engine.migrations`: on --database-url, else DATABASE_URL, else the
+    caller's default_url() (`make migrate`'s is the embedded PostgreSQL: service.migrate)."""
     import argparse
+    import os
     import sys
 
     from engine import logs
-    from engine.embedded import database_url
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -254,9 +256,13 @@ def main() -> int:
     parser.add_argument(
         "--status", action="store_true", help="list what is missing; change nothing"
     )
-    args = parser.parse_args()
+    parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL"))
+    args = parser.parse_args(argv)
     logs.setup()
-    url = follow_primary(database_url(keep_running=True))
+    url = args.database_url or (default_url() if default_url else "")
+    if not url:
+        parser.error("no database: set DATABASE_URL or --database-url (or run `make migrate`)")
+    url = follow_primary(url)
     if args.status:
         with psycopg.connect(url, autocommit=True) as conn:
             lacking = missing(conn, with_post=True)

@@ -1,7 +1,7 @@
 """`python -m sandbox --config PATH [--host 127.0.0.1] [--port 8090] [--database-url URL]`.
 
 The database is `--database-url`, else `DATABASE_URL`, else the project's
-embedded PostgreSQL (engine.embedded), so `make demo` works on a fresh machine.
+embedded PostgreSQL (devstack.embedded), so `make demo` works on a fresh machine.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.database_url or os.environ.get("DATABASE_URL"):
         return serve(args)
-    from engine import lifecycle  # the embedded PostgreSQL: `make stop` finds this process
+    from devstack import lifecycle  # the embedded PostgreSQL: `make stop` finds this process
 
     with lifecycle.owner("sandbox"):
         return serve(args)
@@ -51,7 +51,7 @@ def serve(args: argparse.Namespace) -> int:
     database_url = args.database_url
     if not database_url:
         # Imported lazily: it may start an embedded PostgreSQL.
-        from engine.embedded import database_url as default_database_url
+        from devstack.embedded import database_url as default_database_url
 
         database_url = default_database_url()
     app = build_app(config, database_url)

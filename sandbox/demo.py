@@ -28,7 +28,7 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from engine.embedded import PROJECT_ROOT, data_dir, database_url, start_embedded_nats
+from devstack.embedded import PROJECT_ROOT, data_dir, database_url, start_embedded_nats
 from engine.migrations import migrate
 from sandbox import demo_report
 from sandbox.client import StackClient, expected_ledger_ops

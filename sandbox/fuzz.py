@@ -19,7 +19,7 @@ from pathlib import Path
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from engine.embedded import database_url
+from devstack.embedded import database_url
 from engine.migrations import migrate
 from sandbox.stack import ProviderSpec, Stack
 

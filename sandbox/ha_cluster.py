@@ -31,7 +31,7 @@ from typing import Any, Literal, NamedTuple
 
 import psycopg
 
-from engine.embedded import data_dir
+from devstack.embedded import data_dir
 from sandbox import ha_env, ha_faults
 from sandbox.ha_config import etcd_argv, patroni_config
 from sandbox.ha_env import alive, http_get, listening, signal_all, until

@@ -25,7 +25,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from engine.embedded import PROJECT_ROOT, data_dir
+from devstack.embedded import PROJECT_ROOT, data_dir
 
 PG_USER = "embedded_postgres"
 LOCK_FILE = PROJECT_ROOT / "requirements-ha.lock"

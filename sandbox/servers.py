@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from engine.embedded import free_port, start_embedded_nats
+from devstack.embedded import free_port, start_embedded_nats
 
 
 class RestartablePostgres:

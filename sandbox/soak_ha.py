@@ -36,7 +36,7 @@ import httpx
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from engine.embedded import free_port
+from devstack.embedded import free_port
 from sandbox.client import StackClient
 from sandbox.ha_cluster import HaCluster
 from sandbox.ha_probe import HaProbe

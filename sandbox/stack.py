@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 
 from activities.standard_webhooks import new_secret
-from engine.embedded import PROJECT_ROOT, free_port
+from devstack.embedded import PROJECT_ROOT, free_port
 
 ROOT = PROJECT_ROOT
 API_TOKEN = "dev-api-token"  # noqa: S105 - sandbox credential

@@ -25,10 +25,10 @@ from typing import Any
 
 import httpx
 
+from devstack.embedded import database_url
 from engine import deadletters
 from engine.config import Settings
 from engine.contracts import Origin, UnknownTask
-from engine.embedded import database_url
 from service import health
 from service.wiring import Services, open_services
 from service.withdrawals import find_queue_id

@@ -19,8 +19,8 @@ from typing import IO
 
 import psycopg
 
-from engine import lifecycle
-from engine.embedded import PROJECT_ROOT, data_dir, database_url, start_embedded_nats
+from devstack import lifecycle
+from devstack.embedded import PROJECT_ROOT, data_dir, database_url, start_embedded_nats
 from engine.migrations import migrate
 
 STATUS_EVERY_S = 5.0

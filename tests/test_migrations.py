@@ -15,8 +15,8 @@ import procrastinate
 import psycopg
 import pytest
 
+from devstack.embedded import PROJECT_ROOT
 from engine import migrations
-from engine.embedded import PROJECT_ROOT
 from engine.migrations import migrate
 from tests.conftest import fresh_database
 from tests.release import apply_release_schema, extract_release, schema_dump

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from engine.embedded import PROJECT_ROOT
+from devstack.embedded import PROJECT_ROOT
 from sandbox.ha_env import HaUnavailable, prerequisites
 
 

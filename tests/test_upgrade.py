@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from engine.embedded import PROJECT_ROOT
+from devstack.embedded import PROJECT_ROOT
 from engine.migrations import migrate
 from sandbox.client import StackClient
 from sandbox.servers import NatsServer

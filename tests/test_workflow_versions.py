@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from engine.embedded import PROJECT_ROOT
+from devstack.embedded import PROJECT_ROOT
 from sandbox.client import StackClient
 from sandbox.servers import NatsServer
 from sandbox.stack import ProviderSpec, Stack

@@ -12,7 +12,7 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the project root
-from engine.embedded import database_url
+from devstack.embedded import database_url
 from engine.migrations import migrate
 
 DB = "payment_bench"
@@ -36,7 +36,7 @@ def sql(url: str, *statements: str, params: tuple[object, ...] = ()) -> list[tup
 
 
 def fresh_database(task_id: str) -> str:
-    """Drop and create `payment_bench` on the server of engine.embedded.database_url(),
+    """Drop and create `payment_bench` on the server of devstack.embedded.database_url(),
     apply the schema, add the one order_queues + order_tasks row timers reference."""
     logging.getLogger("procrastinate.blueprints").setLevel(logging.ERROR)  # "app in __main__"
     admin = database_url()

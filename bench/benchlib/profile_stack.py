@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/, for benchlib
 from benchlib import load
 from benchlib.servicestack import SERVICE_DEFAULTS, fresh
-from engine.embedded import start_embedded_nats
+from devstack.embedded import start_embedded_nats
 from sandbox.stack import API_TOKEN, ProviderSpec, Stack
 
 

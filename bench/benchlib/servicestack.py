@@ -5,7 +5,7 @@ from __future__ import annotations
 from psycopg.conninfo import make_conninfo
 
 from benchlib import sql
-from engine.embedded import database_url
+from devstack.embedded import database_url
 from engine.migrations import migrate
 
 # The service's own defaults (the test stack speeds some of them up).

@@ -121,7 +121,7 @@ def start_embedded_nats(
 
 
 def main() -> None:
-    """`python -m engine.embedded`: print a DATABASE_URL, starting PostgreSQL if needed."""
+    """`python -m devstack.embedded`: print a DATABASE_URL, starting PostgreSQL if needed."""
     print(database_url(keep_running=True))
 
 

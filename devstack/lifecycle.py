@@ -5,6 +5,9 @@ while they run; the embedded PostgreSQL has its own `postmaster.pid`. `stop`
 ends the supervisors (each stops its children), then the embedded PostgreSQL.
 When the last of `make run` / `make sandbox` exits (Ctrl-C), it stops the
 embedded PostgreSQL it was using, so nothing is left running without an owner.
+
+`make stop` then stops `make ha`'s cluster with its own command line
+(`python -m sandbox.ha_cluster stop`): this package knows nothing of the sandbox.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from engine.embedded import data_dir, pid_alive
+from devstack.embedded import data_dir, pid_alive
 
 OWNERS = ("run", "sandbox")
 
@@ -107,18 +110,13 @@ def stop() -> list[str]:
             done.append(f"make {name} (pid {pid}): " + ("stopped" if stopped else "still running"))
     if "DATABASE_URL" not in os.environ and postgres_pid() is not None:
         done.append("embedded PostgreSQL: " + ("stopped" if stop_postgres() else "still running"))
-    ha = data_dir() / "ha" / "cluster"  # `make ha`'s cluster (sandbox/ha_cluster.py)
-    if (ha / "ha_cluster.json").exists():
-        from sandbox.ha_cluster import stop_from_dir
-
-        done.append(f"HA cluster: {stop_from_dir(ha)}")
-    return done or ["nothing was running"]
+    return done or ["make run, make sandbox, embedded PostgreSQL: not running"]
 
 
 def main() -> int:
     command = sys.argv[1] if len(sys.argv) > 1 else "status"
     if command not in ("status", "stop"):
-        print("usage: python -m engine.lifecycle [status|stop]", file=sys.stderr)
+        print("usage: python -m devstack.lifecycle [status|stop]", file=sys.stderr)
         return 2
     for line in status() if command == "status" else stop():
         print(line)
