@@ -57,12 +57,12 @@ sandbox: setup ## the simulated ledger and providers of config/sandbox.toml on :
 # lossy variant. Patroni's own venv is built on first use. `make stop` stops it.
 HA_MODE ?= sync
 ha: setup ## a 3-node HA PostgreSQL (etcd + Patroni) in the background; prints the multi-host URL
-	$(PY) -m sandbox.ha_cluster start --mode $(HA_MODE)
+	$(PY) -m sandbox.ha_cli start --mode $(HA_MODE)
 
 # devstack knows nothing of the sandbox: `make ha`'s cluster is stopped by its own CLI.
 stop: setup ## stop what `make run`, `make sandbox`, the embedded PostgreSQL and `make ha` run, from any terminal
 	$(PY) -m devstack.lifecycle stop
-	$(PY) -m sandbox.ha_cluster stop
+	$(PY) -m sandbox.ha_cli stop
 
 status: setup ## the database URL and what of the local stack is running
 	$(PY) -m devstack.lifecycle status

@@ -7,7 +7,7 @@ When the last of `make run` / `make sandbox` exits (Ctrl-C), it stops the
 embedded PostgreSQL it was using, so nothing is left running without an owner.
 
 `make stop` then stops `make ha`'s cluster with its own command line
-(`python -m sandbox.ha_cluster stop`): this package knows nothing of the sandbox.
+(`python -m sandbox.ha_cli stop`): this package knows nothing of the sandbox.
 """
 
 from __future__ import annotations

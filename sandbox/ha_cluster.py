@@ -14,24 +14,20 @@ A TEST cluster: every connection from 127.0.0.1 is trusted (pg_hba `trust`, no
 passwords, superuser `postgres`). Patroni's smallest `ttl` is 20 s (it raises a
 smaller one), so a failover takes about 20 s after the leader is lost.
 
-    python -m sandbox.ha_cluster start [--mode sync|async]   # detached; prints the URL
-    python -m sandbox.ha_cluster status | stop
+`make ha` and `make stop` drive it from the command line: sandbox/ha_cli.py.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 import psycopg
 
-from devstack.embedded import data_dir
 from sandbox import ha_env, ha_faults
 from sandbox.ha_config import etcd_argv, patroni_config
 from sandbox.ha_env import alive, http_get, listening, signal_all, until
@@ -280,45 +276,3 @@ class HaCluster:
         if proc is not None:
             proc.kill()
             proc.wait()
-
-
-def stop_from_dir(base_dir: Path) -> str:
-    """Stop the cluster recorded under base_dir (used by `make stop`)."""
-    if not (base_dir / STATE_FILE).exists():
-        return "not running"
-    HaCluster.attach(base_dir).stop()
-    return "stopped"
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sandbox.ha_cluster")
-    parser.add_argument("command", choices=["start", "stop", "status"])
-    parser.add_argument("--mode", choices=["sync", "async"], default="sync")
-    parser.add_argument("--dir", type=Path, default=data_dir() / "ha" / "cluster")
-    args = parser.parse_args(argv)
-    base: Path = args.dir.resolve()
-    if args.command == "stop":
-        print(f"HA cluster: {stop_from_dir(base)}")
-        return 0
-    cluster = HaCluster.attach(base) if (base / STATE_FILE).exists() else None
-    if cluster is not None and not cluster.running():
-        cluster.stop()  # the leftovers of a run that died
-        cluster = None
-    if args.command == "status":
-        for m in cluster.members() if cluster else []:
-            print(f"{m.name}  {m.role:<12} {m.state:<10} port {m.port}")
-        print(cluster.url if cluster else "HA cluster: not running")
-        return 0
-    if cluster is None:
-        cluster = HaCluster(base, args.mode)
-        started = time.monotonic()
-        cluster.start()
-        print(f"HA cluster ({args.mode}) started in {time.monotonic() - started:.1f} s")
-    else:
-        print(f"HA cluster already running ({cluster.mode}) from {base}")
-    print(cluster.url)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
