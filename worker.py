@@ -29,7 +29,7 @@ from engine.config import Settings
 from engine.startup import prepare_or_exit, startup_arguments
 from engine.steps import fire_timer
 from engine.timers import run_pump
-from service.wiring import open_services
+from service.wiring import Services, open_services
 
 log = logging.getLogger("payment.worker")
 
@@ -37,28 +37,7 @@ log = logging.getLogger("payment.worker")
 async def run(settings: Settings, concurrency: int, name: str, graceful_timeout: float) -> None:
     services = await open_services(settings, pool_size=concurrency + 2)
     stop_pump = asyncio.Event()
-    background = [
-        asyncio.create_task(
-            run_pump(
-                services.pool,
-                services.app,
-                settings.timer_pump_interval_s,
-                stop_pump,
-                conninfo=settings.database_url,
-                fire=functools.partial(fire_timer, services.runtime),
-            )
-        )
-    ]
-    if settings.nats_url:
-        relay = OutboxRelay(
-            services.pool,
-            settings.database_url,
-            settings.nats_url,
-            batch=settings.outbox_batch,
-            retention_s=settings.outbox_retention_s,
-            pause_s=settings.outbox_relay_pause_s,
-        )
-        background.append(asyncio.create_task(relay.run(stop_pump)))
+    background = _start_background(services, settings, stop_pump)
     options: dict[str, Any] = {
         "name": name,
         "concurrency": concurrency,
@@ -76,6 +55,35 @@ async def run(settings: Settings, concurrency: int, name: str, graceful_timeout:
         stop_pump.set()
         await asyncio.gather(*background)
         await services.close(drain_s=graceful_timeout)
+
+
+def _start_background(
+    services: Services, settings: Settings, stop: asyncio.Event
+) -> list[asyncio.Task[None]]:
+    """The timer pump and, with NATS_URL, the outbox relay: both run until `stop` is set."""
+    background = [
+        asyncio.create_task(
+            run_pump(
+                services.pool,
+                services.app,
+                settings.timer_pump_interval_s,
+                stop,
+                conninfo=settings.database_url,
+                fire=functools.partial(fire_timer, services.runtime),
+            )
+        )
+    ]
+    if settings.nats_url:
+        relay = OutboxRelay(
+            services.pool,
+            settings.database_url,
+            settings.nats_url,
+            batch=settings.outbox_batch,
+            retention_s=settings.outbox_retention_s,
+            pause_s=settings.outbox_relay_pause_s,
+        )
+        background.append(asyncio.create_task(relay.run(stop)))
+    return background
 
 
 def _shutdown_requested() -> asyncio.Event:
