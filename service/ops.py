@@ -108,52 +108,67 @@ async def run(args: argparse.Namespace) -> int:
     settings = Settings.from_env(database_url(keep_running=True))
     svc = await open_services(settings, pool_size=2, inline_steps=0)  # workers take the steps
     try:
-        rows: list[dict[str, Any]]
-        match args.command:
-            case "timeline":
-                rows = await timeline(svc, args.order)
-            case "stuck":
-                rows = await _query(
-                    svc, "SELECT * FROM stuck_tasks(make_interval(secs => %s))", args.grace
-                )
-            case "manual":
-                rows = await _query(
-                    svc, "SELECT * FROM v_manual_check_queue ORDER BY waiting_since"
-                )
-            case "dlq":
-                rows = await _query(svc, "SELECT * FROM v_dead_letters ORDER BY dead_letter_id")
-            case "resolve":
-                event = ManualResolved(args.outcome == "positive", args.operator, args.reason)
-                async with svc.pool.connection() as conn:
-                    applied = await svc.engine.apply(
-                        conn, args.task, event, origin=Origin(actor=f"ops:{args.operator}")
-                    )
-                rows = [
-                    {"task_id": args.task, "from": applied.from_status, "to": applied.to_status}
-                ]
-            case "providers":
-                async with svc.pool.connection() as conn:
-                    rows = await health.report(conn, svc.providers)
-            case "circuit":
-                if args.provider not in svc.providers:
-                    raise UnknownTask(f"no provider {args.provider!r}")
-                state = None if args.state == "auto" else args.state
-                async with svc.pool.connection() as conn:
-                    await health.force(conn, args.provider, state, args.operator, args.reason)
-                    rows = await health.report(conn, {args.provider: svc.providers[args.provider]})
-            case "replay":
-                async with svc.pool.connection() as conn:
-                    job = await deadletters.replay(conn, svc.app, args.id, args.operator)
-                rows = [{"dead_letter_id": args.id, "replay_job_id": job}]
-            case _:  # reconcile
-                rows = await reconcile(svc)
-                _print(rows, args.json)
-                print(f"ledger drift: {len(rows)}", file=sys.stderr)
-                return 1 if rows else 0
-        _print(rows, args.json)
+        if args.command == "reconcile":
+            rows = await reconcile(svc)
+            _print(rows, args.json)
+            print(f"ledger drift: {len(rows)}", file=sys.stderr)
+            return 1 if rows else 0
+        _print(await _rows(svc, args), args.json)
         return 0
     finally:
         await svc.close()
+
+
+async def _rows(svc: Services, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """What a command other than reconcile prints."""
+    match args.command:
+        case "timeline":
+            return await timeline(svc, args.order)
+        case "stuck":
+            return await _query(
+                svc, "SELECT * FROM stuck_tasks(make_interval(secs => %s))", args.grace
+            )
+        case "manual":
+            return await _query(svc, "SELECT * FROM v_manual_check_queue ORDER BY waiting_since")
+        case "dlq":
+            return await _query(svc, "SELECT * FROM v_dead_letters ORDER BY dead_letter_id")
+        case "resolve":
+            return await resolve(svc, args)
+        case "providers":
+            async with svc.pool.connection() as conn:
+                return await health.report(conn, svc.providers)
+        case "circuit":
+            return await circuit(svc, args)
+        case "replay":
+            return await replay(svc, args)
+    raise ValueError(f"unknown command {args.command!r}")
+
+
+async def resolve(svc: Services, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """An operator's outcome for a task in MANUAL_CHECK."""
+    event = ManualResolved(args.outcome == "positive", args.operator, args.reason)
+    async with svc.pool.connection() as conn:
+        applied = await svc.engine.apply(
+            conn, args.task, event, origin=Origin(actor=f"ops:{args.operator}")
+        )
+    return [{"task_id": args.task, "from": applied.from_status, "to": applied.to_status}]
+
+
+async def circuit(svc: Services, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Force a provider's circuit open or closed (audited), or give it back to health."""
+    if args.provider not in svc.providers:
+        raise UnknownTask(f"no provider {args.provider!r}")
+    state = None if args.state == "auto" else args.state
+    async with svc.pool.connection() as conn:
+        await health.force(conn, args.provider, state, args.operator, args.reason)
+        return await health.report(conn, {args.provider: svc.providers[args.provider]})
+
+
+async def replay(svc: Services, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Send a dead letter's job again."""
+    async with svc.pool.connection() as conn:
+        job = await deadletters.replay(conn, svc.app, args.id, args.operator)
+    return [{"dead_letter_id": args.id, "replay_job_id": job}]
 
 
 def parser() -> argparse.ArgumentParser:
