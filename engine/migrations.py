@@ -239,8 +239,7 @@ def _record(conn: Conn, migration: Migration, how: str) -> None:
 
 
 def main(argv: list[str] | None = None, default_url: Callable[[], str] | None = None) -> int:
-    """`python -m engine.migrations`: on --database-url, else DATABASE_URL, else the
-    caller's default_url() (`make migrate`'s is the embedded PostgreSQL: service.migrate)."""
+    """The database: --database-url, else DATABASE_URL, else the caller's default_url()."""
     import argparse
     import os
     import sys
