@@ -57,17 +57,8 @@ def submit_all(
     sent_cancels = 0
     started = time.monotonic()
     for i in range(plan.count):
-        cascade = eligible_cascade(market, rng)
-        if rng.random() < plan.hang_share:
-            cascade.append("hangs")
         order_id = f"soak-{plan.seed}-{i:05d}"
-        body: dict[str, Any] = {
-            "order_id": order_id,
-            "merchant_id": f"m-{rng.randint(1, 20)}",
-            "amount": f"{rng.randint(1, 900)}.{rng.randint(0, 99):02d}",
-            "currency": "EUR",
-            "cascade": cascade,
-        }
+        body = _withdrawal(order_id, market, plan, rng)
         _post_until_answered(client, "/v1/withdrawals", body, answers, on_answer)
         if rng.random() < plan.cancel_share:
             sent_cancels += 1
@@ -75,19 +66,37 @@ def submit_all(
         due = [c for c in cancels if c[0] <= time.monotonic()]
         for cancel in due:
             cancels.remove(cancel)
-            _post_until_answered(
-                client,
-                f"/v1/withdrawals/{cancel[1]}/cancel",
-                {"reason": "soak"},
-                answers,
-                on_answer,
-            )
+            _cancel(client, cancel[1], answers, on_answer)
         time.sleep(max(0.0, started + plan.spread_s * (i + 1) / plan.count - time.monotonic()))
     for _, order_id in cancels:
-        _post_until_answered(
-            client, f"/v1/withdrawals/{order_id}/cancel", {"reason": "soak"}, answers, on_answer
-        )
+        _cancel(client, order_id, answers, on_answer)
     return answers, sent_cancels
+
+
+def _withdrawal(
+    order_id: str, market: dict[str, Any], plan: Plan, rng: random.Random
+) -> dict[str, Any]:
+    """One withdrawal's body. The order of the draws from `rng` is part of what a seed
+    means: change it and the same seed sends other withdrawals."""
+    cascade = eligible_cascade(market, rng)
+    if rng.random() < plan.hang_share:
+        cascade.append("hangs")
+    return {
+        "order_id": order_id,
+        "merchant_id": f"m-{rng.randint(1, 20)}",
+        "amount": f"{rng.randint(1, 900)}.{rng.randint(0, 99):02d}",
+        "currency": "EUR",
+        "cascade": cascade,
+    }
+
+
+def _cancel(
+    client: StackClient, order_id: str, answers: Counter[int], on_answer: OnAnswer | None
+) -> None:
+    """cascade-core's cancel, sent until answered like a submission."""
+    _post_until_answered(
+        client, f"/v1/withdrawals/{order_id}/cancel", {"reason": "soak"}, answers, on_answer
+    )
 
 
 def _post_until_answered(
