@@ -55,40 +55,50 @@ def patroni_config(
     sync: bool,
     bin_dir: Path,
 ) -> dict[str, Any]:
-    rest, pg = f"127.0.0.1:{rest_port}", f"127.0.0.1:{pg_port}"
-    user = {"username": "postgres"}
+    rest = f"127.0.0.1:{rest_port}"
     return {
         "scope": scope,
         "name": name,
         "restapi": {"listen": rest, "connect_address": rest},
         "etcd3": {"hosts": [f"127.0.0.1:{etcd_port}"]},
-        "bootstrap": {
-            "dcs": {
-                # Patroni 4.1 raises a smaller ttl to 20 s: a lost leader's key expires
-                # after about 20 s, and only then is a standby promoted.
-                "ttl": 20,
-                "loop_wait": 2,
-                "retry_timeout": 5,
-                # async: a lagging standby may be promoted (and commits lost)
-                "maximum_lag_on_failover": 1 << 20 if sync else 1 << 30,
-                "synchronous_mode": sync,
-                "synchronous_mode_strict": sync,
-                "postgresql": {"use_pg_rewind": True, "use_slots": True, "parameters": PARAMETERS},
-            },
-            "initdb": [{"encoding": "UTF8"}, {"locale": "C"}, "data-checksums"],
+        "bootstrap": _bootstrap(sync),
+        "postgresql": _postgresql(f"127.0.0.1:{pg_port}", node_dir, bin_dir),
+    }
+
+
+def _bootstrap(sync: bool) -> dict[str, Any]:
+    """What the first node writes to etcd for the whole cluster, and how it runs initdb."""
+    return {
+        "dcs": {
+            # Patroni 4.1 raises a smaller ttl to 20 s: a lost leader's key expires
+            # after about 20 s, and only then is a standby promoted.
+            "ttl": 20,
+            "loop_wait": 2,
+            "retry_timeout": 5,
+            # async: a lagging standby may be promoted (and commits lost)
+            "maximum_lag_on_failover": 1 << 20 if sync else 1 << 30,
+            "synchronous_mode": sync,
+            "synchronous_mode_strict": sync,
+            "postgresql": {"use_pg_rewind": True, "use_slots": True, "parameters": PARAMETERS},
         },
-        "postgresql": {
-            "listen": pg,
-            "connect_address": pg,
-            "data_dir": str(node_dir / "data"),
-            "bin_dir": str(bin_dir),
-            "pgpass": str(node_dir / "pgpass"),
-            "authentication": {"superuser": user, "replication": user, "rewind": user},
-            "parameters": {"unix_socket_directories": str(node_dir)},
-            "pg_hba": HBA,
-            "use_pg_rewind": True,
-            # a node that cannot rewind, or whose timeline diverged, is cloned again
-            "remove_data_directory_on_rewind_failure": True,
-            "remove_data_directory_on_diverged_timelines": True,
-        },
+        "initdb": [{"encoding": "UTF8"}, {"locale": "C"}, "data-checksums"],
+    }
+
+
+def _postgresql(address: str, node_dir: Path, bin_dir: Path) -> dict[str, Any]:
+    """One node's own PostgreSQL: where it listens, its data and binaries, its access."""
+    user = {"username": "postgres"}
+    return {
+        "listen": address,
+        "connect_address": address,
+        "data_dir": str(node_dir / "data"),
+        "bin_dir": str(bin_dir),
+        "pgpass": str(node_dir / "pgpass"),
+        "authentication": {"superuser": user, "replication": user, "rewind": user},
+        "parameters": {"unix_socket_directories": str(node_dir)},
+        "pg_hba": HBA,
+        "use_pg_rewind": True,
+        # a node that cannot rewind, or whose timeline diverged, is cloned again
+        "remove_data_directory_on_rewind_failure": True,
+        "remove_data_directory_on_diverged_timelines": True,
     }
