@@ -21,7 +21,7 @@ from starlette.routing import BaseRoute, Route
 
 from sandbox import ledger_store as store
 from sandbox.config import SandboxConfig
-from sandbox.ledger_store import FreezeRequest, LedgerError
+from sandbox.ledger_model import FreezeRequest, LedgerError
 from sandbox.web import BadBody, bearer_ok, error, is_int, json_object, unauthorized
 from workflows.money import InvalidAmount, is_currency, parse_amount
 

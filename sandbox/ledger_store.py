@@ -4,21 +4,20 @@ Each public coroutine runs as one transaction. Concurrency safety comes from
 row locks: a freeze or rollback first tries to INSERT the hold row, so a racing
 call on the same key blocks on the unique index until the first transaction
 ends and then sees its outcome; everything else reads the hold with
-`SELECT ... FOR UPDATE` and locks the balance row before moving money.
+`SELECT ... FOR UPDATE` and locks the balance row before moving money. The
+records it keeps, and its errors, are in sandbox/ledger_model.py.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import datetime
 from importlib import resources
 from typing import Any
 
 from psycopg import AsyncConnection, sql
 from psycopg_pool import AsyncConnectionPool
 
+from sandbox.ledger_model import FreezeRequest, Hold, LedgerError, Row, iso
 from workflows.money import format_minor
 
 # Column lists are composed with psycopg.sql, never string formatting.
@@ -50,70 +49,6 @@ _SCHEMA_LOCK = (0x5A4D, 1)
 # A hold row can vanish between our INSERT conflict and SELECT only through an
 # admin reset; retrying that short window a few times is enough.
 _RACE_RETRIES = 3
-
-Row = tuple[Any, ...]
-
-
-class LedgerError(Exception):
-    """A definitive protocol error: HTTP status plus machine code."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-
-
-@dataclass(frozen=True)
-class Hold:
-    key: str
-    provider: str | None
-    currency: str | None
-    amount_minor: int | None
-    status: str
-    request_hash: str | None
-    created_at: datetime
-    updated_at: datetime
-    order_id: str | None
-
-    @classmethod
-    def from_row(cls, row: Row) -> Hold:
-        return cls(*row)
-
-    def to_json(self) -> dict[str, Any]:
-        amount = None
-        if self.amount_minor is not None and self.currency is not None:
-            amount = format_minor(self.amount_minor, self.currency)
-        return {
-            "key": self.key,
-            "provider": self.provider,
-            "currency": self.currency,
-            "amount": amount,
-            "status": self.status,
-            "created_at": iso(self.created_at),
-            "updated_at": iso(self.updated_at),
-            "order_id": self.order_id,
-        }
-
-
-@dataclass(frozen=True)
-class FreezeRequest:
-    provider: str
-    currency: str
-    amount_minor: int
-    # Stored with the hold, but no part of its idempotency: it names the money's
-    # owner and does not move any, and a replay by a client that does not send it
-    # is the same request.
-    order_id: str | None = None
-
-    def digest(self) -> str:
-        # Hash the normalised request, so "10.0" and "10.00" are the same body.
-        text = f"{self.provider}\x00{self.currency}\x00{self.amount_minor}"
-        return hashlib.sha256(text.encode()).hexdigest()
-
-
-def iso(value: datetime) -> str:
-    return value.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 async def apply_schema(pool: AsyncConnectionPool) -> None:
