@@ -1,0 +1,182 @@
+"""The API's operations, as a table: each one's method and path, its request and
+answer models, its credentials and the error statuses it can answer, and where
+an answer's ids lead. service/openapi.py renders the table as the OpenAPI document.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import BaseModel
+
+from service import schemas as out
+from service.models import (
+    Cancellation,
+    CircuitOverride,
+    CoreCancellation,
+    Replay,
+    Resolution,
+    WebhookBody,
+    WithdrawalRequest,
+)
+
+_WEBHOOK_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
+
+
+@dataclass(frozen=True)
+class Operation:
+    method: str
+    path: str
+    summary: str
+    ok: dict[int, type[BaseModel] | str]  # status -> model, or a media type for text
+    security: str | None = None  # "bearer" (API_TOKENS) or "ops" (OPS_TOKENS)
+    body: type[BaseModel] | None = None
+    errors: tuple[int, ...] = ()  # beyond those implied by security, body and path
+    headers: tuple[str, ...] = ()
+    database: bool = True  # reads or writes PostgreSQL: may answer 503
+    field_errors: bool = True  # a body of the wrong shape is a 422 (a webhook's: a 400)
+
+    def error_statuses(self) -> list[int]:
+        implied = set(self.errors)
+        implied |= {401} if self.security else set()
+        implied |= {400, 413, 415} if self.body else set()
+        implied |= {422} if self.body and self.field_errors else set()
+        implied |= {404} if "{" in self.path else set()
+        implied |= {503} if self.database else set()
+        return sorted(implied)
+
+
+OPERATIONS = [
+    Operation(
+        "post",
+        "/v1/withdrawals",
+        "Submit a withdrawal (idempotent on order_id)",
+        {201: out.Withdrawal, 200: out.Withdrawal},
+        "bearer",
+        WithdrawalRequest,
+        (409,),
+    ),
+    Operation(
+        "get",
+        "/v1/withdrawals/{ident}",
+        "A withdrawal with its tasks (by id or order_id)",
+        {200: out.Withdrawal},
+        "bearer",
+    ),
+    Operation(
+        "get",
+        "/v1/withdrawals/{ident}/events",
+        "The audit timeline",
+        {200: out.Events},
+        "bearer",
+    ),
+    Operation(
+        "post",
+        "/v1/withdrawals/{ident}/cancel",
+        "Cancel a withdrawal (an order already at a provider runs to its end)",
+        {202: out.Withdrawal},
+        "bearer",
+        CoreCancellation,
+        (409,),
+    ),
+    Operation(
+        "post",
+        "/webhooks/{provider}",
+        "Provider webhook, signed per Standard Webhooks",
+        {202: out.WebhookAck, 200: out.WebhookAck},
+        body=WebhookBody,
+        errors=(401,),
+        field_errors=False,
+        headers=_WEBHOOK_HEADERS,
+    ),
+    Operation(
+        "get", "/ops/v1/manual-checks", "Tasks awaiting a person", {200: out.ManualChecks}, "ops"
+    ),
+    Operation(
+        "post",
+        "/ops/v1/tasks/{task_id}/resolve",
+        "Resolve a manual check",
+        {200: out.Withdrawal},
+        "ops",
+        Resolution,
+        (409,),
+    ),
+    Operation(
+        "post",
+        "/ops/v1/tasks/{task_id}/cancel",
+        "Cancel one task (skip that provider)",
+        {200: out.Withdrawal},
+        "ops",
+        Cancellation,
+        (409,),
+    ),
+    Operation(
+        "post",
+        "/ops/v1/withdrawals/{ident}/cancel",
+        "Cancel a withdrawal",
+        {202: out.Withdrawal},
+        "ops",
+        Cancellation,
+        (409,),
+    ),
+    Operation(
+        "get",
+        "/ops/v1/dead-letters",
+        "Dead letters not yet replayed",
+        {200: out.DeadLetters},
+        "ops",
+    ),
+    Operation(
+        "post",
+        "/ops/v1/dead-letters/{dead_letter_id}/replay",
+        "Replay a dead letter",
+        {202: out.ReplayAccepted},
+        "ops",
+        Replay,
+    ),
+    Operation(
+        "get", "/ops/v1/attention", "Withdrawals flagged for a person", {200: out.Attention}, "ops"
+    ),
+    Operation(
+        "get",
+        "/ops/v1/providers",
+        "Each provider's circuit, recent outcomes, orders in flight and limits",
+        {200: out.Providers},
+        "ops",
+    ),
+    Operation(
+        "post",
+        "/ops/v1/providers/{provider}/circuit",
+        "Force a provider's circuit open or closed, or back to automatic (audited)",
+        {200: out.ProviderHealth},
+        "ops",
+        CircuitOverride,
+    ),
+    Operation("get", "/metrics", "Prometheus metrics", {200: "text/plain"}),
+    Operation("get", "/healthz", "Liveness", {200: out.Status}, database=False),
+    Operation("get", "/readyz", "Readiness (the database answers)", {200: out.Status}),
+    Operation("get", "/openapi.json", "This document", {200: "application/json"}, database=False),
+]
+
+
+_WITHDRAWAL_ID = {"ident": "$response.body#/id"}
+_FIRST_TASK_ID = {"task_id": "$response.body#/tasks/0/id"}
+# Where an answer's ids lead (OpenAPI links): clients, and schemathesis's stateful
+# phase, can follow a new withdrawal to its reads, its cancels and its tasks.
+LINKS: dict[tuple[str, str], dict[str, tuple[str, str, dict[str, str]]]] = {
+    ("post", "/v1/withdrawals"): {
+        "Read": ("get", "/v1/withdrawals/{ident}", _WITHDRAWAL_ID),
+        "Events": ("get", "/v1/withdrawals/{ident}/events", _WITHDRAWAL_ID),
+        "Cancel": ("post", "/v1/withdrawals/{ident}/cancel", _WITHDRAWAL_ID),
+        "OpsCancel": ("post", "/ops/v1/withdrawals/{ident}/cancel", _WITHDRAWAL_ID),
+        "ResolveTask": ("post", "/ops/v1/tasks/{task_id}/resolve", _FIRST_TASK_ID),
+        "CancelTask": ("post", "/ops/v1/tasks/{task_id}/cancel", _FIRST_TASK_ID),
+    },
+    ("get", "/ops/v1/dead-letters"): {
+        "Replay": (
+            "post",
+            "/ops/v1/dead-letters/{dead_letter_id}/replay",
+            {"dead_letter_id": "$response.body#/dead_letters/0/id"},
+        )
+    },
+}
