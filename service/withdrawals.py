@@ -10,8 +10,9 @@ from engine.contracts import Origin
 from engine.engine import Engine
 from engine.journal import Conn
 from service.models import BadRequest, WithdrawalRequest
-from service.rollout import EVERYONE_ON_CASCADE, RolloutGate
+from service.rollout import EVERYONE_ON_CASCADE, Decision, RolloutGate
 from workflows import identity
+from workflows.core import WorkflowDefinition
 from workflows.money import format_minor
 
 _INSERT_QUEUE = """
@@ -58,31 +59,48 @@ async def _submit(
     # It starts on the current version of the machine and keeps it to the end.
     definition = engine.definitions.current(WORKFLOW)
     async with conn.transaction():
-        cur = await conn.execute(
-            _INSERT_QUEUE,
-            (
-                queue_id,
-                request.order_id,
-                fingerprint,
-                request.merchant_id,
-                request.amount_minor,
-                request.currency,
-                trace_id,
-                rollout.policy,
-                rollout.reason,
-                request.cascade,
-                definition.name,
-                definition.version,
-                traceparent,
-            ),
+        inserted = await _insert_queue(
+            conn, queue_id, request, fingerprint, trace_id, rollout, definition, traceparent
         )
-        if await cur.fetchone() is None:
+        if not inserted:
             return await _existing(conn, request.order_id, fingerprint), False
         for position, provider in enumerate(cascade):
             task_id = identity.task_id(request.order_id, position, provider)
             await conn.execute(_INSERT_TASK, (task_id, queue_id, position, provider))
         await engine.activate(conn, queue_id, Origin(actor="cascade-core", trace_id=trace_id))
     return queue_id, True
+
+
+async def _insert_queue(
+    conn: Conn,
+    queue_id: str,
+    request: WithdrawalRequest,
+    fingerprint: str,
+    trace_id: str | None,
+    rollout: Decision,
+    definition: WorkflowDefinition,
+    traceparent: str | None,
+) -> bool:
+    """Inserts the withdrawal's row; False when its order_id is already taken."""
+    cur = await conn.execute(
+        _INSERT_QUEUE,
+        (
+            queue_id,
+            request.order_id,
+            fingerprint,
+            request.merchant_id,
+            request.amount_minor,
+            request.currency,
+            trace_id,
+            rollout.policy,
+            rollout.reason,
+            request.cascade,
+            definition.name,
+            definition.version,
+            traceparent,
+        ),
+    )
+    return await cur.fetchone() is not None
 
 
 async def _existing(conn: Conn, order_id: str, fingerprint: str) -> str:
