@@ -2,6 +2,8 @@
 
 Each answer is classified at this edge as accepted, declined (final) or
 ambiguous, following the provider's `classify` section in the providers file.
+Adapters are plug-ins, built by name (the provider's `adapter` setting) from
+activities/provider_adapters.py; this one registers there as "http".
 """
 
 from __future__ import annotations
@@ -56,7 +58,18 @@ class WebhookNotice:
     provider_ref: str | None
 
 
-class ProviderAdapter(Protocol):
+class WebhookParser(Protocol):
+    def parse_webhook(self, webhook_id: str, body: bytes) -> WebhookNotice:
+        """Read a webhook body, already authenticated, into a notice; raise
+        `WebhookRejected` ("unparseable_body", "missing_data" or "bad_payload") when it
+        is not of the provider's documented shape. The only reader of webhook bodies:
+        `verify_webhook` uses it on arrival, and the inbox's translator on a stored row.
+        `webhook_id`: the id the request's headers carried ("" when the protocol
+        carries it in the body, where the parser finds it)."""
+        ...
+
+
+class ProviderAdapter(WebhookParser, Protocol):
     name: str
 
     async def create_order(self, order: OrderRequest, headers: dict[str, str]) -> CreateResult: ...
@@ -65,7 +78,10 @@ class ProviderAdapter(Protocol):
 
     def verify_webhook(
         self, headers: Mapping[str, str], body: bytes, now: int, tolerance_s: int
-    ) -> WebhookNotice: ...
+    ) -> WebhookNotice:
+        """Authenticate the request (raise `WebhookRejected` otherwise), then
+        `parse_webhook` its body."""
+        ...
 
 
 _KNOWN = {s.value for s in (OrderStatus.PENDING, OrderStatus.SUCCEEDED, OrderStatus.FAILED)}
@@ -150,12 +166,23 @@ class HttpProviderAdapter:
         verified = standard_webhooks.verify(
             secrets, headers, body, now=now, tolerance_s=tolerance_s
         )
-        return _parse_notice(verified.webhook_id, body)
+        return self.parse_webhook(verified.webhook_id, body)
+
+    def parse_webhook(self, webhook_id: str, body: bytes) -> WebhookNotice:
+        return parse_reference_webhook(webhook_id, body)
 
 
-def _parse_notice(webhook_id: str, body: bytes) -> WebhookNotice:
-    """Decode strictly (activities.strict_json) and check every field's type: a body
-    that passes is one PostgreSQL's jsonb stores as it is."""
+class ReferenceWebhooks:
+    """The reference protocol's webhook parser alone (no provider settings needed)."""
+
+    def parse_webhook(self, webhook_id: str, body: bytes) -> WebhookNotice:
+        return parse_reference_webhook(webhook_id, body)
+
+
+def parse_reference_webhook(webhook_id: str, body: bytes) -> WebhookNotice:
+    """`{"type", "data": {"id", "reference", "status"}}`. Decode strictly
+    (activities.strict_json) and check every field's type: a body that passes is
+    one PostgreSQL's jsonb stores as it is."""
     try:
         parsed = strict_json.loads(body)
     except strict_json.NotJson:

@@ -92,6 +92,10 @@ class LimitsConfig(_Strict):
 
 class ProviderConfig(_Strict):
     name: str
+    # Which adapter speaks this provider's protocol, by its name in the registry
+    # (activities/provider_adapters.py): "http" (the reference protocol) or "acme".
+    # An unknown name stops the process at start-up, naming the known ones.
+    adapter: str = "http"
     base_url: str
     api_key: SecretStr
     webhook_secrets: tuple[SecretStr, ...] = Field(min_length=1)

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import functools
 import logging
-import uuid
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
 
 import httpx
 import procrastinate
@@ -15,8 +13,9 @@ import procrastinate
 from activities.http import OutboundHttp
 from activities.ledger import LedgerClient
 from activities.notifier import CoreNotifier
-from activities.providers import HttpProviderAdapter, OrderStatus, ProviderAdapter, StatusResult
-from activities.withdrawal import WithdrawalActivities, status_event
+from activities.provider_adapters import WebhookTranslator, build_adapters
+from activities.providers import ProviderAdapter
+from activities.withdrawal import WithdrawalActivities
 from engine.config import ProviderConfig, Settings, load_definitions
 from engine.db import Pool, open_pool
 from engine.engine import Engine
@@ -28,7 +27,6 @@ from engine.steps import Runtime, notify_inline, run_inline
 from service.health import HealthRecorder, evaluate_health, health_rules
 from service.rollout import RolloutGate
 from service.routing import ProviderRouting
-from workflows.core import Event
 from workflows.withdrawal_events import Timing
 
 log = logging.getLogger("payment.wiring")
@@ -57,15 +55,6 @@ class Services:
         await self.http.aclose()
         await self.outbound.aclose()
         await self.pool.close()
-
-
-def translate_webhook(row: dict[str, Any]) -> tuple[str, Event]:
-    """Inbox row -> (task id, event). The provider's reference is our task id; the
-    provider whose secret verified the webhook is the event's speaker."""
-    data = row["body"]["data"]
-    task_id = str(uuid.UUID(str(data["reference"])))
-    result = StatusResult(OrderStatus(data["status"]), data.get("id"))
-    return task_id, status_event(result, row["provider"])
 
 
 async def open_services(
@@ -127,9 +116,7 @@ async def open_services(
     )
     http = httpx.AsyncClient(timeout=settings.ledger_timeout_s)  # ops and tools
     outbound = OutboundHttp(settings.ledger_timeout_s)  # the steps' calls
-    adapters: dict[str, ProviderAdapter] = {
-        name: HttpProviderAdapter(config, outbound) for name, config in providers.items()
-    }
+    adapters = build_adapters(providers, outbound)  # each provider's `adapter`, by name
     ledger = LedgerClient(outbound, settings.ledger_url, settings.ledger_token.get_secret_value())
     notifier = None
     if settings.core_callback_url:
@@ -139,7 +126,7 @@ async def open_services(
         engine=engine,
         pool=pool,
         activities=WithdrawalActivities(ledger, adapters).registry(),
-        translate_webhook=translate_webhook,
+        translate_webhook=WebhookTranslator(adapters),  # stored rows: read by their adapter
         stalled_after_s=settings.stalled_after_s,
         sweep_grace_s=settings.sweep_grace_s,
         first_retry_s=settings.activity_retry_base_s,

@@ -33,7 +33,8 @@ from hypothesis.stateful import (
 )
 
 from activities.outcomes import AmbiguousOutcome
-from activities.providers import OrderStatus, StatusResult
+from activities.provider_adapters import WebhookTranslator
+from activities.providers import OrderStatus, ReferenceWebhooks, StatusResult
 from activities.withdrawal import status_event
 from engine import timers
 from engine.activity import Activity, ActivityContext
@@ -45,7 +46,6 @@ from engine.migrations import migrate
 from engine.steps import Runtime, run_activity
 from engine.webhooks import apply_webhook
 from service.models import WithdrawalRequest
-from service.wiring import translate_webhook
 from service.withdrawals import submit
 from tests.conftest import fresh_database
 from workflows.core import Event, IllegalTransition
@@ -264,6 +264,8 @@ def build_machine(url: str) -> type[RuleBasedStateMachine]:
             self.pool = run(open_pool(url, max_size=2))
             engine = Engine(DEFINITIONS, self.scheduler, lambda _row: TIMING)
             self.engine = engine
+            # Every provider here (p0, p1, ..., the intruder) speaks the reference shape.
+            translate_webhook = WebhookTranslator({}, fallback=ReferenceWebhooks())
             self.runtime = Runtime(engine, self.pool, self.world.activities(), translate_webhook)
             self.done: list[tuple[str, str, int]] = []
             self.queues: list[str] = []
