@@ -10,6 +10,7 @@ behaviour = "instant"
 webhook_delay_ms = 200
 hang_ms = 30000
 balances = { EUR = "100000.00" }
+protocol = "http"      # the wire shape: "http" (the reference) or "acme"
 ```
 """
 
@@ -43,6 +44,10 @@ BEHAVIOURS = frozenset(
         "throttle_once",  # the first create per order: 429 with Retry-After: 1
     }
 )
+# The wire shapes a simulated provider speaks, named like payment-service's adapters
+# (docs/protocols.md): the reference protocol, and Acme's.
+PROTOCOLS = frozenset({"http", "acme"})
+DEFAULT_PROTOCOL = "http"
 # Provider names appear in URL paths; "_admin" and friends must stay reserved.
 PROVIDER_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}", re.ASCII)
 DEFAULT_WEBHOOK_DELAY_MS = 200
@@ -65,10 +70,14 @@ class ProviderConfig:
     # currency -> strict decimal string, e.g. {"EUR": "100000.00"}
     balances: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     market: MarketModel | None = None  # for behaviour = "market"
+    protocol: str = DEFAULT_PROTOCOL  # one of PROTOCOLS
 
     def __repr__(self) -> str:
         # Keep api_key and webhook_secret out of logs and tracebacks.
-        return f"ProviderConfig(name={self.name!r}, behaviour={self.behaviour!r})"
+        return (
+            f"ProviderConfig(name={self.name!r}, behaviour={self.behaviour!r},"
+            f" protocol={self.protocol!r})"
+        )
 
 
 @dataclass(frozen=True)
@@ -133,6 +142,8 @@ def parse_provider(name: str, raw: object) -> ProviderConfig:
         raise ConfigError(str(exc)) from None
     if behaviour == "market" and market is None:
         raise ConfigError(f"{where}: behaviour market needs a [{where}.market] table")
+    protocol = _string(raw, "protocol", DEFAULT_PROTOCOL)
+    check_protocol(protocol, where)
     return ProviderConfig(
         name=name,
         api_key=api_key,
@@ -142,7 +153,13 @@ def parse_provider(name: str, raw: object) -> ProviderConfig:
         hang_ms=_millis(raw, "hang_ms", DEFAULT_HANG_MS, where),
         balances=MappingProxyType(_balances(raw.get("balances", {}), where)),
         market=market,
+        protocol=protocol,
     )
+
+
+def check_protocol(protocol: str, where: str) -> None:
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"{where}.protocol must be one of {sorted(PROTOCOLS)}")
 
 
 def check_secret(secret: str, where: str) -> None:

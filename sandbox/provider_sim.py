@@ -23,7 +23,9 @@ from typing import Any
 
 import httpx
 
+from activities import acme as acme_signing
 from activities.standard_webhooks import signed_headers
+from sandbox import acme
 from sandbox.config import ProviderConfig, SandboxConfig
 from sandbox.market import draw
 from sandbox.orders import CreateAnswer, Delivery, Order, error_body, no_order_answer
@@ -61,6 +63,9 @@ class Simulator:
     client: httpx.AsyncClient | None = None
     load: defaultdict[str, ProviderLoad] = field(default_factory=lambda: defaultdict(ProviderLoad))
     throttled: set[tuple[str, str]] = field(default_factory=set)
+    # (provider, reference) -> the status/state its answers and webhooks show instead
+    # of the order's own, sent as it is (an admin call: a value the client does not know)
+    wire_states: dict[tuple[str, str], str] = field(default_factory=dict)
     clock_start: float | None = None  # the market clock starts at its first order
 
     def __post_init__(self) -> None:
@@ -82,6 +87,7 @@ class Simulator:
         self.deliveries.clear()
         self.load.clear()
         self.throttled.clear()
+        self.wire_states.clear()
         self.clock_start = None
         self.providers = dict(self.config.providers)
 
@@ -203,22 +209,32 @@ class Simulator:
             # Sign with the provider's current secret, in case an admin rotated it.
             await self.deliver(self.providers.get(provider.name, provider), order, final)
 
+    def order_json(self, order: Order, status: str | None = None) -> dict[str, str]:
+        """The order in the reference shape, with its wire override if one is set."""
+        shown = self.wire_states.get((order.provider, order.reference), status or order.status)
+        return {**order.to_json(), "status": shown}
+
     async def deliver(
         self, provider: ProviderConfig, order: Order, status: str, webhook_id: str | None = None
     ) -> Delivery:
         """POST a signed webhook, retrying non-2xx with backoff under the same id."""
-        webhook_id = webhook_id or "msg_" + secrets.token_hex(12)
-        # Serialised once: the signature covers exactly these bytes on every attempt.
-        body = json.dumps(
-            {"type": "order.updated", "data": {**order.to_json(), "status": status}},
-            separators=(",", ":"),
-        ).encode()
+        wire = self.wire_states.get((order.provider, order.reference))
+        if provider.protocol == "acme":
+            webhook_id = webhook_id or "evt_" + secrets.token_hex(12)
+            body = acme.webhook_body(webhook_id, {**order.to_json(), "status": status}, wire)
+        else:
+            webhook_id = webhook_id or "msg_" + secrets.token_hex(12)
+            # Serialised once: the signature covers exactly these bytes on every attempt.
+            body = json.dumps(
+                {"type": "order.updated", "data": self.order_json(order, status)},
+                separators=(",", ":"),
+            ).encode()
         url = f"{self.config.webhook_url}/webhooks/{provider.name}"
         code: int | None = None
         backoff = WEBHOOK_FIRST_BACKOFF_S
         attempt = 0
         for attempt in range(1, WEBHOOK_RETRIES + 2):
-            code = await self._post(url, provider.webhook_secret, webhook_id, body)
+            code = await self._post(url, provider, webhook_id, body)
             if code is not None and 200 <= code < 300:
                 break
             if attempt <= WEBHOOK_RETRIES:
@@ -234,10 +250,16 @@ class Simulator:
         del self.deliveries[:-MAX_DELIVERY_LOG]
         return result
 
-    async def _post(self, url: str, secret: str, webhook_id: str, body: bytes) -> int | None:
+    async def _post(
+        self, url: str, provider: ProviderConfig, webhook_id: str, body: bytes
+    ) -> int | None:
         assert self.client is not None, "Simulator.start() was not awaited"
         # Timestamp per attempt, so a late retry is not refused as too old.
-        headers = signed_headers(secret, webhook_id, int(time.time()), body)
+        now, secret = int(time.time()), provider.webhook_secret
+        if provider.protocol == "acme":
+            headers = acme_signing.signed_headers(secret, now, body)
+        else:
+            headers = signed_headers(secret, webhook_id, now, body)
         headers["content-type"] = "application/json"
         try:
             response = await self.client.post(url, content=body, headers=headers)
