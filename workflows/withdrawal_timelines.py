@@ -59,6 +59,7 @@ from dataclasses import replace
 from datetime import datetime
 
 from workflows import withdrawal_handlers as h
+from workflows import withdrawal_observations as observed
 from workflows.core import (
     Alert,
     Event,
@@ -174,7 +175,7 @@ def cancel_creating(state: TaskState, event: Event, now: datetime) -> Decision:
 def open_status(state: TaskState, event: Event, now: datetime) -> Decision:
     """EXECUTING, the status still open: past the SLA, a person takes it, and the
     provider is asked again later all the same."""
-    new, commands = h.open_status(state, event, now)
+    new, commands = observed.open_status(state, event, now)
     if new.status != S.MANUAL_CHECK:
         return new, commands
     return _ask_again(new, now)
