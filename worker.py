@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 import signal
@@ -27,7 +26,6 @@ from devstack.embedded import database_url
 from engine import logs, tracing
 from engine.config import Settings
 from engine.startup import prepare_or_exit, startup_arguments
-from engine.steps import fire_timer
 from engine.timers import run_pump
 from service.wiring import Services, open_services
 
@@ -69,7 +67,7 @@ def _start_background(
                 settings.timer_pump_interval_s,
                 stop,
                 conninfo=settings.database_url,
-                fire=functools.partial(fire_timer, services.runtime),
+                fire=services.runtime.fire_timer,
             )
         )
     ]

@@ -10,9 +10,9 @@ import time
 from dataclasses import dataclass
 from enum import StrEnum
 
+from activities import metrics as activity_metrics
 from activities.http import OutboundHttp, call
 from activities.outcomes import AmbiguousOutcome, HttpAnswer
-from engine import metrics
 
 
 class FreezeResult(StrEnum):
@@ -115,16 +115,16 @@ class LedgerClient:
                 headers={**self._headers, **extra},
             )
         except AmbiguousOutcome:
-            metrics.LEDGER_ERRORS.labels(operation, "ambiguous").inc()
+            activity_metrics.LEDGER_ERRORS.labels(operation, "ambiguous").inc()
             raise
         finally:
-            metrics.LEDGER_LATENCY.labels(operation).observe(time.perf_counter() - started)
+            activity_metrics.LEDGER_LATENCY.labels(operation).observe(time.perf_counter() - started)
         if answer.status in (401, 403, 429):
             # Misconfiguration or throttling is not the hold's fate: retry, don't decide.
-            metrics.LEDGER_ERRORS.labels(operation, f"http_{answer.status}").inc()
+            activity_metrics.LEDGER_ERRORS.labels(operation, f"http_{answer.status}").inc()
             raise AmbiguousOutcome(f"ledger_http_{answer.status}")
         if answer.status != 200:
-            metrics.LEDGER_ERRORS.labels(operation, answer.error_code or "refused").inc()
+            activity_metrics.LEDGER_ERRORS.labels(operation, answer.error_code or "refused").inc()
         return answer
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from activities import metrics as activity_metrics
 from activities.http import OutboundHttp, call
 from activities.outcomes import AmbiguousOutcome
-from engine import metrics
 from workflows.money import format_minor
 
 
@@ -54,13 +54,13 @@ class CoreNotifier:
                 headers={**self._headers, **headers, **key},
             )
         except AmbiguousOutcome:
-            metrics.CORE_NOTIFICATIONS.labels("retry").inc()
+            activity_metrics.CORE_NOTIFICATIONS.labels("retry").inc()
             raise
         if 200 <= answer.status < 300:
-            metrics.CORE_NOTIFICATIONS.labels("delivered").inc()
+            activity_metrics.CORE_NOTIFICATIONS.labels("delivered").inc()
             return
         if answer.status == 429:
-            metrics.CORE_NOTIFICATIONS.labels("retry").inc()
+            activity_metrics.CORE_NOTIFICATIONS.labels("retry").inc()
             raise AmbiguousOutcome("core_http_429")
-        metrics.CORE_NOTIFICATIONS.labels("refused").inc()
+        activity_metrics.CORE_NOTIFICATIONS.labels("refused").inc()
         raise NotificationRefused(f"cascade-core answered {answer.status} {answer.error_code}")

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from engine.contracts import Transient
+
 
 class Verdict(StrEnum):
     ACCEPTED = "accepted"
@@ -13,7 +15,7 @@ class Verdict(StrEnum):
     THROTTLED = "throttled"  # 429: nothing was done; ask again after Retry-After
 
 
-class AmbiguousOutcome(Exception):
+class AmbiguousOutcome(Transient):
     """We cannot know what happened (5xx, timeout, reset, unparseable body).
 
     For ledger calls the job retries the same idempotent call; the task stays.

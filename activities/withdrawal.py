@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from activities import metrics as activity_metrics
 from activities.ledger import FreezeResult, Hold, LedgerClient
 from activities.outcomes import Verdict
 from activities.providers import OrderRequest, OrderStatus, ProviderAdapter, StatusResult
-from engine import metrics
+from activities.withdrawal_rows import attempt_of, withdrawal_of
 from engine.activity import Activity, ActivityContext
 from workflows.core import Event
 from workflows.money import format_minor
@@ -32,7 +33,8 @@ from workflows.withdrawal_events import (
 
 
 def _amount(ctx: ActivityContext) -> str:
-    return format_minor(int(ctx.queue["amount_minor"]), str(ctx.queue["currency"]))
+    withdrawal = withdrawal_of(ctx.queue)
+    return format_minor(int(withdrawal["amount_minor"]), str(withdrawal["currency"]))
 
 
 def status_event(result: StatusResult, speaker: str, *, solicited: bool = False) -> Event:
@@ -74,12 +76,13 @@ class WithdrawalActivities:
         }
 
     async def freeze(self, ctx: ActivityContext) -> Event:
+        withdrawal = withdrawal_of(ctx.queue)
         hold = Hold(
             str(ctx.task["id"]),
-            ctx.task["provider"],
-            str(ctx.queue["currency"]),
+            attempt_of(ctx.task)["provider"],
+            str(withdrawal["currency"]),
             _amount(ctx),
-            order_id=str(ctx.queue["order_id"]),
+            order_id=withdrawal["order_id"],
         )
         result = await self._ledger.freeze(hold, ctx.headers)
         if result in (FreezeResult.FROZEN, FreezeResult.REPLAYED):
@@ -89,14 +92,16 @@ class WithdrawalActivities:
         return FundsInsufficient(reason=result.value)
 
     async def create_order(self, ctx: ActivityContext) -> Event:
-        if not ctx.task["order_submitted"]:
+        attempt = attempt_of(ctx.task)
+        if not attempt["order_submitted"]:
             # First note durably that the order may exist from now on; the
             # transition defers this activity again, which then sends it.
             return OrderSubmitting()
-        adapter = self._adapters[ctx.task["provider"]]
-        request = OrderRequest(str(ctx.task["id"]), _amount(ctx), str(ctx.queue["currency"]))
+        adapter = self._adapters[attempt["provider"]]
+        currency = str(withdrawal_of(ctx.queue)["currency"])
+        request = OrderRequest(str(attempt["id"]), _amount(ctx), currency)
         result = await adapter.create_order(request, ctx.headers)
-        metrics.PROVIDER_OUTCOMES.labels(adapter.name, "create", result.verdict).inc()
+        activity_metrics.PROVIDER_OUTCOMES.labels(adapter.name, "create", result.verdict).inc()
         if result.verdict == Verdict.ACCEPTED:
             assert result.provider_ref is not None
             return OrderAccepted(result.provider_ref, paid=result.paid)
@@ -107,9 +112,9 @@ class WithdrawalActivities:
         return OrderAmbiguous(result.reason)
 
     async def check_status(self, ctx: ActivityContext) -> Event:
-        adapter = self._adapters[ctx.task["provider"]]
+        adapter = self._adapters[attempt_of(ctx.task)["provider"]]
         result = await adapter.get_status(str(ctx.task["id"]), ctx.headers)
-        metrics.PROVIDER_OUTCOMES.labels(adapter.name, "status", result.status).inc()
+        activity_metrics.PROVIDER_OUTCOMES.labels(adapter.name, "status", result.status).inc()
         return status_event(result, adapter.name, solicited=True)
 
     async def commit(self, ctx: ActivityContext) -> Event:

@@ -22,7 +22,6 @@ import time
 import uuid
 from collections import Counter
 from datetime import datetime
-from typing import Any
 
 import procrastinate
 from benchlib import drop_database, fresh_database, pct, sql
@@ -81,8 +80,9 @@ async def run(url: str, cfg: Settings) -> list[Fired]:
         for app in apps:
             await stack.enter_async_context(app.open_async())
 
-        async def deliver(conn: Conn, row: dict[str, Any]) -> None:  # the pump's own path
-            fired.append((row["kind"], row["due_at"].isoformat(), time.time(), len(fired) + 1))
+        async def deliver(conn: Conn, task_id: str, kind: str, due_at: datetime) -> None:
+            # the pump's own path
+            fired.append((kind, due_at.isoformat(), time.time(), len(fired) + 1))
             if len(fired) >= N_TIMERS:
                 all_in.set()
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
+from engine.rows import QueueRow, TaskRow
 from workflows.core import Event
 
 
@@ -13,8 +13,8 @@ from workflows.core import Event
 class ActivityContext:
     """What an activity sees: the task and queue rows as of the job's version."""
 
-    task: dict[str, Any]
-    queue: dict[str, Any]
+    task: TaskRow
+    queue: QueueRow
     headers: dict[str, str]  # propagated on outgoing calls (trace context)
 
 

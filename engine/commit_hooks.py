@@ -13,13 +13,25 @@ import contextlib
 import contextvars
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
+
+
+class Scoped(Protocol):
+    """State kept for one transaction (engine/scheduler.py's steps after commit):
+    a savepoint that rolls back restores it to its snapshot."""
+
+    def snapshot(self) -> Any: ...
+
+    def restore(self, snapshot: Any) -> None: ...
+
+
+S = TypeVar("S", bound=Scoped)
 
 
 @dataclass
 class _Scope:
     queued: list[Callable[[], None]] = field(default_factory=list)
-    notes: dict[str, Any] = field(default_factory=dict)  # what a scope's users keep in it
+    kept: dict[type, Scoped] = field(default_factory=dict)  # one object per kind
 
 
 _pending: contextvars.ContextVar[_Scope | None] = contextvars.ContextVar(
@@ -27,11 +39,23 @@ _pending: contextvars.ContextVar[_Scope | None] = contextvars.ContextVar(
 )
 
 
-def scope_notes() -> dict[str, Any] | None:
-    """The open scope's scratch space (None outside a scope): state that lives
-    exactly as long as one transaction."""
+def in_scope() -> bool:
+    return _pending.get() is not None
+
+
+def scoped(kind: type[S]) -> S | None:
+    """The open scope's object of this kind (None: none kept, or no scope)."""
     scope = _pending.get()
-    return None if scope is None else scope.notes
+    found = None if scope is None else scope.kept.get(kind)
+    return found if isinstance(found, kind) else None
+
+
+def keep(state: S) -> S:
+    """Keep `state` for exactly as long as the open scope (one must be open)."""
+    scope = _pending.get()
+    assert scope is not None, "keep() needs an open transaction scope"
+    scope.kept[type(state)] = state
+    return state
 
 
 def on_commit(fn: Callable[[], None]) -> None:
@@ -69,18 +93,13 @@ def savepoint() -> Iterator[None]:
         yield
         return
     mark = len(scope.queued)
-    saved = {k: dict(v) if isinstance(v, dict) else v for k, v in scope.notes.items()}
+    kept = dict(scope.kept)
+    snapshots = {kind: state.snapshot() for kind, state in kept.items()}
     try:
         yield
     except BaseException:
         del scope.queued[mark:]
-        for key in [k for k in scope.notes if k not in saved]:
-            del scope.notes[key]
-        for key, value in saved.items():
-            kept = scope.notes.get(key)
-            if isinstance(kept, dict) and isinstance(value, dict):
-                kept.clear()  # in place: a queued closure may hold this very dict
-                kept.update(value)
-            else:
-                scope.notes[key] = value
+        scope.kept = kept  # what the savepoint began keeping is dropped
+        for kind, state in kept.items():
+            state.restore(snapshots[kind])
         raise

@@ -6,7 +6,6 @@ SecretStr so they never print in logs, reprs or error bodies.
 
 from __future__ import annotations
 
-import importlib
 import os
 import tomllib
 from datetime import timedelta
@@ -15,8 +14,8 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from engine.db import follow_primary
+from engine.startup import load_definitions as load_definitions  # re-exported
 from workflows.health import OUTCOMES, SUCCESSES, HealthRules
-from workflows.registry import Definitions
 from workflows.withdrawal_events import Timing
 
 DEFAULT_PROVIDERS_FILE = Path(__file__).resolve().parent.parent / "config" / "providers.toml"
@@ -117,15 +116,6 @@ def load_providers(path: Path) -> dict[str, ProviderConfig]:
     raw = tomllib.loads(path.read_text())
     entries = raw.get("providers", {})
     return {name: ProviderConfig(name=name, **body) for name, body in entries.items()}
-
-
-def load_definitions(spec: str) -> Definitions:
-    """The Definitions object named "module:attribute"."""
-    module, _, attribute = spec.partition(":")
-    found = getattr(importlib.import_module(module), attribute or "DEFINITIONS")
-    if not isinstance(found, Definitions):
-        raise TypeError(f"{spec} is not a workflows.registry.Definitions")
-    return found
 
 
 def _tokens(value: str | None) -> tuple[SecretStr, ...]:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 from engine.journal import Conn
+from engine.rows import JsonObject, QueueRow, TaskRow
 from workflows.core import Event, Routing
 
 
@@ -22,6 +24,11 @@ class QueueFinished(Exception):
     """The queue already reached a final status; nothing was changed."""
 
 
+class Transient(Exception):
+    """The same call may simply be made again (its outcome is unknown, and it is
+    idempotent): the job that made it is retried with backoff (engine/retry.py)."""
+
+
 class Scheduler(Protocol):
     async def defer_activity(
         self,
@@ -29,7 +36,7 @@ class Scheduler(Protocol):
         task_id: str,
         activity: str,
         token: int,
-        rows: tuple[dict[str, Any], dict[str, Any]] | None = None,
+        rows: tuple[TaskRow, QueueRow] | None = None,
         delay_s: float = 0.0,
     ) -> None: ...
 
@@ -45,9 +52,7 @@ class Admission(Protocol):
     asked only when a routed queue rule is about to start one; the slot of the
     first admitted task is reserved in `conn`'s transaction."""
 
-    async def __call__(
-        self, conn: Conn, queue: dict[str, Any], pending: list[dict[str, Any]]
-    ) -> Routing: ...
+    async def __call__(self, conn: Conn, queue: QueueRow, pending: list[TaskRow]) -> Routing: ...
 
 
 class TransitionListener(Protocol):
@@ -57,12 +62,44 @@ class TransitionListener(Protocol):
     async def __call__(
         self,
         conn: Conn,
-        queue: dict[str, Any],
-        task: dict[str, Any],
+        queue: QueueRow,
+        task: TaskRow,
         event: Event,
         from_status: str,
         to_status: str,
     ) -> None: ...
+
+
+class FinishListener(Protocol):
+    """Told when a queue reaches its final status, inside that transaction (the
+    shell counts outcomes here)."""
+
+    async def __call__(self, conn: Conn, queue: QueueRow, status: str) -> None: ...
+
+
+class OutcomeNotice(Protocol):
+    """The shell's word to its caller once a queue is final (cascade-core's callback):
+    read in the finishing transaction, sent after it commits (or by a `notify`
+    job, retried), then marked sent; `untold` lists final queues never marked."""
+
+    async def read(self, conn: Conn, queue_id: str) -> JsonObject | None: ...
+
+    async def send(self, outcome: JsonObject, headers: dict[str, str]) -> None: ...
+
+    async def mark_sent(self, conn: Conn, queue_id: str) -> None: ...
+
+    async def untold(self, conn: Conn, grace_s: float, limit: int) -> list[str]: ...
+
+
+@dataclass(frozen=True)
+class ShellJob:
+    """A job the shell adds to the runtime's (engine/jobs.py): its queue, its body
+    (given the runtime and the job's arguments), and how to find the task it is
+    about, for log ids and its dead letter."""
+
+    queue: str
+    run: Callable[..., Awaitable[object]]  # (runtime, **arguments)
+    task_of: Callable[[Conn, JsonObject], Awaitable[str | None]] | None = None
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+
+from engine.rows import QueueRow, TaskRow
 
 log = logging.getLogger("payment.inline")
 
@@ -36,8 +37,8 @@ class Intent:
     task_id: str
     activity: str
     token: int
-    task: dict[str, Any]
-    queue: dict[str, Any]
+    task: TaskRow
+    queue: QueueRow
 
 
 class InlineRunner:

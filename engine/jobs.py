@@ -7,8 +7,9 @@ these jobs carry the rest:
 - `activity(task_id, activity, token)`: a step that failed, overflowed or was
   lost with its process: run the side effect, then apply its event.
 - `timer(task_id, kind, due_at)`: a due timer the pump could not deliver.
-- `webhook(inbox_id)`: a stored provider webhook the API could not apply.
-- `notify(queue_id)`: a final outcome not yet told to cascade-core.
+- `notify(queue_id)`: a final outcome not yet told (the shell's OutcomeNotice).
+- the shell's own jobs (`ShellJob`; the withdrawal service's `webhook(inbox_id)`
+  applies a stored provider webhook: service/webhook_inbox.py).
 - `maintenance` (periodic): put the jobs of dead workers back in the queue, and
   sweep for tasks that wait for nothing (engine/sweep.py).
 - `checks` (periodic, more often): the shell's own periodic work, in one worker
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -31,11 +32,13 @@ import procrastinate
 from psycopg_pool import AsyncConnectionPool
 
 from engine import deadletters, logs
+from engine.contracts import ShellJob
 from engine.db import RECONNECT_WINDOW_S, check_idle_connection
+from engine.journal import Conn
 from engine.retry import CappedBackoff
-from engine.steps import Runtime, deliver_timer, notify_outcome, run_activity
+from engine.rows import JsonObject
+from engine.steps import Runtime
 from engine.sweep import sweep
-from engine.webhooks import apply_webhook
 
 log = logging.getLogger("payment.jobs")
 
@@ -46,18 +49,36 @@ def _runtime(context: procrastinate.JobContext) -> Runtime:
     return runtime
 
 
-async def _bind_log_ids(runtime: Runtime, kwargs: dict[str, Any]) -> None:
-    """Every log line of this job (procrastinate's too) carries the withdrawal's ids."""
-    logs.bind(task_id=kwargs.get("task_id"))
+async def _subject(runtime: Runtime, conn: Conn, name: str, kwargs: JsonObject) -> str | None:
+    """The task a job is about: its `task_id`, or what its ShellJob says."""
+    shell = runtime.shell_jobs.get(name)
+    if shell is not None and shell.task_of is not None:
+        return await shell.task_of(conn, kwargs)
+    task_id = kwargs.get("task_id")
+    return str(task_id) if task_id else None
+
+
+async def _failed(runtime: Runtime, context: procrastinate.JobContext, exc: BaseException) -> None:
+    job = context.job
+    kwargs = dict(job.task_kwargs)
     async with runtime.pool.connection() as conn:
-        row = await deadletters.withdrawal_of_job(conn, kwargs)
+        task_id = await _subject(runtime, conn, job.task_name, kwargs)
+    queue_id = kwargs.get("queue_id")
+    failed = deadletters.FailedJob(job, exc, task_id, str(queue_id) if queue_id else None)
+    await deadletters.record(runtime.pool, runtime.engine.storage, failed)
+
+
+async def _bind_log_ids(runtime: Runtime, name: str, kwargs: JsonObject) -> None:
+    """Every log line of this job (procrastinate's too) carries its queue's ids."""
+    logs.bind(task_id=kwargs.get("task_id"))
+    storage = runtime.engine.storage
+    async with runtime.pool.connection() as conn:
+        task_id = await _subject(runtime, conn, name, kwargs)
+        queue_id = kwargs.get("queue_id")
+        row = await deadletters.subject_of_job(conn, storage, task_id, queue_id)
     if row is not None:
-        logs.bind(
-            task_id=row["task_id"],
-            queue_id=str(row["id"]),
-            order_id=row["order_id"],
-            trace_id=row["trace_id"],
-        )
+        ids = {storage.key: row[storage.key]}
+        logs.bind(task_id=row["task_id"], queue_id=str(row["id"]), trace_id=row["trace_id"], **ids)
 
 
 @contextlib.asynccontextmanager
@@ -67,22 +88,22 @@ async def _dead_letter_on_final_failure(
     """Yield the runtime; a failure that will not be retried becomes a dead letter."""
     runtime = _runtime(context)
     if bind_ids:
-        await _bind_log_ids(runtime, context.job.task_kwargs)
+        await _bind_log_ids(runtime, context.job.task_name, dict(context.job.task_kwargs))
     try:
         yield runtime
     except Exception as exc:
         strategy = context.task.retry_strategy
         if strategy is None or strategy.get_retry_decision(exception=exc, job=context.job) is None:
-            await deadletters.record(runtime.pool, context.job, exc)
+            await _failed(runtime, context, exc)
         raise
 
 
 async def activity_job(
     context: procrastinate.JobContext, task_id: str, activity: str, token: int
 ) -> None:
-    # run_activity loads the task and its withdrawal anyway, and binds the ids then.
+    # run_activity loads the task and its queue anyway, and binds the ids then.
     async with _dead_letter_on_final_failure(context, bind_ids=False) as runtime:
-        outcome = await run_activity(runtime, task_id, activity, token)
+        outcome = await runtime.run_activity(task_id, activity, token)
     log.info("activity %s on task %s: %s", activity, task_id, outcome)
 
 
@@ -93,17 +114,21 @@ async def timer_job(
         _dead_letter_on_final_failure(context) as runtime,
         runtime.pool.connection() as conn,
     ):
-        await deliver_timer(runtime, conn, task_id, kind, datetime.fromisoformat(due_at))
-
-
-async def webhook_job(context: procrastinate.JobContext, inbox_id: int) -> None:
-    async with _dead_letter_on_final_failure(context) as runtime:
-        await apply_webhook(runtime, inbox_id)
+        await runtime.deliver_timer(conn, task_id, kind, datetime.fromisoformat(due_at))
 
 
 async def notify_job(context: procrastinate.JobContext, queue_id: str) -> None:
     async with _dead_letter_on_final_failure(context) as runtime:
-        await notify_outcome(runtime, queue_id)
+        await runtime.notify_outcome(queue_id)
+
+
+def _shell_job(name: str, shell: ShellJob) -> Callable[..., Awaitable[None]]:
+    async def run(context: procrastinate.JobContext, **kwargs: Any) -> None:
+        async with _dead_letter_on_final_failure(context) as runtime:
+            await shell.run(runtime, **kwargs)
+
+    run.__name__ = f"{name}_job"
+    return run
 
 
 async def maintenance_job(context: procrastinate.JobContext, timestamp: int) -> None:
@@ -112,17 +137,12 @@ async def maintenance_job(context: procrastinate.JobContext, timestamp: int) -> 
     pays for one periodic hand-off, not two."""
     runtime = _runtime(context)
     manager = context.app.job_manager
-    for job in await manager.get_stalled_jobs(seconds_since_heartbeat=runtime.stalled_after_s):
+    stalled_s = runtime.options.stalled_after_s
+    for job in await manager.get_stalled_jobs(seconds_since_heartbeat=stalled_s):
         log.warning("retrying stalled job %s (%s)", job.id, job.task_name)
         await manager.retry_job(job)
     async with runtime.pool.connection() as conn:
-        await sweep(
-            conn,
-            runtime.engine.scheduler,
-            runtime.sweep_grace_s,
-            runtime.engine.definitions.live_statuses(),
-            notifications=runtime.notify is not None,
-        )
+        await sweep(conn, runtime.engine, runtime.options.sweep_grace_s, runtime.notice)
 
 
 async def checks_job(context: procrastinate.JobContext, timestamp: int) -> None:
@@ -151,6 +171,7 @@ def build_app(
     maintenance_every_s: int = 15,
     pool_size: int = 10,
     checks_every_s: int = 5,
+    shell_jobs: Mapping[str, ShellJob] | None = None,
 ) -> procrastinate.App:
     """The procrastinate app with every job; any worker on any host can run any of them.
     `pool_size`: its own connections (fetching, finishing, heartbeats); an API
@@ -159,12 +180,13 @@ def build_app(
         conninfo=conninfo, pool_factory=_job_pool, max_size=pool_size
     )
     app = procrastinate.App(connector=connector)
-    for name, queue, function in (
+    jobs: list[tuple[str, str, Callable[..., Awaitable[None]]]] = [
         ("activity", "activities", activity_job),
         ("timer", "timers", timer_job),
-        ("webhook", "webhooks", webhook_job),
         ("notify", "notifications", notify_job),
-    ):
+    ]
+    jobs += [(name, job.queue, _shell_job(name, job)) for name, job in (shell_jobs or {}).items()]
+    for name, queue, function in jobs:
         app.task(name=name, queue=queue, retry=retry, pass_context=True)(function)
     maintenance = app.task(
         name="maintenance", queue="maintenance", queueing_lock="maintenance", pass_context=True

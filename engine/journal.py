@@ -6,23 +6,25 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, cast
 
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 
 from engine import commit_hooks, metrics
-from workflows.core import Alert, Event
+from engine.naming import statement
+from engine.rows import DbRow, JsonObject, QueueRow
+from workflows.core import Alert, Event, Storage
 
 if TYPE_CHECKING:  # contracts imports Conn from here
     from engine.contracts import Origin
 
-Conn = AsyncConnection[dict[str, Any]]
+Conn = AsyncConnection[DbRow]
 
 # Both rows in one statement: one round trip per journal entry.
 _AUDIT_AND_OUTBOX = """
 WITH audit AS (
-    INSERT INTO order_task_events
+    INSERT INTO {audit}
         (queue_id, task_id, from_state, to_state, event_type, payload, actor, trace_id)
     VALUES (%(queue_id)s, %(task_id)s, %(from)s, %(to)s, %(event)s, %(payload)s, %(actor)s,
             %(trace_id)s)
@@ -36,20 +38,20 @@ VALUES (%(subject)s, %(queue_id)s, %(task_id)s, %(body)s, %(trace_id)s)
 class Entry:
     """One audit row and the outbox event that announces it."""
 
-    subject: str
+    subject: str  # after the storage's prefix: "task.executing", "queue.completed", ...
     task_id: str | None
     from_state: str | None
     to_state: str
     event_type: str
-    payload: dict[str, Any]
+    payload: JsonObject
     actor: str
     trace_id: str | None
 
 
-async def journal(conn: Conn, queue: dict[str, Any], entry: Entry) -> None:
+async def journal(conn: Conn, storage: Storage, queue: QueueRow, entry: Entry) -> None:
     """The audit row and its outbox event, in the caller's transaction."""
     body = {
-        "order_id": queue["order_id"],
+        storage.key: cast(DbRow, queue)[storage.key],
         "queue_id": str(queue["id"]),
         "task_id": entry.task_id,
         "from": entry.from_state,
@@ -64,20 +66,21 @@ async def journal(conn: Conn, queue: dict[str, Any], entry: Entry) -> None:
         "event": entry.event_type,
         "payload": Jsonb(entry.payload),
         "actor": entry.actor,
-        "trace_id": entry.trace_id or queue.get("trace_id"),
-        "subject": entry.subject,
+        "trace_id": entry.trace_id or queue["trace_id"],
+        "subject": f"{storage.subject_prefix}.{entry.subject}",
         "body": Jsonb(body),
     }
-    await conn.execute(_AUDIT_AND_OUTBOX, params)
+    await conn.execute(statement(_AUDIT_AND_OUTBOX, storage), params)
 
 
-def event_payload(event: Event) -> dict[str, Any]:
+def event_payload(event: Event) -> JsonObject:
     return json.loads(json.dumps(asdict(event), default=str))  # type: ignore[no-any-return]
 
 
 async def record(
     conn: Conn,
-    queue: dict[str, Any],
+    storage: Storage,
+    queue: QueueRow,
     task_id: str | None,
     from_status: str | None,
     to_status: str,
@@ -87,9 +90,10 @@ async def record(
 ) -> None:
     scope = "task" if task_id else "queue"
     payload = {"event": event.name, "version": version, **event_payload(event)}
-    subject = f"order.{scope}.{to_status.lower()}"
+    subject = f"{scope}.{to_status.lower()}"
     await journal(
         conn,
+        storage,
         queue,
         Entry(
             subject,
@@ -105,23 +109,37 @@ async def record(
 
 
 async def alert(
-    conn: Conn, queue: dict[str, Any], task_id: str, status: str, raised: Alert, origin: Origin
+    conn: Conn,
+    storage: Storage,
+    queue: QueueRow,
+    task_id: str,
+    status: str,
+    raised: Alert,
+    origin: Origin,
 ) -> None:
     payload = {"kind": raised.kind, "detail": raised.detail}
     commit_hooks.on_commit(lambda: metrics.ALERTS.labels(raised.kind).inc())
-    await conn.execute(
-        "UPDATE order_queues SET needs_attention = true, attention_reason = %s,"
-        " updated_at = now() WHERE id = %s",
-        (f"{raised.kind}: {raised.detail}", queue["id"]),
-    )
-    subject = f"order.task.{raised.kind.replace('_', '.')}"
+    await flag(conn, storage, queue["id"], f"{raised.kind}: {raised.detail}")
+    subject = f"task.{raised.kind.replace('_', '.')}"
     await journal(
         conn,
+        storage,
         queue,
         Entry(
             subject, task_id, status, status, raised.kind, payload, origin.actor, origin.trace_id
         ),
     )
+
+
+_FLAG = (
+    "UPDATE {queues} SET needs_attention = true, attention_reason = %s, updated_at = now()"
+    " WHERE id = %s"
+)
+
+
+async def flag(conn: Conn, storage: Storage, queue_id: object, reason: str) -> None:
+    """Show the queue to a person (the attention list), with why."""
+    await conn.execute(statement(_FLAG, storage), (reason, queue_id))
 
 
 @dataclass(frozen=True)

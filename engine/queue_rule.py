@@ -8,47 +8,38 @@ slot is reserved only for a task that starts (engine/contracts.py, Admission).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from engine import commit_hooks, metrics
 from engine.contracts import Origin
 from engine.journal import Conn, QueueEvent, record
-from workflows.core import QueueDecision, TaskView
+from engine.naming import statement
+from engine.rows import QueueRow, as_task
+from workflows.core import QueueDecision
 
 if TYPE_CHECKING:
     from engine.engine import Engine
 
-_TASKS = "SELECT * FROM order_tasks WHERE queue_id = %s ORDER BY position"
+_TASKS = "SELECT * FROM {tasks} WHERE queue_id = %s ORDER BY position"
+_FINISH = "UPDATE {queues} SET status = %s, updated_at = now(), finished_at = now() WHERE id = %s"
 
 
-async def run(engine: Engine, conn: Conn, queue: dict[str, Any], origin: Origin) -> None:
+async def run(engine: Engine, conn: Conn, queue: QueueRow, origin: Origin) -> None:
     """`queue`: its row, locked (or inserted) by this transaction."""
     queue_id = str(queue["id"])
-    rows = await (await conn.execute(_TASKS, (queue_id,))).fetchall()
+    rows = await (await conn.execute(statement(_TASKS, engine.storage), (queue_id,))).fetchall()
     definition = engine.definition_of(queue)
-    views = [_view(r) for r in rows]
+    views = [definition.task_view(r) for r in rows]
     status, cancel = str(queue["status"]), queue["cancel_requested"]
     decision = definition.queue_decide(status, cancel, views)
     if decision.start and definition.routed and engine.admission is not None:
-        pending = [r for r in rows if str(r["status"]) == "PENDING"]
+        pending = [as_task(r) for r in rows if str(r["status"]) == "PENDING"]
         routing = await engine.admission(conn, queue, pending)
         decision = definition.queue_decide(status, cancel, views, routing)
     await _carry_out(engine, conn, queue, decision, origin)
 
 
-def _view(row: dict[str, Any]) -> TaskView:
-    unstarted = str(row["status"]) == "PENDING"
-    return TaskView(
-        str(row["id"]),
-        row["position"],
-        str(row["status"]),
-        settling=unstarted and row.get("target") is not None,
-        resumed=unstarted and bool(row.get("order_submitted")),
-    )
-
-
 async def _carry_out(
-    engine: Engine, conn: Conn, queue: dict[str, Any], decision: QueueDecision, origin: Origin
+    engine: Engine, conn: Conn, queue: QueueRow, decision: QueueDecision, origin: Origin
 ) -> None:
     definition = engine.definition_of(queue)
     apply = engine.apply_to_locked_queue
@@ -67,15 +58,15 @@ async def _carry_out(
         await apply(conn, queue, task_id, definition.start_event(), origin)
 
 
-async def _finish(
-    engine: Engine, conn: Conn, queue: dict[str, Any], status: str, origin: Origin
-) -> None:
+async def _finish(engine: Engine, conn: Conn, queue: QueueRow, status: str, origin: Origin) -> None:
+    """The queue's final status; the shell hears of it (in this transaction), and
+    its outcome is told once it commits (the notification; engine/scheduler.py)."""
     queue_id = str(queue["id"])
-    commit_hooks.on_commit(lambda: metrics.WITHDRAWAL_OUTCOMES.labels(status).inc())
-    await conn.execute(
-        "UPDATE order_queues SET status = %s, updated_at = now(), finished_at = now()"
-        " WHERE id = %s",
-        (status, queue_id),
-    )
+    await conn.execute(statement(_FINISH, engine.storage), (status, queue_id))
+    if engine.on_finish is not None:
+        await engine.on_finish(conn, queue, status)
     await engine.scheduler.defer_notification(conn, queue_id)  # reads the final row
-    await record(conn, queue, None, str(queue["status"]), status, QueueEvent(status), origin, None)
+    event = QueueEvent(status)
+    await record(
+        conn, engine.storage, queue, None, str(queue["status"]), status, event, origin, None
+    )

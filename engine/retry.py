@@ -14,13 +14,13 @@ import procrastinate
 import psycopg
 from procrastinate.jobs import Job
 
-from activities.outcomes import AmbiguousOutcome
+from engine.contracts import Transient
 
 # psycopg's OperationalError covers a lost connection, a server shutting down or
 # starting up, the pool's timeout, deadlocks and serialisation failures. A write
 # refused as read-only is a connection that landed on a standby during a failover.
 TRANSIENT: tuple[type[BaseException], ...] = (
-    AmbiguousOutcome,
+    Transient,  # e.g. an ambiguous answer from a ledger or provider (activities/outcomes.py)
     psycopg.OperationalError,
     psycopg.InterfaceError,
     psycopg.errors.ReadOnlySqlTransaction,

@@ -2,24 +2,45 @@
 
 The database must be reachable (a process started during an outage waits for
 it), must have every migration this build needs (or get them, with
-`--migrate`), and must not hold withdrawals in flight on a workflow definition
-this build no longer has: each is refused with a message that says what to do.
+`--migrate`), and must not hold workflows (withdrawals) in flight on a
+definition this build no longer has: each is refused with a message that says what to do.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 import psycopg
 
 from engine import migrations
-from engine.config import Settings, load_definitions
+from engine.naming import statement
 from workflows.registry import Definitions
 
 log = logging.getLogger("payment.startup")
+
+
+class StartupSettings(Protocol):
+    @property
+    def database_url(self) -> str: ...
+
+    @property
+    def workflow_definitions(self) -> str:
+        """ "module:attribute" of the Definitions to drive."""
+        ...
+
+
+def load_definitions(spec: str) -> Definitions:
+    """The Definitions object named "module:attribute"."""
+    module, _, attribute = spec.partition(":")
+    found = getattr(importlib.import_module(module), attribute or "DEFINITIONS")
+    if not isinstance(found, Definitions):
+        raise TypeError(f"{spec} is not a workflows.registry.Definitions")
+    return found
 
 
 class StartupRefused(RuntimeError):
@@ -54,7 +75,7 @@ def startup_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def prepare_or_exit(settings: Settings, args: argparse.Namespace) -> None:
+def prepare_or_exit(settings: StartupSettings, args: argparse.Namespace) -> None:
     """prepare_database, or exit non-zero saying what to do (API and worker start-up);
     with --check, exit 0 once it passes."""
     try:
@@ -84,20 +105,20 @@ def when_reachable(action: Callable[[], None], timeout_s: float) -> None:
 
 
 _IN_FLIGHT = """
-SELECT workflow, workflow_version, count(*) AS withdrawals
-FROM order_queues WHERE status = 'ACTIVE'
+SELECT workflow, workflow_version, count(*) AS in_flight
+FROM {queues} WHERE status = 'ACTIVE'
 GROUP BY 1, 2 ORDER BY 1, 2
 """
 
 
 def _require_definitions(conninfo: str, definitions: Definitions) -> None:
     with psycopg.connect(conninfo, autocommit=True) as conn:
-        rows = conn.execute(_IN_FLIGHT).fetchall()
+        rows = conn.execute(statement(_IN_FLIGHT, definitions.storage())).fetchall()
     have = definitions.versions()
     retired = [(str(name), int(v), int(n)) for name, v, n in rows if (name, v) not in have]
     if retired:
         which = ", ".join(f"{name} v{version} ({n} in flight)" for name, version, n in retired)
         raise StartupRefused(
-            f"withdrawals in flight use workflow definitions this build no longer has: {which}."
+            f"workflows in flight use definitions this build no longer has: {which}."
             " Keep those versions in workflows/registry.py until they finish (docs/upgrades.md)"
         )

@@ -12,34 +12,40 @@ no timer:
   or its job failed without a dead letter): it is deferred again as a job with
   the same token (every activity is idempotent, and token-guarded), a *repair*;
 - anything else (a dead letter already flagged it, or nothing says what it
-  waits for): the withdrawal is flagged for attention, once.
+  waits for): the queue (a withdrawal) is flagged for attention, once.
+
+Which tasks it checks the definitions say: their live statuses, and the storage's
+`swept_also` and `swept_never` predicates (workflows/core.py, Storage).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING
 
 from engine import metrics
-from engine.contracts import Scheduler
+from engine.contracts import OutcomeNotice, Scheduler
 from engine.journal import Conn
-from workflows.core import sql_literals
+from engine.naming import statement
+from engine.rows import DbRow
+from workflows.core import Storage, sql_literals
+
+if TYPE_CHECKING:
+    from engine.engine import Engine
 
 log = logging.getLogger("payment.sweep")
 
 # `{live}`: the definitions' live statuses, as literals (workflows/core.py
-# sql_literals), so that the partial index order_tasks_open serves the scan.
+# sql_literals), so that the partial index on live tasks serves the scan.
 _WAITING_FOR_NOTHING = """
 SELECT t.id::text AS task_id, t.queue_id, t.status::text AS status, t.activity_token,
        t.activity,
        EXISTS (SELECT 1 FROM dead_letters d
                 WHERE d.task_id = t.id AND d.replayed_at IS NULL) AS dead_lettered,
        q.needs_attention
-FROM order_tasks t JOIN order_queues q ON q.id = t.queue_id
-WHERE (t.status IN ({live})
-       -- an unstarted task asking the ledger before it ends (withdrawal version 3)
-       OR (t.status = 'PENDING' AND t.target IS NOT NULL))
-  AND NOT (t.status = 'MANUAL_CHECK' AND t.target IS NULL)  -- a person has it
+FROM {tasks} t JOIN {queues} q ON q.id = t.queue_id
+WHERE (t.status IN ({live}) OR {swept_also})
+  AND NOT {swept_never}
   AND t.updated_at < now() - make_interval(secs => %s)
   AND NOT EXISTS (SELECT 1 FROM timers tm WHERE tm.task_id = t.id)
   AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs j
@@ -47,52 +53,49 @@ WHERE (t.status IN ({live})
 ORDER BY t.updated_at
 LIMIT %s
 """
-# Final withdrawals whose outcome cascade-core was never told (the process that
-# finished them died before it could, and no job holds the notification).
-_UNTOLD = """
-SELECT q.id::text AS queue_id FROM order_queues q
-WHERE q.status <> 'ACTIVE' AND q.core_notified_at IS NULL
-  AND q.finished_at < now() - make_interval(secs => %s)
-  AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs j WHERE j.task_name = 'notify'
-                   AND j.status IN ('todo', 'doing') AND j.args->>'queue_id' = q.id::text)
-ORDER BY q.finished_at
-LIMIT %s
-"""
 _FLAG = (
-    "UPDATE order_queues SET needs_attention = true, attention_reason = %s, updated_at = now()"
+    "UPDATE {queues} SET needs_attention = true, attention_reason = %s, updated_at = now()"
     " WHERE id = %s AND NOT needs_attention"
 )
 
 
+def _waiting_query(storage: Storage, live_statuses: frozenset[str]) -> str:
+    return _WAITING_FOR_NOTHING.format(
+        live=sql_literals(live_statuses),
+        swept_also=storage.swept_also,
+        swept_never=storage.swept_never,
+        **storage.names(),
+    )
+
+
 async def sweep(
     conn: Conn,
-    scheduler: Scheduler,
+    engine: Engine,
     grace_s: float,
-    live_statuses: frozenset[str],
+    notice: OutcomeNotice | None = None,
     limit: int = 100,
-    notifications: bool = False,
 ) -> dict[str, int]:
-    """One pass over tasks in `live_statuses`; returns how many were repaired and
-    flagged, and (with `notifications` on) how many untold outcomes were deferred again."""
+    """One pass over the engine's live tasks; returns how many were repaired and
+    flagged, and (with a `notice`) how many untold outcomes were deferred again."""
     done = {"repaired": 0, "flagged": 0, "renotified": 0}
-    query = _WAITING_FOR_NOTHING.format(live=sql_literals(live_statuses))
+    query = _waiting_query(engine.storage, engine.definitions.live_statuses())
     async with conn.transaction():
         rows = await (await conn.execute(query, (grace_s, limit))).fetchall()
         for row in rows:
-            action = await _handle(conn, scheduler, row)
+            action = await _handle(conn, engine.scheduler, engine.storage, row)
             if action:
                 done[action] += 1
-        if notifications:
-            untold = await (await conn.execute(_UNTOLD, (grace_s, limit))).fetchall()
-            for row in untold:
-                await scheduler.defer_notification(conn, row["queue_id"])
+        if notice is not None:
+            untold = await notice.untold(conn, grace_s, limit)
+            for queue_id in untold:
+                await engine.scheduler.defer_notification(conn, queue_id)
             done["renotified"] = len(untold)
     for action, count in done.items():  # counted once the transaction committed
         metrics.SWEEP_ACTIONS.labels(action).inc(count)
     return done
 
 
-async def _handle(conn: Conn, scheduler: Scheduler, row: dict[str, Any]) -> str | None:
+async def _handle(conn: Conn, scheduler: Scheduler, storage: Storage, row: DbRow) -> str | None:
     if row["activity"] and row["activity_token"] is not None and not row["dead_lettered"]:
         log.warning(
             "task %s (%s) lost its %s job: deferring it again",
@@ -109,6 +112,6 @@ async def _handle(conn: Conn, scheduler: Scheduler, row: dict[str, Any]) -> str 
         if row["dead_lettered"]
         else f"stuck: task {row['task_id']} ({row['status']}) waits for no job and no timer"
     )
-    log.error("withdrawal %s flagged: %s", row["queue_id"], reason)
-    await conn.execute(_FLAG, (reason, row["queue_id"]))
+    log.error("queue %s flagged: %s", row["queue_id"], reason)
+    await conn.execute(statement(_FLAG, storage), (reason, row["queue_id"]))
     return "flagged"

@@ -20,13 +20,13 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import procrastinate
 
 from engine import commit_hooks
 from engine.db import Pool
 from engine.journal import Conn
+from engine.rows import DbRow
 from engine.wakeups import Wakeups, sleep
 
 log = logging.getLogger("payment.timers")
@@ -63,7 +63,7 @@ async def pump_once(
     """Hand every due timer (up to `batch`) to procrastinate, in one transaction.
     Returns how many, and the seconds until the next one is due (None: none left)."""
     async with pool.connection() as conn, conn.transaction():
-        rows: list[dict[str, Any]] = await (await conn.execute(_TAKE_DUE, (batch,))).fetchall()
+        rows: list[DbRow] = await (await conn.execute(_TAKE_DUE, (batch,))).fetchall()
         if rows:
             jobs = [
                 {"task_id": r["task_id"], "kind": r["kind"], "due_at": r["due_at"].isoformat()}
@@ -76,7 +76,8 @@ async def pump_once(
 
 
 # Delivers one due timer's event inside the transaction that took the timer.
-Fire = Callable[[Conn, dict[str, Any]], Awaitable[None]]
+# (conn, task_id, kind, due_at): the runtime's fire_timer, in the pump's transaction.
+Fire = Callable[[Conn, str, str, datetime], Awaitable[None]]
 
 
 async def fire_due(pool: Pool, fire: Fire, batch: int = 500) -> tuple[int, float | None]:
@@ -93,7 +94,7 @@ async def fire_due(pool: Pool, fire: Fire, batch: int = 500) -> tuple[int, float
                     row = await (await conn.execute(_TAKE_ONE)).fetchone()
                     if row is None:
                         break
-                    await fire(conn, row)
+                    await fire(conn, str(row["task_id"]), row["kind"], row["due_at"])
             fired += 1
         next_due = await (await conn.execute(_NEXT_DUE)).fetchone()
     return fired, next_due["wait_s"] if next_due else None

@@ -17,9 +17,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
@@ -43,14 +42,14 @@ def setup(service: str) -> bool:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 
-    provider = TracerProvider(resource=Resource.create({"service.name": service}))
+    tracers = TracerProvider(resource=Resource.create({"service.name": service}))
     if endpoint:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        tracers.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     if directory:
-        provider.add_span_processor(SimpleSpanProcessor(_JsonLinesExporter(Path(directory))))
-    trace.set_tracer_provider(provider)
+        tracers.add_span_processor(SimpleSpanProcessor(_JsonLinesExporter(Path(directory))))
+    trace.set_tracer_provider(tracers)
     _enabled = True
     return True
 
@@ -77,13 +76,13 @@ def outbound_headers() -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def withdrawal_span(
+def workflow_span(
     name: str,
     traceparent: str | None,
-    attributes: dict[str, Any],
+    attributes: Mapping[str, object],
     kind: SpanKind = SpanKind.INTERNAL,
 ) -> Iterator[Span]:
-    """A span of the withdrawal whose stored context is `traceparent`."""
+    """A span of the workflow instance (a withdrawal) whose stored context is `traceparent`."""
     if not _enabled:
         yield trace.INVALID_SPAN
         return
@@ -103,7 +102,7 @@ def withdrawal_span(
 
 
 @contextlib.contextmanager
-def client_span(name: str, attributes: dict[str, Any]) -> Iterator[Span]:
+def client_span(name: str, attributes: Mapping[str, object]) -> Iterator[Span]:
     """An outbound call (ledger, provider, cascade-core), child of the current span."""
     if not _enabled:
         yield trace.INVALID_SPAN
@@ -114,7 +113,7 @@ def client_span(name: str, attributes: dict[str, Any]) -> Iterator[Span]:
         yield span
 
 
-def _clean(attributes: dict[str, Any]) -> dict[str, Any]:
+def _clean(attributes: Mapping[str, object]) -> dict[str, str]:
     return {k: str(v) for k, v in attributes.items() if v is not None}
 
 

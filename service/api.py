@@ -15,8 +15,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from activities.standard_webhooks import WebhookRejected
-from engine import logs, metrics, tracing
-from engine.webhooks import accept_webhook
+from engine import logs, tracing
+from service import withdrawal_metrics as metrics
 from service.edge import error_response, require_json
 from service.models import BadRequest, parse_withdrawal, withdrawal_ident
 from service.openapi import for_providers
@@ -131,7 +131,7 @@ async def receive_webhook(request: Request) -> JSONResponse:
         metrics.WEBHOOK_VERIFICATIONS.labels(provider, exc.reason).inc()
         raise BadRequest(status, "webhook_rejected", exc.reason) from None
     logs.bind(task_id=notice.reference if _UUID.match(notice.reference) else None)
-    outcome = await accept_webhook(
+    outcome = await svc.inbox.accept(
         svc.runtime, provider, notice.webhook_id, notice.reference, body.decode()
     )
     fresh = outcome is not None  # None: a duplicate, stored and applied before

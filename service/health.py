@@ -16,9 +16,12 @@ from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from engine import commit_hooks, metrics
+from activities.withdrawal_rows import attempt_of
+from engine import commit_hooks
 from engine.config import ProviderConfig
 from engine.journal import Conn
+from engine.rows import QueueRow, TaskRow
+from service import withdrawal_metrics as metrics
 from workflows.core import Event, sql_literals
 from workflows.health import Circuit, HealthRules, Tally, next_circuit
 from workflows.withdrawal_events import (
@@ -49,13 +52,13 @@ class HealthRecorder:
     async def __call__(
         self,
         conn: Conn,
-        queue: dict[str, Any],
-        task: dict[str, Any],
+        queue: QueueRow,
+        task: TaskRow,
         event: Event,
         from_status: str,
         to_status: str,
     ) -> None:
-        provider = str(task["provider"])
+        provider = attempt_of(task)["provider"]
         outcome = _OUTCOME.get(type(event))
         if to_status == TaskStatus.MANUAL_CHECK and from_status == TaskStatus.EXECUTING:
             outcome = "timed_out"  # the webhook SLA passed and the status stayed open

@@ -7,6 +7,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from engine import metrics
+from service import withdrawal_metrics
 from service.api import services
 from service.health import STATE_VALUE
 
@@ -38,15 +39,15 @@ async def metrics_endpoint(request: Request) -> Response:
     metrics.DLQ_SIZE.set(gauges["dlq"])
     metrics.OUTBOX_BACKLOG.set(gauges["backlog"])
     metrics.OUTBOX_LAG.set(float(gauges["lag"]))
-    metrics.MANUAL_CHECKS.set(gauges["manual"])
+    withdrawal_metrics.MANUAL_CHECKS.set(gauges["manual"])
     metrics.WORKERS_ALIVE.set(gauges["alive"])
     metrics.WORKER_HEARTBEAT_AGE.set(float(gauges["heartbeat_age"]))
     metrics.TASKS_IN_STATE.clear()
     for row in states:
         metrics.TASKS_IN_STATE.labels(row["state"]).set(row["n"])
     for row in withdrawals:  # every process's outcome counters, in one place, from SQL
-        metrics.WITHDRAWALS.labels(row["status"]).set(row["n"])
+        withdrawal_metrics.WITHDRAWALS.labels(row["status"]).set(row["n"])
     seen = {str(r["provider"]): STATE_VALUE[str(r["state"])] for r in circuits}
     for provider in services(request).providers:
-        metrics.PROVIDER_CIRCUIT.labels(provider).set(seen.get(provider, 0))
+        withdrawal_metrics.PROVIDER_CIRCUIT.labels(provider).set(seen.get(provider, 0))
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

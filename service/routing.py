@@ -14,10 +14,11 @@ import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
+from activities.withdrawal_rows import WithdrawalTaskRow, attempt_of, withdrawal_of
 from engine.config import LimitsConfig
 from engine.journal import Conn
+from engine.rows import DbRow, QueueRow, TaskRow
 from workflows.core import Admit, Limited, Routing, Unhealthy, Verdict, sql_literals
 from workflows.withdrawal_events import AT_PROVIDER
 
@@ -52,32 +53,30 @@ class ProviderRouting:
     probe_retry_s: float  # a half-open circuit with no probe left: ask again after this
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 
-    async def __call__(
-        self, conn: Conn, queue: dict[str, Any], pending: list[dict[str, Any]]
-    ) -> Routing:
+    async def __call__(self, conn: Conn, queue: QueueRow, pending: list[TaskRow]) -> Routing:
         now = self.clock()
-        health = queue["policy"] == HEALTH_ROUTED
-        circuits = await self._circuits(conn, pending) if health else {}
+        withdrawal = withdrawal_of(queue)
+        health = withdrawal["policy"] == HEALTH_ROUTED
+        attempts = [attempt_of(task) for task in pending]
+        circuits = await self._circuits(conn, attempts) if health else {}
         verdicts: dict[str, Verdict] = {}
-        for task in pending:
-            verdict = await self._verdict(conn, task, circuits.get(str(task["provider"])), now)
+        for task in attempts:
+            verdict = await self._verdict(conn, task, circuits.get(task["provider"]), now)
             verdicts[str(task["id"])] = verdict
             if not isinstance(verdict, Unhealthy):
                 break
-        wait_until = _aware(queue["created_at"]) + timedelta(seconds=self.max_wait_s)
+        wait_until = _aware(withdrawal["created_at"]) + timedelta(seconds=self.max_wait_s)
         return Routing(verdicts, now, wait_until)
 
-    async def _circuits(
-        self, conn: Conn, pending: list[dict[str, Any]]
-    ) -> dict[str, dict[str, Any]]:
-        providers = sorted({str(t["provider"]) for t in pending})
+    async def _circuits(self, conn: Conn, pending: list[WithdrawalTaskRow]) -> dict[str, DbRow]:
+        providers = sorted({t["provider"] for t in pending})
         rows = await (await conn.execute(_CIRCUITS, (providers,))).fetchall()
         return {str(r["provider"]): r for r in rows}
 
     async def _verdict(
-        self, conn: Conn, task: dict[str, Any], circuit: dict[str, Any] | None, now: datetime
+        self, conn: Conn, task: WithdrawalTaskRow, circuit: DbRow | None, now: datetime
     ) -> Verdict:
-        provider = str(task["provider"])
+        provider = task["provider"]
         state = _effective(circuit)
         if state == "open":
             assert circuit is not None
@@ -122,7 +121,7 @@ class ProviderRouting:
         return tokens - 1.0
 
 
-def _effective(circuit: dict[str, Any] | None) -> str:
+def _effective(circuit: DbRow | None) -> str:
     if circuit is None:
         return "closed"
     forced = circuit["forced"]

@@ -1,4 +1,10 @@
-"""Builds the long-lived objects of one process (API server or worker)."""
+"""Builds the long-lived objects of one process (API server or worker).
+
+The graph, built once, in one direction: the settings give the providers and
+their adapters (activities/), the side effects (ledger, provider, outcome
+callback) and the procrastinate app; `Runtime` (engine/steps.py) builds the
+scheduler and the engine from them, so nothing is wired up late.
+"""
 
 from __future__ import annotations
 
@@ -16,17 +22,22 @@ from activities.notifier import CoreNotifier
 from activities.provider_adapters import WebhookTranslator, build_adapters
 from activities.providers import ProviderAdapter
 from activities.withdrawal import WithdrawalActivities
+from engine.activity import Activity
 from engine.config import ProviderConfig, Settings, load_definitions
+from engine.contracts import ShellJob
 from engine.db import Pool, open_pool
-from engine.engine import Engine
+from engine.engine import Engine, EngineHooks
 from engine.inline import InlineRunner
 from engine.jobs import build_app
 from engine.retry import CappedBackoff
-from engine.scheduler import ProcrastinateScheduler
-from engine.steps import Runtime, notify_inline, run_inline
+from engine.rows import TaskRow, column
+from engine.steps import Runtime, RuntimeOptions
 from service.health import HealthRecorder, evaluate_health, health_rules
+from service.notifications import CoreOutcomes
 from service.rollout import RolloutGate
 from service.routing import ProviderRouting
+from service.webhook_inbox import WebhookInbox
+from service.withdrawal_metrics import count_outcome
 from workflows.withdrawal_events import Timing
 
 log = logging.getLogger("payment.wiring")
@@ -38,17 +49,20 @@ class Services:
     providers: dict[str, ProviderConfig]
     pool: Pool
     app: procrastinate.App
-    scheduler: ProcrastinateScheduler
-    engine: Engine
+    runtime: Runtime
     http: httpx.AsyncClient
     outbound: OutboundHttp
     adapters: dict[str, ProviderAdapter]
-    runtime: Runtime
+    inbox: WebhookInbox
     gate: RolloutGate
+
+    @property
+    def engine(self) -> Engine:
+        return self.runtime.engine
 
     async def close(self, drain_s: float = 10.0) -> None:
         """Finish (or leave to the sweep) the steps in hand, then close."""
-        runner = self.scheduler.runner
+        runner = self.runtime.jobs.runner
         if runner is not None and (left := await runner.drain(drain_s)):
             log.warning("%d in-process steps left unfinished; the sweep will resume them", left)
         await self.app.close_async()
@@ -71,75 +85,102 @@ async def open_services(
     transitions it commits (engine/inline.py); 0: every step is a job."""
     providers = settings.providers()
     steps = settings.inline_steps if inline_steps is None else inline_steps
-    pool = await open_pool(
+    outbound = OutboundHttp(settings.ledger_timeout_s)  # the steps' calls
+    adapters = build_adapters(providers, outbound)  # each provider's `adapter`, by name
+    inbox = WebhookInbox(WebhookTranslator(adapters))  # stored rows: read by their adapter
+    shell_jobs = {"webhook": inbox.job()}
+    pool = await _open_pool(settings, pool_size + steps, serving_requests)
+    app = _build_app(settings, 2 if serving_requests else pool_size, shell_jobs)
+    await app.open_async()
+    http = httpx.AsyncClient(timeout=settings.ledger_timeout_s)  # ops and tools
+    runtime = Runtime(
+        load_definitions(settings.workflow_definitions),
+        pool,
+        _activities(settings, outbound, adapters),
+        app=app,
+        hooks=_engine_hooks(settings, providers),
+        runner=_runner(settings, steps),
+        notice=_outcome_notice(settings, outbound),
+        options=_runtime_options(settings),
+        periodic_checks=functools.partial(evaluate_health, health_rules(providers)),
+        shell_jobs=shell_jobs,
+    )
+    gate = RolloutGate.load(
+        settings.rollout_file, settings.rollout_cascade_percent, settings.rollout_health_routing
+    )
+    return Services(settings, providers, pool, app, runtime, http, outbound, adapters, inbox, gate)
+
+
+async def _open_pool(settings: Settings, size: int, serving_requests: bool) -> Pool:
+    return await open_pool(
         settings.database_url,
-        max_size=pool_size + steps,
+        max_size=size,
         acquire_timeout_s=settings.db_acquire_timeout_s if serving_requests else 30.0,
         # Every process: a connection the server closed (a restart, a failover) or
         # one on a standby is replaced at hand-out, at no round trip otherwise.
         check=True,
     )
+
+
+def _build_app(
+    settings: Settings, pool_size: int, shell_jobs: dict[str, ShellJob]
+) -> procrastinate.App:
     retry = CappedBackoff(
         settings.activity_max_retries, settings.activity_retry_base_s, settings.activity_retry_cap_s
     )
-    app = build_app(
+    return build_app(
         settings.database_url,
         retry,
         settings.maintenance_every_s,
-        pool_size=2 if serving_requests else pool_size,
+        pool_size=pool_size,
         checks_every_s=settings.health_every_s,
+        shell_jobs=shell_jobs,
     )
-    await app.open_async()
+
+
+def _runner(settings: Settings, steps: int) -> InlineRunner | None:
     # A step waiting here longer than a quarter of the sweep's grace goes to a job
     # instead, so the sweep never takes a waiting step for a lost one.
-    wait_s = settings.sweep_grace_s / 4
-    runner = InlineRunner(steps, steps * 256, wait_s) if steps > 0 else None
-    scheduler = ProcrastinateScheduler(app, runner)
+    return InlineRunner(steps, steps * 256, settings.sweep_grace_s / 4) if steps > 0 else None
 
+
+def _engine_hooks(settings: Settings, providers: dict[str, ProviderConfig]) -> EngineHooks:
     @cache
     def timing(provider: str) -> Timing:
         config = providers.get(provider)
         return config.timing.to_timing() if config else Timing()
 
-    definitions = load_definitions(settings.workflow_definitions)
+    def timing_of(row: TaskRow) -> Timing:
+        return timing(str(column(row, "provider")))
+
     routing = ProviderRouting(
         {name: config.limits for name, config in providers.items()},
         settings.health_max_wait_s,
         probe_retry_s=settings.health_every_s,
     )
-    engine = Engine(
-        definitions,
-        scheduler,
-        lambda row: timing(row["provider"]),
-        admission=routing,
-        listener=HealthRecorder(),
+    return EngineHooks(
+        context_for=timing_of, admission=routing, listener=HealthRecorder(), on_finish=count_outcome
     )
-    http = httpx.AsyncClient(timeout=settings.ledger_timeout_s)  # ops and tools
-    outbound = OutboundHttp(settings.ledger_timeout_s)  # the steps' calls
-    adapters = build_adapters(providers, outbound)  # each provider's `adapter`, by name
-    ledger = LedgerClient(outbound, settings.ledger_url, settings.ledger_token.get_secret_value())
-    notifier = None
-    if settings.core_callback_url:
-        token = settings.core_callback_token.get_secret_value()
-        notifier = CoreNotifier(outbound, settings.core_callback_url, token).notify
-    runtime = Runtime(
-        engine=engine,
-        pool=pool,
-        activities=WithdrawalActivities(ledger, adapters).registry(),
-        translate_webhook=WebhookTranslator(adapters),  # stored rows: read by their adapter
+
+
+def _activities(
+    settings: Settings, outbound: OutboundHttp, adapters: dict[str, ProviderAdapter]
+) -> dict[str, Activity]:
+    token = settings.ledger_token.get_secret_value()
+    ledger = LedgerClient(outbound, settings.ledger_url, token)
+    return WithdrawalActivities(ledger, adapters).registry()
+
+
+def _outcome_notice(settings: Settings, outbound: OutboundHttp) -> CoreOutcomes | None:
+    if not settings.core_callback_url:
+        return None
+    token = settings.core_callback_token.get_secret_value()
+    return CoreOutcomes(CoreNotifier(outbound, settings.core_callback_url, token).notify)
+
+
+def _runtime_options(settings: Settings) -> RuntimeOptions:
+    return RuntimeOptions(
         stalled_after_s=settings.stalled_after_s,
         sweep_grace_s=settings.sweep_grace_s,
         first_retry_s=settings.activity_retry_base_s,
-        notify=notifier,
-        periodic_checks=functools.partial(evaluate_health, health_rules(providers)),
-    )
-    if runner is not None:
-        scheduler.inline_activity = functools.partial(run_inline, runtime)
-        if notifier is not None:
-            scheduler.inline_notification = functools.partial(notify_inline, runtime)
-    gate = RolloutGate.load(
-        settings.rollout_file, settings.rollout_cascade_percent, settings.rollout_health_routing
-    )
-    return Services(
-        settings, providers, pool, app, scheduler, engine, http, outbound, adapters, runtime, gate
     )

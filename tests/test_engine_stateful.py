@@ -36,16 +36,18 @@ from activities.outcomes import AmbiguousOutcome
 from activities.provider_adapters import WebhookTranslator
 from activities.providers import OrderStatus, ReferenceWebhooks, StatusResult
 from activities.withdrawal import status_event
+from activities.withdrawal_rows import attempt_of
 from engine import timers
 from engine.activity import Activity, ActivityContext
 from engine.contracts import Origin, QueueFinished
 from engine.db import open_pool
-from engine.engine import Engine
+from engine.engine import EngineHooks
 from engine.journal import Conn
 from engine.migrations import migrate
-from engine.steps import Runtime, run_activity
-from engine.webhooks import apply_webhook
+from engine.rows import QueueRow, TaskRow
+from engine.steps import Runtime
 from service.models import WithdrawalRequest
+from service.webhook_inbox import apply_webhook
 from service.withdrawals import submit
 from tests.conftest import fresh_database
 from workflows.core import Event, IllegalTransition
@@ -153,7 +155,7 @@ class World:
             return FundsFrozen(replayed=replayed)
 
         async def create_order(ctx: ActivityContext) -> Event:
-            if not ctx.task["order_submitted"]:
+            if not attempt_of(ctx.task)["order_submitted"]:
                 return OrderSubmitting()
             task_id, ref = str(ctx.task["id"]), f"ord-{ctx.task['id']}"
             if self.outcome == "crash":  # the order left, then the worker died
@@ -179,7 +181,7 @@ class World:
                 result = StatusResult(OrderStatus.NOT_FOUND)
             else:
                 result = StatusResult(OrderStatus(self.orders[task_id]), f"ord-{task_id}")
-            return status_event(result, str(ctx.task["provider"]))
+            return status_event(result, attempt_of(ctx.task)["provider"])
 
         async def commit(ctx: ActivityContext) -> Event:
             self._maybe_ambiguous()
@@ -225,7 +227,7 @@ class RecordingScheduler:
         task_id: str,
         activity: str,
         token: int,
-        rows: tuple[dict[str, Any], dict[str, Any]] | None = None,
+        rows: tuple[TaskRow, QueueRow] | None = None,
         delay_s: float = 0.0,
     ) -> None:
         self.jobs.append((task_id, activity, token))
@@ -262,11 +264,17 @@ def build_machine(url: str) -> type[RuleBasedStateMachine]:
             self.world = World()
             self.scheduler = RecordingScheduler()
             self.pool = run(open_pool(url, max_size=2))
-            engine = Engine(DEFINITIONS, self.scheduler, lambda _row: TIMING)
-            self.engine = engine
+            hooks = EngineHooks(context_for=lambda _row: TIMING)
+            self.runtime = Runtime(
+                DEFINITIONS,
+                self.pool,
+                self.world.activities(),
+                hooks=hooks,
+                scheduler=self.scheduler,
+            )
+            self.engine = self.runtime.engine
             # Every provider here (p0, p1, ..., the intruder) speaks the reference shape.
-            translate_webhook = WebhookTranslator({}, fallback=ReferenceWebhooks())
-            self.runtime = Runtime(engine, self.pool, self.world.activities(), translate_webhook)
+            self.translate_webhook = WebhookTranslator({}, fallback=ReferenceWebhooks())
             self.done: list[tuple[str, str, int]] = []
             self.queues: list[str] = []
             self.tasks: list[str] = []
@@ -315,7 +323,7 @@ def build_machine(url: str) -> type[RuleBasedStateMachine]:
             self.world.outcome = data.draw(st.sampled_from(OUTCOMES[job[1]]))
             self.world.created_despite_error = data.draw(st.booleans())
             try:
-                run(run_activity(self.runtime, *job))
+                run(self.runtime.run_activity(*job))
             except (AmbiguousOutcome, WorkerDied):
                 return  # stays queued: the job is retried (or recovered from a dead worker)
             except LedgerRefusal:
@@ -330,7 +338,7 @@ def build_machine(url: str) -> type[RuleBasedStateMachine]:
             job = data.draw(st.sampled_from(self.done))
             self.world.outcome = data.draw(st.sampled_from(OUTCOMES[job[1]]))
             with contextlib.suppress(AmbiguousOutcome, LedgerRefusal, WorkerDied):
-                run(run_activity(self.runtime, *job))
+                run(self.runtime.run_activity(*job))
 
         @precondition(lambda self: self.tasks)
         @rule(data=st.data(), stale=st.booleans())
@@ -387,7 +395,8 @@ def build_machine(url: str) -> type[RuleBasedStateMachine]:
                 )
             )
             outcomes = [
-                run(apply_webhook(self.runtime, rows[0]["id"])) for _ in range(2 if repeat else 1)
+                run(apply_webhook(self.runtime, translate_webhook, rows[0]["id"]))
+                for _ in range(2 if repeat else 1)
             ]
             if forged:
                 assert outcomes[0] == "wrong_provider", outcomes
@@ -499,7 +508,7 @@ def test_cancel_after_the_order_left_never_releases(engine_url: str) -> None:
             job = machine.scheduler.jobs[0]
             machine.world.outcome = outcome
             with contextlib.suppress(WorkerDied):
-                run(run_activity(machine.runtime, *job))
+                run(machine.runtime.run_activity(*job))
             if outcome != "crash":
                 machine.scheduler.jobs.pop(0)
         machine._apply(task_id, Cancel("ana", "user asked"))
@@ -507,7 +516,7 @@ def test_cancel_after_the_order_left_never_releases(engine_url: str) -> None:
             machine.world.outcome = "ok"
             job = machine.scheduler.jobs.pop(0)
             with contextlib.suppress(WorkerDied, LedgerRefusal):
-                run(run_activity(machine.runtime, *job))
+                run(machine.runtime.run_activity(*job))
         machine.world.orders[task_id] = "succeeded"
         machine.money_is_safe()
     finally:

@@ -9,17 +9,25 @@ from typing import Any
 import pytest
 
 from engine.db import Pool, open_pool
-from engine.engine import Engine
+from engine.engine import Engine, EngineHooks
 from engine.jobs import build_app
 from engine.migrations import migrate
 from engine.retry import CappedBackoff
 from engine.scheduler import ProcrastinateScheduler
 from engine.sweep import sweep
 from service.models import WithdrawalRequest
+from service.notifications import CoreOutcomes
 from service.withdrawals import submit
 from tests.conftest import fresh_database
 from workflows.registry import DEFINITIONS
 from workflows.withdrawal_events import Timing
+
+
+async def _never_sent(_outcome: object, _headers: object) -> None:
+    raise AssertionError("the sweep only defers notifications; it sends none")
+
+
+NOTICE = CoreOutcomes(_never_sent)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +44,8 @@ async def parts(sweep_url: str) -> AsyncIterator[tuple[Pool, Engine]]:
     await app.open_async()
     pool = await open_pool(sweep_url, max_size=2)
     try:
-        yield pool, Engine(DEFINITIONS, ProcrastinateScheduler(app), lambda _row: Timing())
+        scheduler = ProcrastinateScheduler(app, notice=NOTICE)
+        yield pool, Engine(DEFINITIONS, scheduler, EngineHooks(context_for=lambda _row: Timing()))
     finally:
         await pool.close()
         await app.close_async()
@@ -78,12 +87,8 @@ async def test_a_job_that_failed_without_its_dead_letter_is_deferred_again(
             "UPDATE procrastinate_jobs SET status = 'failed' WHERE args->>'task_id' = %s",
             (task_id,),
         )
-        quiet = await sweep(
-            conn, engine.scheduler, live_statuses=engine.definitions.live_statuses(), grace_s=3600
-        )
-        done = await sweep(
-            conn, engine.scheduler, live_statuses=engine.definitions.live_statuses(), grace_s=0
-        )
+        quiet = await sweep(conn, engine, 3600)
+        done = await sweep(conn, engine, 0)
     assert quiet == {"repaired": 0, "flagged": 0, "renotified": 0}
     assert done == {"repaired": 1, "flagged": 0, "renotified": 0}
     todo = await _one(
@@ -108,9 +113,7 @@ async def test_a_step_lost_with_the_process_running_it_is_deferred_again(
     _, task_id = await _creating_task(pool, engine)
     async with pool.connection() as conn:
         await conn.execute("DELETE FROM procrastinate_jobs WHERE args->>'task_id' = %s", (task_id,))
-        done = await sweep(
-            conn, engine.scheduler, live_statuses=engine.definitions.live_statuses(), grace_s=0
-        )
+        done = await sweep(conn, engine, 0)
     assert done == {"repaired": 1, "flagged": 0, "renotified": 0}
     job = await _one(
         pool,
@@ -134,12 +137,8 @@ async def test_a_task_waiting_for_no_job_and_no_timer_is_flagged_once(
             "UPDATE order_tasks SET activity = NULL, activity_token = NULL WHERE id = %s",
             (task_id,),
         )
-        first = await sweep(
-            conn, engine.scheduler, live_statuses=engine.definitions.live_statuses(), grace_s=0
-        )
-        second = await sweep(
-            conn, engine.scheduler, live_statuses=engine.definitions.live_statuses(), grace_s=0
-        )
+        first = await sweep(conn, engine, 0)
+        second = await sweep(conn, engine, 0)
     assert first == {"repaired": 0, "flagged": 1, "renotified": 0}
     reason = await _one(pool, "SELECT attention_reason FROM order_queues WHERE id = %s", queue_id)
     assert reason.startswith("stuck: task " + task_id)
@@ -162,23 +161,9 @@ async def test_an_outcome_never_told_to_cascade_core_is_told_again(
             " WHERE id = %s",
             (queue_id,),
         )
-        off = await sweep(
-            conn, engine.scheduler, live_statuses=engine.definitions.live_statuses(), grace_s=60
-        )
-        on = await sweep(
-            conn,
-            engine.scheduler,
-            live_statuses=engine.definitions.live_statuses(),
-            grace_s=60,
-            notifications=True,
-        )
-        again = await sweep(
-            conn,
-            engine.scheduler,
-            live_statuses=engine.definitions.live_statuses(),
-            grace_s=60,
-            notifications=True,
-        )
+        off = await sweep(conn, engine, 60)
+        on = await sweep(conn, engine, 60, NOTICE)
+        again = await sweep(conn, engine, 60, NOTICE)
     assert off["renotified"] == 0  # notifications off: nobody to tell
     assert (on["renotified"], again["renotified"]) == (1, 0)  # its job is queued now
     jobs = await _one(

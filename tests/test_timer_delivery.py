@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 
@@ -66,10 +65,10 @@ async def test_due_timers_fire_once_in_their_own_transaction(pool: Pool) -> None
     fired: list[tuple[str, bool]] = []
     after_commit: list[str] = []
 
-    async def fire(conn: Conn, row: dict[str, Any]) -> None:
+    async def fire(conn: Conn, task_id: str, kind: str, due_at: datetime) -> None:
         # inside the transaction that deleted it: no other session can see it gone
-        fired.append((row["kind"], conn.info.transaction_status.name == "INTRANS"))
-        commit_hooks.on_commit(lambda: after_commit.append(row["kind"]))
+        fired.append((kind, conn.info.transaction_status.name == "INTRANS"))
+        commit_hooks.on_commit(lambda: after_commit.append(kind))
 
     count, wait_s = await fire_due(pool, fire)
     assert (count, fired) == (2, [("due-1", True), ("due-2", True)])
@@ -83,7 +82,7 @@ async def test_due_timers_fire_once_in_their_own_transaction(pool: Pool) -> None
 async def test_a_delivery_that_fails_leaves_its_timer_for_the_next_pump(pool: Pool) -> None:
     await _timer(pool, "due", -1)
 
-    async def fire(conn: Conn, row: dict[str, Any]) -> None:
+    async def fire(conn: Conn, task_id: str, kind: str, due_at: datetime) -> None:
         await conn.execute("UPDATE order_tasks SET last_reason = 'half done'")
         raise ConnectionError("the database went away mid-delivery")
 

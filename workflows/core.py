@@ -141,10 +141,42 @@ class Routing:
     wait_until: datetime
 
 
+@dataclass(frozen=True)
+class Storage:
+    """Where a workflow's instances live: the names the definition gives the engine,
+    which names no table of its own but its generic ones (outbox, timers, dead
+    letters). Each queue row has the engine's columns (id, status, workflow,
+    workflow_version, cancel_requested, needs_attention, attention_reason, trace_id,
+    traceparent, updated_at, finished_at) and `key`; each task row has id, queue_id,
+    position, status, version, activity, activity_token, updated_at and the
+    definition's own columns; the audit table has the journal's columns."""
+
+    queues: str
+    tasks: str
+    audit: str
+    key: str  # the caller's key for a queue (an order id): in every event and log line
+    subject_prefix: str  # outbox subjects: "<prefix>.task.<status>", "<prefix>.queue.<status>"
+    span_columns: tuple[str, ...] = ()  # task columns put on traces (ids, never money)
+    # SQL over the task row `t`: tasks the sweep also checks, besides live statuses,
+    # and tasks it never does (a person has them).
+    swept_also: str = "false"
+    swept_never: str = "false"
+
+    def __post_init__(self) -> None:
+        names = (self.queues, self.tasks, self.audit, self.key, *self.span_columns)
+        if not all(n.isidentifier() for n in names):
+            raise ValueError("storage names must be SQL identifiers")
+
+    def names(self) -> dict[str, str]:
+        """What engine SQL templates are formatted with."""
+        return {"queues": self.queues, "tasks": self.tasks, "audit": self.audit, "key": self.key}
+
+
 class WorkflowDefinition(Protocol):
     """What the engine needs from a workflow; nothing else is assumed."""
 
     name: str
+    storage: Storage
     version: int  # a withdrawal is driven by the version it started on (registry.py)
     terminal_statuses: frozenset[str]
     live_statuses: frozenset[str]  # a task waits for an activity, a timer or a person
@@ -177,6 +209,10 @@ class WorkflowDefinition(Protocol):
     def skip_event(self, reason: str) -> Event: ...
 
     def hold_event(self, until: datetime, reason: str) -> Event: ...
+
+    def task_view(self, row: Mapping[str, Any]) -> TaskView:
+        """What the queue rule sees of a task row."""
+        ...
 
 
 def sql_literals(values: Iterable[str]) -> str:

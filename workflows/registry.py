@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from workflows.core import WorkflowDefinition
+from workflows.core import Storage, WorkflowDefinition
 from workflows.withdrawal_definition import WITHDRAWAL, WITHDRAWAL_V2, WITHDRAWAL_V3
 
 
@@ -52,6 +52,13 @@ class Definitions:
 
     def versions(self) -> frozenset[tuple[str, int]]:
         return frozenset(self._by_key)
+
+    def storage(self) -> Storage:
+        """Where every definition here keeps its instances (one engine, one place)."""
+        places = {d.storage for d in self._by_key.values()}
+        if len(places) != 1:
+            raise ValueError("the definitions of one engine must share their storage")
+        return places.pop()
 
     def live_statuses(self) -> frozenset[str]:
         """Every status in which some definition's task waits for something."""

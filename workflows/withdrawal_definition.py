@@ -15,7 +15,7 @@ from typing import Any
 
 from workflows import withdrawal
 from workflows import withdrawal_timelines as timelines
-from workflows.core import Command, Event, QueueDecision, Routing, TaskView
+from workflows.core import Command, Event, QueueDecision, Routing, Storage, TaskView
 from workflows.routing import route
 from workflows.withdrawal import Transitions
 from workflows.withdrawal_events import (
@@ -35,6 +35,19 @@ from workflows.withdrawal_events import (
     Wait,
 )
 from workflows.withdrawal_routing import V1_TRANSITIONS, V2_TRANSITIONS
+
+# Where withdrawals live (schema.sql). The sweep also checks an unstarted task that
+# asks the ledger before it ends (version 3), and leaves a manual check to its person.
+STORAGE = Storage(
+    queues="order_queues",
+    tasks="order_tasks",
+    audit="order_task_events",
+    key="order_id",
+    subject_prefix="order",
+    span_columns=("provider",),
+    swept_also="(t.status = 'PENDING' AND t.target IS NOT NULL)",
+    swept_never="(t.status = 'MANUAL_CHECK' AND t.target IS NULL)",
+)
 
 # `timing` comes from configuration and `provider` is fixed at submission: neither
 # is state that a transition writes.
@@ -69,6 +82,7 @@ class WithdrawalDefinition:
     routes by provider health and limits (registry.py says which versions are live)."""
 
     name = "withdrawal"
+    storage = STORAGE
     terminal_statuses: frozenset[str] = frozenset(TERMINAL)
     live_statuses: frozenset[str] = frozenset(LIVE)
 
@@ -146,6 +160,17 @@ class WithdrawalDefinition:
     @staticmethod
     def hold_event(until: datetime, reason: str) -> Event:
         return Wait(until, reason)
+
+    @staticmethod
+    def task_view(row: Mapping[str, Any]) -> TaskView:
+        unstarted = str(row["status"]) == TaskStatus.PENDING
+        return TaskView(
+            str(row["id"]),
+            row["position"],
+            str(row["status"]),
+            settling=unstarted and row.get("target") is not None,
+            resumed=unstarted and bool(row.get("order_submitted")),
+        )
 
 
 WITHDRAWAL = WithdrawalDefinition(1, V1_TRANSITIONS)

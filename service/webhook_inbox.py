@@ -6,23 +6,30 @@ webhook that cannot be applied there for an unexpected reason is stored alone
 and a `webhook` job applies it later; a duplicate (same provider and webhook
 id) is stored once and applied once: a second application is rolled back with
 the insert that found the first.
+
+The inbox is the shell's: its `webhook` job is a ShellJob the engine's runtime
+runs (engine/jobs.py), and the provider's adapter is the only parser of a body
+(`translate`, built from the adapters in service/wiring.py).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
 
 import psycopg
 
-from engine import commit_hooks, metrics
-from engine.contracts import Origin, UnknownTask
+from engine import commit_hooks
+from engine.contracts import Origin, ShellJob, UnknownTask
 from engine.journal import Conn
-from workflows.core import IllegalTransition
+from engine.rows import DbRow, JsonObject
+from engine.steps import Runtime
+from service import withdrawal_metrics as metrics
+from workflows.core import Event, IllegalTransition
 
-if TYPE_CHECKING:
-    from engine.steps import Runtime
+# A stored inbox row -> (task id, event): the provider's adapter parses the body.
+Translate = Callable[[DbRow], tuple[str, Event]]
 
 log = logging.getLogger("payment.webhooks")
 
@@ -41,12 +48,47 @@ _DONE = "UPDATE webhook_inbox SET processed_at = now(), outcome = %s WHERE id = 
 _REFUSALS = ("wrong_provider", "provider_conflict")
 
 
+_TASK_OF = (
+    "SELECT reference::uuid::text AS task_id FROM webhook_inbox"
+    " WHERE id = %s AND reference ~ '^[0-9a-f-]{36}$'"
+)
+
+
 class _Duplicate(Exception):
     """Raised to roll back what applying a webhook seen before did."""
 
 
+class WebhookInbox:
+    """Provider webhooks in, exactly once each; `translate` parses a stored row."""
+
+    def __init__(self, translate: Translate) -> None:
+        self.translate = translate
+
+    def job(self) -> ShellJob:
+        """The `webhook(inbox_id)` job: a stored webhook the API could not apply."""
+        return ShellJob("webhooks", self._apply_job, task_of=self._task_of)
+
+    async def accept(
+        self, runtime: Runtime, provider: str, webhook_id: str, reference: str, body: str
+    ) -> str | None:
+        return await accept_webhook(runtime, self.translate, provider, webhook_id, reference, body)
+
+    async def _apply_job(self, runtime: Runtime, inbox_id: int) -> str:
+        return await apply_webhook(runtime, self.translate, inbox_id)
+
+    @staticmethod
+    async def _task_of(conn: Conn, kwargs: JsonObject) -> str | None:
+        row = await (await conn.execute(_TASK_OF, (kwargs.get("inbox_id"),))).fetchone()
+        return str(row["task_id"]) if row else None
+
+
 async def accept_webhook(
-    runtime: Runtime, provider: str, webhook_id: str, reference: str, body: str
+    runtime: Runtime,
+    translate: Translate,
+    provider: str,
+    webhook_id: str,
+    reference: str,
+    body: str,
 ) -> str | None:
     """Apply a verified webhook and store it with its outcome, in one transaction.
     Returns the outcome, "deferred" when a job will apply it, or None for a
@@ -55,7 +97,7 @@ async def accept_webhook(
     try:
         with commit_hooks.transaction_scope():
             async with runtime.pool.connection() as conn, conn.transaction():
-                outcome = await _apply_inbox_row(runtime, conn, inbox)
+                outcome = await _apply_inbox_row(runtime, translate, conn, inbox)
                 values = (provider, webhook_id, reference, body, outcome)
                 if await (await conn.execute(_STORE_APPLIED, values)).fetchone() is None:
                     raise _Duplicate
@@ -70,11 +112,11 @@ async def accept_webhook(
         row = await (await conn.execute(_STORE, (provider, webhook_id, reference, body))).fetchone()
         if row is None:
             return None
-        await runtime.scheduler.defer_webhook(conn, int(row["id"]))
+        await runtime.jobs.defer_job(conn, "webhook", inbox_id=int(row["id"]))
     return "deferred"
 
 
-async def apply_webhook(runtime: Runtime, inbox_id: int) -> str:
+async def apply_webhook(runtime: Runtime, translate: Translate, inbox_id: int) -> str:
     """Apply a stored webhook exactly once; its outcome is written on the inbox row."""
     with commit_hooks.transaction_scope():  # the engine's observations count on our commit
         async with runtime.pool.connection() as conn, conn.transaction():
@@ -84,13 +126,13 @@ async def apply_webhook(runtime: Runtime, inbox_id: int) -> str:
             row = await cur.fetchone()
             if row is None or row["processed_at"] is not None:
                 return "done"
-            outcome = await _apply_inbox_row(runtime, conn, row)
+            outcome = await _apply_inbox_row(runtime, translate, conn, row)
             await conn.execute(_DONE, (outcome, inbox_id))
             return outcome
 
 
-async def _apply_inbox_row(runtime: Runtime, conn: Conn, row: dict[str, Any]) -> str:
-    outcome = await _inbox_outcome(runtime, conn, row)
+async def _apply_inbox_row(runtime: Runtime, translate: Translate, conn: Conn, row: DbRow) -> str:
+    outcome = await _inbox_outcome(runtime, translate, conn, row)
     provider = str(row["provider"])
     commit_hooks.on_commit(lambda: metrics.WEBHOOK_OUTCOMES.labels(provider, outcome).inc())
     if outcome in _REFUSALS:
@@ -98,9 +140,9 @@ async def _apply_inbox_row(runtime: Runtime, conn: Conn, row: dict[str, Any]) ->
     return outcome
 
 
-async def _inbox_outcome(runtime: Runtime, conn: Conn, row: dict[str, Any]) -> str:
+async def _inbox_outcome(runtime: Runtime, translate: Translate, conn: Conn, row: DbRow) -> str:
     try:
-        task_id, event = runtime.translate_webhook(row)
+        task_id, event = translate(row)
         origin = Origin(actor=f"provider:{row['provider']}")
         applied = await runtime.engine.apply(conn, task_id, event, origin=origin)
     except (UnknownTask, ValueError):
