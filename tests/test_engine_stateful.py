@@ -395,7 +395,7 @@ def build_machine(url: str) -> type[RuleBasedStateMachine]:
                 )
             )
             outcomes = [
-                run(apply_webhook(self.runtime, translate_webhook, rows[0]["id"]))
+                run(apply_webhook(self.runtime, self.translate_webhook, rows[0]["id"]))
                 for _ in range(2 if repeat else 1)
             ]
             if forged:

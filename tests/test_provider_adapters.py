@@ -38,6 +38,7 @@ from activities.provider_adapters import (
 from activities.providers import OrderStatus, WebhookNotice
 from activities.standard_webhooks import WebhookRejected, new_secret, signed_headers
 from engine.config import ProviderConfig, load_providers
+from engine.contracts import ShellJob
 from engine.db import open_pool
 from engine.jobs import build_app
 from engine.migrations import migrate
@@ -252,10 +253,16 @@ def test_an_unknown_acme_state_is_never_a_success(client: StackClient) -> None:
     assert client.wait_final(queue_id)["status"] == "COMPLETED"
 
 
+async def _never_run_here(*_args: object, **_kwargs: object) -> None:
+    raise AssertionError("deferred here, run by the stack's worker")
+
+
 async def _store_and_defer(url: str, provider: str, webhook_id: str, ref: str, body: bytes) -> int:
     """What the API does with a webhook it could not apply at once: store it, and
     defer a `webhook` job for it in the same transaction."""
-    app = build_app(url, CappedBackoff(1, 1, 1), pool_size=1)
+    # Only to defer it: the stack's worker runs the `webhook` job (the service's inbox).
+    inbox_job = ShellJob("webhooks", _never_run_here)
+    app = build_app(url, CappedBackoff(1, 1, 1), pool_size=1, shell_jobs={"webhook": inbox_job})
     await app.open_async()
     pool = await open_pool(url, max_size=1)
     try:
@@ -268,7 +275,7 @@ async def _store_and_defer(url: str, provider: str, webhook_id: str, ref: str, b
                 )
             ).fetchone()
             assert row is not None
-            await ProcrastinateScheduler(app).defer_webhook(conn, int(row["id"]))
+            await ProcrastinateScheduler(app).defer_job(conn, "webhook", inbox_id=int(row["id"]))
             return int(row["id"])
     finally:
         await pool.close()
