@@ -43,6 +43,14 @@ tools:
 	else echo "$$cmd not found and not installable here (needs root and apt-get): the tests that need it will skip"; fi; \
 	done
 
+# Regenerate requirements.lock after a change to pyproject.toml's dependencies. uv
+# keeps every pin the lock already has unless the change needs another; it runs
+# from its own venv (.venv-lock), so the project's stays exactly the locked set.
+lock: ## requirements.lock from pyproject.toml (hashes, every platform, Python 3.11)
+	@test -x .venv-lock/bin/uv || { $(PYTHON) -m venv .venv-lock && .venv-lock/bin/pip install -q uv; }
+	.venv-lock/bin/uv pip compile pyproject.toml --extra dev --generate-hashes --universal \
+		--python-version 3.11 -o requirements.lock
+
 demo: setup ## start everything embedded, run a batch of withdrawals, print outcomes
 	$(PY) -m sandbox.demo
 
@@ -96,4 +104,4 @@ bench: setup
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) .data .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .venv-lock .data .mypy_cache .ruff_cache .pytest_cache

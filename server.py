@@ -19,7 +19,6 @@ from starlette.routing import Route
 
 from devstack.embedded import database_url
 from engine import logs, tracing
-from engine.config import Settings
 from engine.startup import prepare_or_exit, startup_arguments
 from service.api import ROUTES
 from service.console import CONSOLE_ROUTES
@@ -27,6 +26,7 @@ from service.edge import EXCEPTION_HANDLERS
 from service.metrics_api import metrics_endpoint
 from service.ops_api import CONTROL_ROUTES
 from service.providers_api import PROVIDER_ROUTES
+from service.settings import Settings
 from service.wiring import open_services
 
 

@@ -24,9 +24,9 @@ import uvloop
 from activities.outbox_relay import OutboxRelay
 from devstack.embedded import database_url
 from engine import logs, tracing
-from engine.config import Settings
 from engine.startup import prepare_or_exit, startup_arguments
 from engine.timers import run_pump
+from service.settings import Settings
 from service.wiring import Services, open_services
 
 log = logging.getLogger("payment.worker")

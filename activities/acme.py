@@ -26,6 +26,7 @@ from types import MappingProxyType
 from activities import strict_json
 from activities.http import OutboundHttp, call
 from activities.outcomes import AmbiguousOutcome, HttpAnswer, Verdict
+from activities.provider_config import ProviderConfig
 from activities.providers import (
     CreateResult,
     OrderRequest,
@@ -34,7 +35,6 @@ from activities.providers import (
     WebhookNotice,
 )
 from activities.standard_webhooks import WebhookRejected, secret_key
-from engine.config import ProviderConfig
 from workflows.money import parse_amount
 
 KEY_HEADER = "X-Acme-Key"

@@ -21,6 +21,7 @@ from typing import Any
 
 from activities.acme import AcmeProviderAdapter
 from activities.http import OutboundHttp
+from activities.provider_config import ProviderConfig
 from activities.providers import (
     HttpProviderAdapter,
     ProviderAdapter,
@@ -29,7 +30,6 @@ from activities.providers import (
 )
 from activities.standard_webhooks import WebhookRejected
 from activities.withdrawal import status_event
-from engine.config import ProviderConfig
 from workflows.core import Event
 
 AdapterFactory = Callable[[ProviderConfig, OutboundHttp], ProviderAdapter]

@@ -16,7 +16,7 @@ from typing import Protocol
 from activities import standard_webhooks, strict_json
 from activities.http import OutboundHttp, call
 from activities.outcomes import AmbiguousOutcome, HttpAnswer, Verdict
-from engine.config import ProviderConfig
+from activities.provider_config import ProviderConfig
 
 
 class OrderStatus(StrEnum):

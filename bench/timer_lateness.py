@@ -27,10 +27,10 @@ import procrastinate
 from benchlib import drop_database, fresh_database, pct, sql
 from procrastinate import App
 
-from engine.config import Settings
 from engine.db import Pool, open_pool
 from engine.journal import Conn
 from engine.timers import CHANNEL, run_pump
+from service.settings import Settings
 
 SEED = 20_261_102
 N_TIMERS = 2_000

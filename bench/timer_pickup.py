@@ -25,9 +25,9 @@ from dataclasses import dataclass
 import procrastinate
 from benchlib import drop_database, fresh_database, pct, sql
 
-from engine.config import Settings
 from engine.db import Pool, open_pool
 from engine.timers import _TAKE_DUE, pump_once, run_pump
+from service.settings import Settings
 
 SEED = 20_261_101
 SAMPLES, NAIVE_SAMPLES, WARMUP, REPEAT = 300, 200, 20, 50

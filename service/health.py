@@ -16,9 +16,9 @@ from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from activities.provider_config import ProviderConfig
 from activities.withdrawal_rows import attempt_of
 from engine import commit_hooks
-from engine.config import ProviderConfig
 from engine.journal import Conn
 from engine.rows import QueueRow, TaskRow
 from service import withdrawal_metrics as metrics

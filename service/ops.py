@@ -27,9 +27,9 @@ import httpx
 
 from devstack.embedded import database_url
 from engine import deadletters
-from engine.config import Settings
 from engine.contracts import Origin, UnknownTask
 from service import health
+from service.settings import Settings
 from service.wiring import Services, open_services
 from service.withdrawals import find_queue_id
 from workflows.core import IllegalTransition

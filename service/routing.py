@@ -15,8 +15,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from activities.provider_config import LimitsConfig
 from activities.withdrawal_rows import WithdrawalTaskRow, attempt_of, withdrawal_of
-from engine.config import LimitsConfig
 from engine.journal import Conn
 from engine.rows import DbRow, QueueRow, TaskRow
 from workflows.core import Admit, Limited, Routing, Unhealthy, Verdict, sql_literals

@@ -20,10 +20,10 @@ from activities.http import OutboundHttp
 from activities.ledger import LedgerClient
 from activities.notifier import CoreNotifier
 from activities.provider_adapters import WebhookTranslator, build_adapters
+from activities.provider_config import ProviderConfig
 from activities.providers import ProviderAdapter
 from activities.withdrawal import WithdrawalActivities
 from engine.activity import Activity
-from engine.config import ProviderConfig, Settings, load_definitions
 from engine.contracts import ShellJob
 from engine.db import Pool, open_pool
 from engine.engine import Engine, EngineHooks
@@ -31,11 +31,13 @@ from engine.inline import InlineRunner
 from engine.jobs import build_app
 from engine.retry import CappedBackoff
 from engine.rows import TaskRow, column
+from engine.startup import load_definitions
 from engine.steps import Runtime, RuntimeOptions
 from service.health import HealthRecorder, evaluate_health, health_rules
 from service.notifications import CoreOutcomes
 from service.rollout import RolloutGate
 from service.routing import ProviderRouting
+from service.settings import Settings
 from service.webhook_inbox import WebhookInbox
 from service.withdrawal_metrics import count_outcome
 from workflows.withdrawal_events import Timing

@@ -8,8 +8,8 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import PoolTimeout
 
-from engine.config import Settings
 from engine.db import check_idle_connection, follow_primary, on_standby, open_pool
+from service.settings import Settings
 
 
 def test_a_multi_host_url_asks_for_the_primary() -> None:

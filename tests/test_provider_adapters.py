@@ -35,9 +35,9 @@ from activities.provider_adapters import (
     build_adapters,
     known_adapters,
 )
+from activities.provider_config import ProviderConfig, load_providers
 from activities.providers import OrderStatus, WebhookNotice
 from activities.standard_webhooks import WebhookRejected, new_secret, signed_headers
-from engine.config import ProviderConfig, load_providers
 from engine.contracts import ShellJob
 from engine.db import open_pool
 from engine.jobs import build_app

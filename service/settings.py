@@ -1,0 +1,92 @@
+"""The service's settings, from the environment (pydantic-settings).
+
+Each field reads the variable of its own name, upper-cased (`LEDGER_URL`), or the
+alias it names (`WORKER_FETCH_INTERVAL_S`); the README's configuration table
+lists them. Token lists are comma-separated. Secrets are SecretStr, so they never
+print in logs, reprs or error bodies. The database URL is the caller's (the
+embedded default when DATABASE_URL is unset: devstack/embedded.py), made to
+follow the primary (engine/db.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from activities.provider_config import DEFAULT_PROVIDERS_FILE, ProviderConfig, load_providers
+from engine.db import follow_primary
+
+Tokens = Annotated[tuple[SecretStr, ...], NoDecode]  # "a,b,c" in the environment
+
+
+def _env(name: str) -> AliasChoices:
+    """Read from this variable (and, in code, the field's own name)."""
+    return AliasChoices(name)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    database_url: str
+    providers_file: Path = DEFAULT_PROVIDERS_FILE
+    api_tokens: Tokens = ()
+    ops_tokens: Tokens = ()
+    ledger_url: str = "http://127.0.0.1:8090/ledger"
+    ledger_token: SecretStr = SecretStr("")
+    ledger_timeout_s: float = 5.0
+    rollout_file: Path | None = None
+    rollout_cascade_percent: int | None = Field(None, ge=0, le=100)
+    nats_url: str | None = None  # None: the JetStream bridge does not run
+    outbox_batch: int = Field(200, ge=1)
+    outbox_retention_s: float = Field(7 * 86400, gt=0)
+    outbox_relay_pause_s: float = Field(0.0, ge=0)  # test knob: pause between publishes
+    core_callback_url: str | None = None  # None: outcome callbacks are off
+    core_callback_token: SecretStr = SecretStr("")
+    webhook_tolerance_s: int = 300
+    max_body_bytes: int = 64 * 1024
+    max_cascade: int = 32
+    # Transient failures (an ambiguous ledger or provider answer, a database away) are
+    # retried with waits of base, 2·base, 4·base, … capped at cap: about an hour by default.
+    activity_max_retries: int = Field(70, ge=0)
+    activity_retry_base_s: float = Field(1.0, gt=0)
+    activity_retry_cap_s: float = Field(60.0, gt=0)
+    # Idle, a worker waits for LISTEN/NOTIFY; these polls are the safety net (and
+    # what starts a retry whose delay ran out: up to fetch_interval_s late).
+    fetch_interval_s: float = Field(5.0, validation_alias=_env("WORKER_FETCH_INTERVAL_S"))
+    timer_pump_interval_s: float = 0.2  # only while it cannot LISTEN
+    heartbeat_s: float = Field(10.0, validation_alias=_env("WORKER_HEARTBEAT_S"))
+    # a dead worker's jobs start again after this
+    stalled_after_s: float = Field(30.0, validation_alias=_env("WORKER_STALLED_AFTER_S"))
+    maintenance_every_s: int = Field(15, ge=1, le=59)  # stalled jobs and the sweep
+    sweep_grace_s: float = Field(60.0, gt=0)
+    # Activities a process runs at once right after the transitions it commits
+    # (engine/inline.py); once one has waited sweep_grace_s / 4, or at 0, steps are jobs.
+    inline_steps: int = Field(8, ge=0)
+    # "module:attribute" of the workflow definitions this build drives (every version
+    # with withdrawals in flight; docs/upgrades.md). Another value is for tests.
+    workflow_definitions: str = "workflows.registry:DEFINITIONS"
+    # Routing (health_cascade withdrawals): how often one worker moves the circuits,
+    # and how long a withdrawal whose every provider is unhealthy may wait for one.
+    health_every_s: int = Field(5, ge=1, le=59)
+    health_max_wait_s: float = Field(900.0, ge=0)
+    rollout_health_routing: bool | None = None  # None: the rollout file says (default on)
+    # How long a request waits for a database connection before answering 503.
+    db_acquire_timeout_s: float = Field(5.0, gt=0)
+
+    @field_validator("api_tokens", "ops_tokens", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(SecretStr(t.strip()) for t in value.split(",") if t.strip())
+        return value
+
+    @classmethod
+    def from_env(cls, database_url: str) -> Settings:
+        """The environment's settings, for this database (following its primary)."""
+        return cls(database_url=follow_primary(database_url))
+
+    def providers(self) -> dict[str, ProviderConfig]:
+        return load_providers(self.providers_file)
