@@ -8,11 +8,13 @@ dead-letters, visible to ops). Counted in core_notifications_total by result.
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime
+from typing import TypedDict, cast
 
 from activities import metrics as activity_metrics
 from activities.http import OutboundHttp, call
 from activities.outcomes import AmbiguousOutcome
+from engine.rows import JsonObject
 from workflows.money import format_minor
 
 
@@ -20,7 +22,21 @@ class NotificationRefused(Exception):
     """cascade-core refused the callback for good (a 4xx other than 429)."""
 
 
-def outcome_body(row: dict[str, Any]) -> dict[str, Any]:
+class OutcomeRow(TypedDict):
+    """What service/notifications.py reads of a final withdrawal."""
+
+    withdrawal_id: str
+    order_id: str
+    merchant_id: str
+    status: str
+    amount_minor: int
+    currency: str
+    finished_at: datetime | None
+    provider: str | None
+    provider_ref: str | None
+
+
+def outcome_body(row: OutcomeRow) -> JsonObject:
     currency = str(row["currency"]).strip()
     finished = row["finished_at"]
     return {
@@ -42,8 +58,9 @@ class CoreNotifier:
         self._url = url.rstrip("/") + "/v1/withdrawal-outcomes"
         self._headers = {"Authorization": f"Bearer {token}"}
 
-    async def notify(self, row: dict[str, Any], headers: dict[str, str]) -> None:
-        outcome = outcome_body(row)
+    async def notify(self, row: JsonObject, headers: dict[str, str]) -> None:
+        """`row`: the outcome as read (the JSON edge of the engine's OutcomeNotice)."""
+        outcome = outcome_body(cast(OutcomeRow, row))
         key = {"Idempotency-Key": outcome["withdrawal_id"]}
         try:
             answer = await call(

@@ -36,6 +36,7 @@ from nats.js.errors import NotFoundError
 
 from engine import metrics
 from engine.db import Pool
+from engine.rows import DbRow
 from engine.wakeups import Wakeups, sleep
 
 log = logging.getLogger("payment.relay")
@@ -141,7 +142,7 @@ class OutboxRelay:
             await self._prune(conn)
         return len(rows)
 
-    async def _publish(self, row: dict[str, Any]) -> None:
+    async def _publish(self, row: DbRow) -> None:
         event_id = row["event_id"]
         headers = {"Nats-Msg-Id": str(event_id)}
         if row["trace_id"]:

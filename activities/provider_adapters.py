@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable, Mapping
-from typing import Any
 
 from activities.acme import AcmeProviderAdapter
 from activities.http import OutboundHttp
@@ -30,6 +29,7 @@ from activities.providers import (
 )
 from activities.standard_webhooks import WebhookRejected
 from activities.withdrawal import status_event
+from engine.rows import DbRow
 from workflows.core import Event
 
 AdapterFactory = Callable[[ProviderConfig, OutboundHttp], ProviderAdapter]
@@ -98,7 +98,8 @@ class WebhookTranslator:
         self._parsers = parsers
         self._fallback = fallback
 
-    def __call__(self, row: Mapping[str, Any]) -> tuple[str, Event]:
+    def __call__(self, row: DbRow) -> tuple[str, Event]:
+        """A stored inbox row (the database edge) -> (task id, event)."""
         provider = str(row["provider"])
         parser = self._parsers.get(provider, self._fallback)
         if parser is None:

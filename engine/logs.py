@@ -15,7 +15,8 @@ import sys
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import Any
+
+from engine.rows import JsonObject
 
 IDS = ("order_id", "queue_id", "task_id", "trace_id")
 _context: contextvars.ContextVar[Mapping[str, str | None]] = contextvars.ContextVar(
@@ -45,7 +46,7 @@ def bind(**ids: str | None) -> None:
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        line: dict[str, Any] = {
+        line: JsonObject = {
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
@@ -79,4 +80,4 @@ def setup(level: int = logging.INFO) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
-UVICORN_LOG_CONFIG: dict[str, Any] = {"version": 1, "disable_existing_loggers": False}
+UVICORN_LOG_CONFIG: JsonObject = {"version": 1, "disable_existing_loggers": False}

@@ -105,3 +105,18 @@ def test_layer_engine_names_no_withdrawal_table_provider_or_ledger() -> None:
 def test_layer_scan_sees_code_but_not_docstrings_or_comments() -> None:
     source = '"""About withdrawals."""\n# a ledger\nTABLE = "order_tasks"\n'
     assert _withdrawal_words(source) == ['3: "order_tasks"']
+
+
+def test_layer_rows_are_typed_in_engine_and_activities() -> None:
+    """Untyped rows (`dict[str, Any]`) only where the edges are named: engine/rows.py's
+    DbRow (a row as psycopg returns it) and JsonObject (a JSON body or arguments)."""
+    untyped = re.compile(r"(dict|Mapping)\[str, Any\]")
+    found = [
+        f"{path.relative_to(ROOT)}:{number}"
+        for layer in ("engine", "activities")
+        for path in sorted((ROOT / layer).glob("*.py"))
+        if path.name != "rows.py"
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if untyped.search(line)
+    ]
+    assert found == []
