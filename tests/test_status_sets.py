@@ -67,5 +67,6 @@ def test_stuck_tasks_looks_at_tasks_at_a_provider(migrated_url: str) -> None:
 def test_the_queries_are_built_from_the_constants() -> None:
     assert sql_literals(AT_PROVIDER) in routing._IN_FLIGHT
     assert sql_literals(AT_PROVIDER) in health._REPORT
-    built = sweep._WAITING_FOR_NOTHING.format(live=sql_literals(DEFINITIONS.live_statuses()))
+    built = sweep._waiting_query(DEFINITIONS.storage(), DEFINITIONS.live_statuses())
     assert sql_literals(LIVE) in built
+    assert "FROM order_tasks t JOIN order_queues q" in built  # the storage's names
