@@ -93,7 +93,7 @@ async def accept_webhook(
     """Apply a verified webhook and store it with its outcome, in one transaction.
     Returns the outcome, "deferred" when a job will apply it, or None for a
     duplicate (its second application is rolled back with the insert that failed)."""
-    inbox = {"id": webhook_id, "provider": provider, "body": json.loads(body)}
+    inbox = {"webhook_id": webhook_id, "provider": provider, "body": json.loads(body)}
     try:
         with commit_hooks.transaction_scope():
             async with runtime.pool.connection() as conn, conn.transaction():
@@ -136,7 +136,7 @@ async def _apply_inbox_row(runtime: Runtime, translate: Translate, conn: Conn, r
     provider = str(row["provider"])
     commit_hooks.on_commit(lambda: metrics.WEBHOOK_OUTCOMES.labels(provider, outcome).inc())
     if outcome in _REFUSALS:
-        log.warning("webhook %s from %s refused: %s", row["id"], provider, outcome)
+        log.warning("webhook %s from %s refused: %s", row["webhook_id"], provider, outcome)
     return outcome
 
 
