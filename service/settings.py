@@ -18,8 +18,10 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from activities.provider_config import DEFAULT_PROVIDERS_FILE, ProviderConfig, load_providers
 from engine.db import follow_primary
+from service.principals import ROLES
 
 Tokens = Annotated[tuple[SecretStr, ...], NoDecode]  # "a,b,c" in the environment
+GroupRoles = Annotated[tuple[tuple[str, str], ...], NoDecode]  # (group, role) pairs
 
 
 def _env(name: str) -> AliasChoices:
@@ -33,7 +35,22 @@ class Settings(BaseSettings):
     database_url: str
     providers_file: Path = DEFAULT_PROVIDERS_FILE
     api_tokens: Tokens = ()
-    ops_tokens: Tokens = ()
+    ops_tokens: Tokens = ()  # going: people sign in (issue 21)
+    # People (service/identity.py): access tokens from this OpenID issuer (discovery at
+    # its /.well-known/openid-configuration); None: nobody signs in, every ops call is 401.
+    oidc_issuer: str | None = None
+    oidc_client_id: str = ""
+    oidc_client_secret: SecretStr | None = None  # None: a public client (PKCE only)
+    oidc_audience: str | None = None  # an access token's `aud`; None: the client id
+    oidc_roles_claim: str = "groups"
+    oidc_group_roles: GroupRoles = ()  # "payments-resolvers=resolver,payments-admins=admin"
+    oidc_leeway_s: int = Field(30, ge=0, le=300)  # clock skew allowed on exp/nbf/iat
+    oidc_scopes: str = "openid email profile"
+    # Signs the console's cookies; empty: a random key per process (sessions end with it).
+    console_secret: SecretStr = SecretStr("")
+    # One local admin for when the issuer is down: off unless both are set (docs/ops.md).
+    break_glass_name: str | None = None
+    break_glass_password_sha256: SecretStr | None = None
     ledger_url: str = "http://127.0.0.1:8090/ledger"
     ledger_token: SecretStr = SecretStr("")
     ledger_timeout_s: float = 5.0
@@ -82,6 +99,22 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return tuple(SecretStr(t.strip()) for t in value.split(",") if t.strip())
         return value
+
+    @field_validator("oidc_group_roles", mode="before")
+    @classmethod
+    def _group_role_pairs(cls, value: object) -> object:
+        """`group=role,group=role`: a group may name several roles, a role several groups."""
+        if not isinstance(value, str):
+            return value
+        pairs = [p.strip().rpartition("=") for p in value.split(",") if p.strip()]
+        for group, _, role in pairs:
+            if not group.strip() or role.strip() not in ROLES:
+                raise ValueError(f"OIDC_GROUP_ROLES: want group=role, role one of {ROLES}")
+        return tuple((group.strip(), role.strip()) for group, _, role in pairs)
+
+    @property
+    def oidc_token_audience(self) -> str:
+        return self.oidc_audience or self.oidc_client_id
 
     @classmethod
     def from_env(cls, database_url: str) -> Settings:
