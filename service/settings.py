@@ -92,6 +92,18 @@ class Settings(BaseSettings):
     rollout_health_routing: bool | None = None  # None: the rollout file says (default on)
     # How long a request waits for a database connection before answering 503.
     db_acquire_timeout_s: float = Field(5.0, gt=0)
+    # Each API key's limits unless the key sets its own (service/api_keys.py): a token
+    # bucket and requests in flight, across every API process. A slot held by a
+    # process that died comes back after api_key_lease_s.
+    api_key_rate_per_s: float = Field(100.0, gt=0)
+    api_key_burst: int = Field(200, ge=1)
+    api_key_max_in_flight: int = Field(50, ge=1)
+    api_key_lease_s: float = Field(60.0, gt=0)
+    api_key_rotation_grace_s: int = Field(86400, ge=0)  # the old key's life after rotation
+    # Each provider's webhook ingest, across every API process (generous: a provider
+    # retries a 429, but a burst after its own outage is normal).
+    webhook_rate_per_s: float = Field(1000.0, gt=0)
+    webhook_burst: int = Field(2000, ge=1)
 
     @field_validator("api_tokens", "ops_tokens", mode="before")
     @classmethod
