@@ -419,3 +419,30 @@ CREATE TABLE IF NOT EXISTS webhook_limits (
     tokens      double precision NOT NULL,
     refilled_at timestamptz NOT NULL
 );
+
+-- People (migration 0006): role grants the service owns, and who signed in how.
+CREATE TABLE IF NOT EXISTS role_grants (
+    id         bigserial PRIMARY KEY,
+    issuer     text NOT NULL,
+    subject    text,
+    email      text,
+    role       text NOT NULL CHECK (role IN ('viewer', 'resolver', 'approver', 'admin')),
+    granted_by text NOT NULL,
+    granted_at timestamptz NOT NULL DEFAULT now(),
+    CHECK (num_nonnulls(subject, email) = 1)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS role_grants_subject
+    ON role_grants (issuer, subject, role) WHERE subject IS NOT NULL;
+CREATE UNIQUE INDEX IF NOT EXISTS role_grants_email
+    ON role_grants (issuer, lower(email), role) WHERE email IS NOT NULL;
+
+-- Who signed in to the console, and every break-glass sign-in (also an outbox
+-- event and the break_glass_sign_ins_total counter, which pages).
+CREATE TABLE IF NOT EXISTS people_events (
+    id          bigserial PRIMARY KEY,
+    kind        text NOT NULL,
+    actor       text NOT NULL,
+    detail      jsonb NOT NULL DEFAULT '{}',
+    occurred_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE INDEX IF NOT EXISTS people_events_kind ON people_events (kind, id);
