@@ -45,7 +45,9 @@ def require_json(request: Request) -> None:
 
 def bad_request(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, BadRequest)
-    return JSONResponse(exc.body(), status_code=exc.status)
+    wait = exc.retry_after_s
+    headers = None if wait is None else {"Retry-After": str(wait)}
+    return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
 
 def router_error(_request: Request, exc: Exception) -> JSONResponse:

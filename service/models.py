@@ -35,14 +35,24 @@ IDENT = re.compile(_ID)  # an order_id; our withdrawal ids (UUIDs) match it too
 class BadRequest(Exception):
     """A 4xx with a machine code and field details; the message is safe to return."""
 
-    def __init__(self, status: int, code: str, message: str, details: Any = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        details: Any = None,
+        retry_after_s: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.details = status, code, message, details
+        self.retry_after_s = retry_after_s  # a 429's wait: in the body and `Retry-After`
 
     def body(self) -> dict[str, Any]:
         error: dict[str, Any] = {"code": self.code, "message": self.message}
         if self.details is not None:
             error["details"] = self.details
+        if self.retry_after_s is not None:
+            error["retry_after_s"] = self.retry_after_s
         return {"error": error}
 
 

@@ -25,6 +25,9 @@ class ErrorBody(_Out):
     code: str = Field(description="Stable machine code, e.g. invalid_request, not_found")
     message: str
     details: list[ErrorDetail] | None = Field(None, description="Per field, on a 422")
+    retry_after_s: int | None = Field(
+        None, description="On a 429: seconds to wait before retrying (also `Retry-After`)"
+    )
 
 
 class Error(_Out):
