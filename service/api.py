@@ -17,9 +17,11 @@ from starlette.responses import JSONResponse
 from activities.standard_webhooks import WebhookRejected
 from engine import logs, tracing
 from service import withdrawal_metrics as metrics
+from service.api_keys import READ, SUBMIT, Caller, authorised
 from service.edge import error_response, require_json
 from service.models import BadRequest, parse_withdrawal, withdrawal_ident
 from service.openapi import for_providers
+from service.webhook_limits import take_webhook_token
 from service.wiring import Services
 from service.withdrawals import events_view, find_queue, submit, withdrawal_view
 
@@ -76,9 +78,14 @@ def trace_id_of(request: Request) -> str:
 
 async def create_withdrawal(request: Request) -> JSONResponse:
     svc = services(request)
-    check_bearer(request, svc.settings.api_tokens)
+    async with authorised(svc, request, SUBMIT) as caller:
+        return await _create(request, svc, caller)
+
+
+async def _create(request: Request, svc: Services, caller: Caller) -> JSONResponse:
     body = await read_body(request, svc.settings.max_body_bytes)
     withdrawal = parse_withdrawal(body, set(svc.providers), svc.settings.max_cascade)
+    caller.require_merchant(withdrawal.merchant_id)
     logs.bind(order_id=withdrawal.order_id, trace_id=trace_id_of(request))
     async with svc.pool.connection() as conn:
         trace_id = logs.current()["trace_id"]
@@ -91,27 +98,32 @@ async def create_withdrawal(request: Request) -> JSONResponse:
     return JSONResponse(view, status_code=201 if created else 200)
 
 
-async def _queue_or_404(request: Request) -> tuple[Services, str]:
-    svc = services(request)
-    check_bearer(request, svc.settings.api_tokens)
+async def queue_or_404(svc: Services, request: Request, caller: Caller) -> str:
+    """The `{ident}` withdrawal's id: a 404 when there is none, a 403 when it is
+    another merchant's than the caller's key is for."""
     async with svc.pool.connection() as conn:
         found = await find_queue(conn, withdrawal_ident(request))
     if found is None or found["queue_id"] is None:
         raise BadRequest(404, "not_found", "no such withdrawal")
+    caller.require_merchant(str(found["merchant_id"]))
     logs.bind(**found)
-    return svc, found["queue_id"]
+    return found["queue_id"]
 
 
 async def get_withdrawal(request: Request) -> JSONResponse:
-    svc, queue_id = await _queue_or_404(request)
-    async with svc.pool.connection() as conn:
-        return JSONResponse(await withdrawal_view(conn, queue_id))
+    svc = services(request)
+    async with authorised(svc, request, READ) as caller:
+        queue_id = await queue_or_404(svc, request, caller)
+        async with svc.pool.connection() as conn:
+            return JSONResponse(await withdrawal_view(conn, queue_id))
 
 
 async def get_events(request: Request) -> JSONResponse:
-    svc, queue_id = await _queue_or_404(request)
-    async with svc.pool.connection() as conn:
-        return JSONResponse({"events": await events_view(conn, queue_id)})
+    svc = services(request)
+    async with authorised(svc, request, READ) as caller:
+        queue_id = await queue_or_404(svc, request, caller)
+        async with svc.pool.connection() as conn:
+            return JSONResponse({"events": await events_view(conn, queue_id)})
 
 
 async def receive_webhook(request: Request) -> JSONResponse:
@@ -130,6 +142,7 @@ async def receive_webhook(request: Request) -> JSONResponse:
         log.warning("webhook from %s rejected: %s", provider, exc.reason)
         metrics.WEBHOOK_VERIFICATIONS.labels(provider, exc.reason).inc()
         raise BadRequest(status, "webhook_rejected", exc.reason) from None
+    await take_webhook_token(svc, provider)  # verified first: forgeries spend no token
     logs.bind(task_id=notice.reference if _UUID.match(notice.reference) else None)
     outcome = await svc.inbox.accept(
         svc.runtime, provider, notice.webhook_id, notice.reference, body.decode()

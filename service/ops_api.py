@@ -15,7 +15,8 @@ from starlette.responses import JSONResponse
 
 from engine import deadletters
 from engine.contracts import Origin, QueueFinished, UnknownTask
-from service.api import check_bearer, read_body, services
+from service.api import check_bearer, queue_or_404, read_body, services
+from service.api_keys import CANCEL, authorised
 from service.models import (
     BadRequest,
     Cancellation,
@@ -116,10 +117,13 @@ async def ops_cancel_withdrawal(request: Request) -> JSONResponse:
 
 
 async def core_cancel_withdrawal(request: Request) -> JSONResponse:
-    """cascade-core's cancel: the same safe rule, authorised by the API token."""
-    check_bearer(request, services(request).settings.api_tokens)
-    body = await body_of(request, CoreCancellation)
-    return await cancel_withdrawal(request, "cascade-core", body.reason)
+    """cascade-core's cancel: the same safe rule, for a key with `withdrawals:cancel`
+    (and the withdrawal's merchant, when the key is bound to merchants)."""
+    svc = services(request)
+    async with authorised(svc, request, CANCEL) as caller:
+        body = await body_of(request, CoreCancellation)
+        await queue_or_404(svc, request, caller)  # 404 or 403 before anything changes
+        return await cancel_withdrawal(request, caller.actor, body.reason)
 
 
 async def dead_letters(request: Request) -> JSONResponse:

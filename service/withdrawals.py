@@ -123,7 +123,7 @@ async def find_queue(conn: Conn, ident: str) -> dict[str, str | None] | None:
     except ValueError:
         as_uuid = None
     cur = await conn.execute(
-        "SELECT id::text AS queue_id, order_id, trace_id FROM order_queues"
+        "SELECT id::text AS queue_id, order_id, trace_id, merchant_id FROM order_queues"
         " WHERE id = %s OR order_id = %s",
         (as_uuid, ident),
     )
