@@ -19,9 +19,11 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from activities.provider_config import DEFAULT_PROVIDERS_FILE, ProviderConfig, load_providers
 from engine.db import follow_primary
 from service.principals import ROLES
+from workflows.money import InvalidAmount, is_known_currency, parse_amount
 
 Tokens = Annotated[tuple[SecretStr, ...], NoDecode]  # "a,b,c" in the environment
 GroupRoles = Annotated[tuple[tuple[str, str], ...], NoDecode]  # (group, role) pairs
+Thresholds = Annotated[tuple[tuple[str, int], ...], NoDecode]  # (currency, minor units)
 
 
 def _env(name: str) -> AliasChoices:
@@ -104,6 +106,13 @@ class Settings(BaseSettings):
     # retries a 429, but a burst after its own outage is normal).
     webhook_rate_per_s: float = Field(1000.0, gt=0)
     webhook_burst: int = Field(2000, ge=1)
+    # Four-eyes on money (service/approvals.py): a manual-check decision that needs a
+    # second person is a proposal until an approver approves it: every positive one
+    # (money leaves), and any above its currency's amount ("EUR=1000.00,USD=1000.00",
+    # exact minor units). A proposal nobody decided expires after four_eyes_ttl_s.
+    four_eyes_positive: bool = True
+    four_eyes_above: Thresholds = ()
+    four_eyes_ttl_s: int = Field(86400, ge=60)
 
     @field_validator("api_tokens", "ops_tokens", mode="before")
     @classmethod
@@ -123,6 +132,23 @@ class Settings(BaseSettings):
             if not group.strip() or role.strip() not in ROLES:
                 raise ValueError(f"OIDC_GROUP_ROLES: want group=role, role one of {ROLES}")
         return tuple((group.strip(), role.strip()) for group, _, role in pairs)
+
+    @field_validator("four_eyes_above", mode="before")
+    @classmethod
+    def _amounts_per_currency(cls, value: object) -> object:
+        """`EUR=1000.00,USD=1000.00`, parsed exactly (workflows/money.py): never a float."""
+        if not isinstance(value, str):
+            return value
+        limits: dict[str, int] = {}
+        for item in (p.strip() for p in value.split(",") if p.strip()):
+            currency, _, amount = (part.strip() for part in item.partition("="))
+            if not is_known_currency(currency) or currency in limits:
+                raise ValueError(f"FOUR_EYES_ABOVE: want CUR=amount, each currency once: {item!r}")
+            try:
+                limits[currency] = parse_amount(amount, currency)
+            except InvalidAmount as exc:
+                raise ValueError(f"FOUR_EYES_ABOVE: {currency}: {exc}") from None
+        return tuple(sorted(limits.items()))
 
     @property
     def oidc_token_audience(self) -> str:
