@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     oidc_group_roles: GroupRoles = ()  # "payments-resolvers=resolver,payments-admins=admin"
     oidc_leeway_s: int = Field(30, ge=0, le=300)  # clock skew allowed on exp/nbf/iat
     oidc_scopes: str = "openid email profile"
+    # Where the issuer sends the console's sign-ins back (registered with it); None:
+    # this request's own /console/callback (behind a proxy, set it).
+    oidc_redirect_url: str | None = None
     # Signs the console's cookies; empty: a random key per process (sessions end with it).
     console_secret: SecretStr = SecretStr("")
     # One local admin for when the issuer is down: off unless both are set (docs/ops.md).
