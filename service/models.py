@@ -182,9 +182,20 @@ def parse_withdrawal(body: bytes, known_providers: set[str], max_cascade: int) -
 _TEXT = r"^[^\x00]*$"
 
 
+# Who acts is the signed-in person (service/identity.py). A typed name proved
+# nothing: clients that still send `operator` are accepted, and it is ignored.
+_IGNORED_OPERATOR = Field(
+    None,
+    max_length=100,
+    pattern=_TEXT,
+    deprecated=True,
+    description="Ignored: the audit trail names the signed-in person",
+)
+
+
 class _OperatorSays(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-    operator: str = Field(min_length=1, max_length=100, pattern=_TEXT)
+    operator: str | None = _IGNORED_OPERATOR
     reason: str = Field(min_length=1, max_length=500, pattern=_TEXT)
 
 
@@ -195,18 +206,18 @@ class Resolution(_OperatorSays):
 
 
 class CircuitOverride(_OperatorSays):
-    """An operator forces a provider's circuit open or closed, or back to automatic."""
+    """An admin forces a provider's circuit open or closed, or back to automatic."""
 
     state: Literal["open", "closed", "auto"]
 
 
 class Cancellation(_OperatorSays):
-    """An operator cancels a task or a withdrawal (the safe rule applies)."""
+    """A person cancels a task or a withdrawal (the safe rule applies)."""
 
 
 class Replay(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-    operator: str = Field(min_length=1, max_length=100, pattern=_TEXT)
+    operator: str | None = _IGNORED_OPERATOR
 
 
 class CoreCancellation(BaseModel):

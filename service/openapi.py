@@ -136,7 +136,12 @@ def build() -> dict[str, Any]:
         "components": {
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer", "description": "API_TOKENS"},
-                "ops": {"type": "http", "scheme": "bearer", "description": "OPS_TOKENS"},
+                "ops": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT",
+                    "description": "a person's access token from the OpenID issuer (OIDC_ISSUER)",
+                },
             },
             "schemas": definitions["$defs"],
         },

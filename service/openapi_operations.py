@@ -29,7 +29,7 @@ class Operation:
     path: str
     summary: str
     ok: dict[int, type[BaseModel] | str]  # status -> model, or a media type for text
-    security: str | None = None  # "bearer" (API_TOKENS) or "ops" (OPS_TOKENS)
+    security: str | None = None  # "bearer" (API_TOKENS) or "ops" (a person's access token)
     body: type[BaseModel] | None = None
     errors: tuple[int, ...] = ()  # beyond those implied by security, body and path
     headers: tuple[str, ...] = ()
@@ -39,6 +39,7 @@ class Operation:
     def error_statuses(self) -> list[int]:
         implied = set(self.errors)
         implied |= {401} if self.security else set()
+        implied |= {403} if self.security == "ops" else set()  # signed in, lacking the role
         implied |= {400, 413, 415} if self.body else set()
         implied |= {422} if self.body and self.field_errors else set()
         implied |= {404} if "{" in self.path else set()

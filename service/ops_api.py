@@ -1,7 +1,10 @@
-"""The ops API: its own bearer tokens (OPS_TOKENS), separate from cascade-core's.
+"""The ops API: people, signed in through the OpenID issuer (service/identity.py),
+each call an access token; separate from cascade-core's keys.
 
 Manual checks, cancellation, dead letters and withdrawals needing attention.
-Every decision is a typed event in the audit trail with the operator's name.
+Reads need `viewer`; resolve, cancel and replay need `resolver`. Every decision
+is a typed event in the audit trail whose actor is the authenticated person
+(`Principal.actor`): an `operator` a body still carries is ignored.
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ from starlette.responses import JSONResponse
 
 from engine import deadletters
 from engine.contracts import Origin, QueueFinished, UnknownTask
-from service.api import check_bearer, queue_or_404, read_body, services
+from service.api import queue_or_404, read_body, services
 from service.api_keys import CANCEL, authorised
+from service.identity import require
 from service.models import (
     BadRequest,
     Cancellation,
@@ -27,6 +31,7 @@ from service.models import (
     parse_json,
     withdrawal_ident,
 )
+from service.principals import RESOLVER, VIEWER
 from service.withdrawals import find_queue_id, withdrawal_view
 from workflows.core import IllegalTransition
 from workflows.withdrawal_events import Cancel, ManualResolved
@@ -43,12 +48,8 @@ async def body_of(request: Request, model: type[M]) -> M:
         raise invalid(exc) from None
 
 
-def require_ops(request: Request) -> None:
-    check_bearer(request, services(request).settings.ops_tokens)
-
-
 async def _ops_list(request: Request, key: str, query: str) -> JSONResponse:
-    require_ops(request)
+    await require(request, VIEWER)
     async with services(request).pool.connection() as conn:
         rows = await (await conn.execute(query)).fetchall()
     return JSONResponse({key: [jsonable(r) for r in rows]})
@@ -85,16 +86,16 @@ async def _apply_to_task(request: Request, event: Any, actor: str) -> JSONRespon
 
 
 async def resolve_task(request: Request) -> JSONResponse:
-    require_ops(request)
+    person = await require(request, RESOLVER)
     body = await body_of(request, Resolution)
-    event = ManualResolved(body.outcome == "positive", body.operator, body.reason)
-    return await _apply_to_task(request, event, f"ops:{body.operator}")
+    event = ManualResolved(body.outcome == "positive", person.actor, body.reason)
+    return await _apply_to_task(request, event, person.actor)
 
 
 async def cancel_task(request: Request) -> JSONResponse:
-    require_ops(request)
+    person = await require(request, RESOLVER)
     body = await body_of(request, Cancellation)
-    return await _apply_to_task(request, Cancel(body.operator, body.reason), f"ops:{body.operator}")
+    return await _apply_to_task(request, Cancel(person.actor, body.reason), person.actor)
 
 
 async def cancel_withdrawal(request: Request, actor: str, reason: str) -> JSONResponse:
@@ -111,9 +112,9 @@ async def cancel_withdrawal(request: Request, actor: str, reason: str) -> JSONRe
 
 
 async def ops_cancel_withdrawal(request: Request) -> JSONResponse:
-    require_ops(request)
+    person = await require(request, RESOLVER)
     body = await body_of(request, Cancellation)
-    return await cancel_withdrawal(request, f"ops:{body.operator}", body.reason)
+    return await cancel_withdrawal(request, person.actor, body.reason)
 
 
 async def core_cancel_withdrawal(request: Request) -> JSONResponse:
@@ -127,14 +128,14 @@ async def core_cancel_withdrawal(request: Request) -> JSONResponse:
 
 
 async def dead_letters(request: Request) -> JSONResponse:
-    require_ops(request)
+    await require(request, VIEWER)
     async with services(request).pool.connection() as conn:
         return JSONResponse({"dead_letters": await deadletters.list_open(conn)})
 
 
 async def replay_dead_letter(request: Request) -> JSONResponse:
-    require_ops(request)
-    body = await body_of(request, Replay)
+    person = await require(request, RESOLVER)
+    await body_of(request, Replay)  # still a JSON object; its `operator` is not who acts
     svc = services(request)
     raw_id = str(request.path_params["dead_letter_id"])
     if not (raw_id.isascii() and raw_id.isdigit() and len(raw_id) <= 18):  # a bigint
@@ -142,7 +143,7 @@ async def replay_dead_letter(request: Request) -> JSONResponse:
     dead_letter_id = int(raw_id)
     async with svc.pool.connection() as conn:
         try:
-            job_id = await deadletters.replay(conn, svc.app, dead_letter_id, body.operator)
+            job_id = await deadletters.replay(conn, svc.app, dead_letter_id, person.actor)
         except deadletters.NotReplayable as exc:
             raise BadRequest(404, "not_found", str(exc)) from None
     return JSONResponse({"replay_job_id": job_id}, status_code=202)

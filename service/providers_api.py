@@ -1,6 +1,6 @@
 """Provider health for on-call: each provider's circuit, recent outcomes, orders in
-flight and limits, and the operator's override of a circuit (audited in
-provider_circuit_events with the operator's name)."""
+flight and limits (`viewer`), and an admin's override of a circuit (`admin`;
+audited in provider_circuit_events with the signed-in person as actor)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,14 @@ from starlette.responses import JSONResponse
 
 from service import health
 from service.api import services
+from service.identity import require
 from service.models import BadRequest, CircuitOverride
-from service.ops_api import body_of, jsonable, require_ops
+from service.ops_api import body_of, jsonable
+from service.principals import ADMIN, VIEWER
 
 
 async def list_providers(request: Request) -> JSONResponse:
-    require_ops(request)
+    await require(request, VIEWER)
     svc = services(request)
     async with svc.pool.connection() as conn:
         rows = await health.report(conn, svc.providers)
@@ -24,7 +26,7 @@ async def list_providers(request: Request) -> JSONResponse:
 
 
 async def set_circuit(request: Request) -> JSONResponse:
-    require_ops(request)
+    person = await require(request, ADMIN)
     svc = services(request)
     name = request.path_params["provider"]
     if name not in svc.providers:
@@ -32,7 +34,7 @@ async def set_circuit(request: Request) -> JSONResponse:
     override = await body_of(request, CircuitOverride)
     state = None if override.state == "auto" else override.state
     async with svc.pool.connection() as conn:
-        await health.force(conn, name, state, f"{override.operator}", override.reason)
+        await health.force(conn, name, state, person.actor, override.reason)
         rows = await health.report(conn, {name: svc.providers[name]})
     return JSONResponse(jsonable(rows[0]))
 

@@ -37,7 +37,6 @@ class Settings(BaseSettings):
     database_url: str
     providers_file: Path = DEFAULT_PROVIDERS_FILE
     api_tokens: Tokens = ()
-    ops_tokens: Tokens = ()  # going: people sign in (issue 21)
     # People (service/identity.py): access tokens from this OpenID issuer (discovery at
     # its /.well-known/openid-configuration); None: nobody signs in, every ops call is 401.
     oidc_issuer: str | None = None
@@ -117,7 +116,7 @@ class Settings(BaseSettings):
     four_eyes_above: Thresholds = ()
     four_eyes_ttl_s: int = Field(86400, ge=60)
 
-    @field_validator("api_tokens", "ops_tokens", mode="before")
+    @field_validator("api_tokens", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         if isinstance(value, str):
