@@ -11,6 +11,8 @@ reconcile             fetch the ledger's holds, report drift (exit 1 if any); a 
 providers             each provider's circuit, recent outcomes, orders in flight, limits
 circuit PROVIDER open|closed|auto --operator NAME --reason TEXT
                       force a provider's circuit (audited), or give it back to health
+keys create|list|rotate|revoke
+                      cascade-core's API keys (audited; `keys create -h`)
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import httpx
 from devstack.embedded import database_url
 from engine import deadletters
 from engine.contracts import Origin, UnknownTask
-from service import health
+from service import api_keys_cli, health
 from service.settings import Settings
 from service.wiring import Services, open_services
 from service.withdrawals import find_queue_id
@@ -141,6 +143,8 @@ async def _rows(svc: Services, args: argparse.Namespace) -> list[dict[str, Any]]
             return await circuit(svc, args)
         case "replay":
             return await replay(svc, args)
+        case "keys":
+            return await api_keys_cli.run(svc, args)
     raise ValueError(f"unknown command {args.command!r}")
 
 
@@ -198,6 +202,7 @@ def parser() -> argparse.ArgumentParser:
     circuit.add_argument("state", choices=["open", "closed", "auto"])
     circuit.add_argument("--operator", required=True)
     circuit.add_argument("--reason", required=True)
+    api_keys_cli.add_parser(sub)
     return p
 
 
