@@ -21,6 +21,7 @@ from devstack.embedded import database_url
 from engine import logs, tracing
 from engine.startup import prepare_or_exit, startup_arguments
 from service.api import ROUTES
+from service.api_keys_api import API_KEY_ROUTES
 from service.console import CONSOLE_ROUTES
 from service.edge import EXCEPTION_HANDLERS
 from service.metrics_api import metrics_endpoint
@@ -41,7 +42,13 @@ def build_app(settings: Settings) -> Starlette:
 
     routes = [
         Route(path, handler, methods=methods)
-        for path, handler, methods in [*ROUTES, *CONTROL_ROUTES, *PROVIDER_ROUTES, *CONSOLE_ROUTES]
+        for path, handler, methods in [
+            *ROUTES,
+            *CONTROL_ROUTES,
+            *PROVIDER_ROUTES,
+            *API_KEY_ROUTES,
+            *CONSOLE_ROUTES,
+        ]
     ]
     routes.append(Route("/metrics", metrics_endpoint, methods=["GET"]))
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS)

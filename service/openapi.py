@@ -30,15 +30,19 @@ _PATH_PARAMS: dict[str, dict[str, Any]] = {
     "task_id": {"type": "string", "format": "uuid"},
     "dead_letter_id": {"type": "integer", "minimum": 1, "maximum": 10**18 - 1},
     "provider": {"type": "string", "description": "A configured provider's name"},
+    "key_id": {"type": "string", "format": "uuid", "description": "An API key's id"},
 }
 _ERROR_MEANING = {
     400: "the body is not valid JSON (or, for a webhook, not a valid order update)",
     401: "missing or invalid credentials or signature",
+    403: "the credentials do not allow this: a role, a key's scope or merchant",
     404: "no such resource",
     409: "not allowed in the resource's current state",
     413: "the body is too large",
     415: "the body is not application/json",
     422: "the body is invalid: details name each field",
+    429: "over the limit (a key's, a provider's webhooks): nothing changed; retry after"
+    " Retry-After seconds",
     503: "the database is unavailable; retry after Retry-After seconds",
 }
 
@@ -82,7 +86,7 @@ def _responses(op: Operation) -> dict[str, Any]:
     }
     for status in op.error_statuses():
         answer = {"description": _ERROR_MEANING[status], "content": _content(out.Error)}
-        if status == 503:
+        if status in (429, 503):
             answer["headers"] = {"Retry-After": {"schema": {"type": "integer"}}}
         responses[str(status)] = answer
     responses["default"] = {"description": "any other error", "content": _content(out.Error)}

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
+from service import api_key_models as keys
 from service import schemas as out
 from service.models import (
     Cancellation,
@@ -40,12 +41,50 @@ class Operation:
         implied = set(self.errors)
         implied |= {401} if self.security else set()
         implied |= {403} if self.security == "ops" else set()  # signed in, lacking the role
+        # an API key lacking the scope or the merchant; over the key's limits
+        implied |= {403, 429} if self.security == "bearer" else set()
         implied |= {400, 413, 415} if self.body else set()
         implied |= {422} if self.body and self.field_errors else set()
         implied |= {404} if "{" in self.path else set()
         implied |= {503} if self.database else set()
         return sorted(implied)
 
+
+API_KEY_OPERATIONS = [
+    Operation(
+        "post",
+        "/ops/v1/api-keys",
+        "Create an API key for cascade-core (admin; its value is answered once)",
+        {201: keys.IssuedKey},
+        "ops",
+        keys.KeyCreation,
+    ),
+    Operation(
+        "get",
+        "/ops/v1/api-keys",
+        "API keys (admin; never their values)",
+        {200: keys.ApiKeys},
+        "ops",
+    ),
+    Operation(
+        "post",
+        "/ops/v1/api-keys/{key_id}/rotate",
+        "A new key like this one; this one lasts the grace period more (admin, audited)",
+        {201: keys.IssuedKey},
+        "ops",
+        keys.KeyRotation,
+        (409,),
+    ),
+    Operation(
+        "post",
+        "/ops/v1/api-keys/{key_id}/revoke",
+        "Revoke a key: refused at once by every API process (admin, audited)",
+        {200: keys.ApiKey},
+        "ops",
+        keys.KeyRevocation,
+        (409,),
+    ),
+]
 
 OPERATIONS = [
     Operation(
@@ -86,7 +125,7 @@ OPERATIONS = [
         "Provider webhook, signed per Standard Webhooks",
         {202: out.WebhookAck, 200: out.WebhookAck},
         body=WebhookBody,
-        errors=(401,),
+        errors=(401, 429),
         field_errors=False,
         headers=_WEBHOOK_HEADERS,
     ),
@@ -153,6 +192,7 @@ OPERATIONS = [
         "ops",
         CircuitOverride,
     ),
+    *API_KEY_OPERATIONS,
     Operation("get", "/metrics", "Prometheus metrics", {200: "text/plain"}),
     Operation("get", "/healthz", "Liveness", {200: out.Status}, database=False),
     Operation("get", "/readyz", "Readiness (the database answers)", {200: out.Status}),
