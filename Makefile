@@ -8,7 +8,12 @@ STAMP  := $(VENV)/.installed
 export API_TOKENS   ?= dev-api-token
 export LEDGER_URL   ?= http://127.0.0.1:8090/ledger
 export LEDGER_TOKEN ?= dev-ledger-token
-export OPS_TOKENS   ?= dev-ops-token
+# People sign in at `make sandbox`'s local OpenID issuer on :9400 (sandbox/issuer.py).
+export OIDC_ISSUER        ?= http://127.0.0.1:9400
+export OIDC_CLIENT_ID     ?= payment-console
+export OIDC_CLIENT_SECRET ?= dev-console-secret
+export OIDC_GROUP_ROLES   ?= payments-resolvers=resolver,payments-approvers=approver,payments-admins=admin
+export CONSOLE_SECRET     ?= dev-console-cookie-key
 export CORE_CALLBACK_URL   ?= http://127.0.0.1:8090/core
 export CORE_CALLBACK_TOKEN ?= dev-ledger-token
 
@@ -57,8 +62,8 @@ demo: setup ## start everything embedded, run a batch of withdrawals, print outc
 run: setup ## API + worker(s) against DATABASE_URL / NATS_URL (embedded when unset)
 	$(PY) -m service.run
 
-sandbox: setup ## the simulated ledger and providers of config/sandbox.toml on :8090
-	$(PY) -m sandbox --config config/sandbox.toml --port 8090
+sandbox: setup ## the simulated ledger and providers of config/sandbox.toml on :8090, the OpenID issuer on :9400
+	$(PY) -m sandbox --config config/sandbox.toml --port 8090 --issuer-port 9400
 
 # A 3-node HA PostgreSQL (etcd + three Patroni nodes, PostgreSQL on :5441-5443), left
 # running in the background; the last line is its multi-host URL. HA_MODE=async for the
