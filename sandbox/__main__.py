@@ -1,4 +1,8 @@
-"""`python -m sandbox --config PATH [--host 127.0.0.1] [--port 8090] [--database-url URL]`.
+"""`python -m sandbox --config PATH [--host 127.0.0.1] [--port 8090] [--database-url URL]
+[--issuer-port 9400]`.
+
+`--issuer-port`: also the local OpenID issuer (sandbox/issuer.py), where the
+console's people sign in (`make sandbox` starts it on 9400).
 
 The database is `--database-url`, else `DATABASE_URL`, else the project's
 embedded PostgreSQL (devstack.embedded), so `make demo` works on a fresh machine.
@@ -7,6 +11,7 @@ embedded PostgreSQL (devstack.embedded), so `make demo` works on a fresh machine
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -26,6 +31,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=8090)
     parser.add_argument("--database-url", default=None, help="default: $DATABASE_URL")
     parser.add_argument("--log-level", default="info")
+    parser.add_argument("--issuer-port", type=int, default=0, help="the local issuer's; 0: none")
     return parser.parse_args(argv)
 
 
@@ -59,15 +65,33 @@ def serve(args: argparse.Namespace) -> int:
     logging.getLogger("sandbox").info("starting %r", config)
     # access_log off: AccessLog logs one secret-free line per request instead.
     # A bounded graceful shutdown: a `timeout` provider may be hanging a request.
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        access_log=False,
-        log_level=args.log_level,
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
-    )
+    with contextlib.ExitStack() as running:
+        if args.issuer_port:
+            _start_issuer(running, args.issuer_port)
+        uvicorn.run(
+            app,
+            host=args.host,
+            port=args.port,
+            access_log=False,
+            log_level=args.log_level,
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        )
     return 0
+
+
+def _start_issuer(running: contextlib.ExitStack, port: int) -> None:
+    from sandbox import issuer
+
+    url = running.enter_context(issuer.running(port))
+    people = ", ".join(
+        f"{name} ({' '.join(groups) or 'no group'})" for name, groups in issuer.PEOPLE.items()
+    )
+    print(
+        f"OpenID issuer {url}: sign in to the console (make run: http://127.0.0.1:8000/console)"
+        f" as one of {people}. An access token for the ops API or service.ops:"
+        f" python -m sandbox.issuer token ana",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ from typing import Any
 
 import httpx
 
-from sandbox.stack import API_TOKEN, LEDGER_TOKEN, OPS_TOKEN, Stack, wait_until
+from sandbox import issuer
+from sandbox.stack import API_TOKEN, LEDGER_TOKEN, Stack, wait_until
 
 FINAL_QUEUE = {"COMPLETED", "FAILED", "CANCELLED"}
 
@@ -21,15 +22,11 @@ class StackClient:
         the OpenAPI document)."""
         self.stack = stack
         hooks = {"response": [on_response] if on_response else []}
+        self._hooks = hooks
+        self._people: dict[str, httpx.Client] = {}
         self.api = httpx.Client(
             base_url=stack.api_url,
             headers={"Authorization": f"Bearer {API_TOKEN}"},
-            timeout=10,
-            event_hooks=hooks,
-        )
-        self.ops = httpx.Client(
-            base_url=stack.api_url,
-            headers={"Authorization": f"Bearer {OPS_TOKEN}"},
             timeout=10,
             event_hooks=hooks,
         )
@@ -38,6 +35,28 @@ class StackClient:
             headers={"Authorization": f"Bearer {LEDGER_TOKEN}"},
             timeout=10,
         )
+
+    @property
+    def ops(self) -> httpx.Client:
+        """The ops API as ana, a resolver (sandbox/issuer.py's people)."""
+        return self.person("ana")
+
+    @property
+    def admin(self) -> httpx.Client:
+        """The ops API as ada, an admin (circuits)."""
+        return self.person("ada")
+
+    def person(self, name: str) -> httpx.Client:
+        """The ops API as `name`, signed in at the stack's issuer (once per client)."""
+        if name not in self._people:
+            token = issuer.access_token(self.stack.issuer_url, name)
+            self._people[name] = httpx.Client(
+                base_url=self.stack.api_url,
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=10,
+                event_hooks=self._hooks,
+            )
+        return self._people[name]
 
     def submit(
         self, cascade: list[str], amount: str = "10.00", order_id: str | None = None, **extra: Any

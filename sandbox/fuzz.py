@@ -3,7 +3,8 @@
 Starts the sandbox, the API and two workers on a fresh database (embedded
 PostgreSQL when DATABASE_URL is unset), then lets schemathesis generate requests
 for every operation with every check on: no 5xx, and no answer that breaks the
-document. The API and ops tokens are one token here, so one header reaches all.
+document. One header reaches all: ada's access token (an admin, made with the
+stack's issuer key) is also the API's token here.
 """
 
 from __future__ import annotations
@@ -21,9 +22,8 @@ from psycopg.conninfo import make_conninfo
 
 from devstack.embedded import database_url
 from engine.migrations import migrate
+from sandbox import issuer
 from sandbox.stack import ProviderSpec, Stack
-
-TOKEN = "fuzz-token"  # noqa: S105 - a local, throwaway credential
 
 
 def fresh_database() -> str:
@@ -43,9 +43,9 @@ def main() -> int:
     parser.add_argument("--report", default="reports/fuzz-junit.xml")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="fuzz-"))
-    env = {"API_TOKENS": TOKEN, "OPS_TOKENS": TOKEN}
     stack = Stack(fresh_database(), workdir, [ProviderSpec("alpha"), ProviderSpec("beta")])
-    stack.extra_env.update(env)
+    token = issuer.mint(stack.issuer_key, stack.issuer_url, "ada")
+    stack.extra_env["API_TOKENS"] = token
     stack.start()
     try:
         command = [
@@ -55,7 +55,7 @@ def main() -> int:
             "--checks",
             "all",
             "--header",
-            f"Authorization: Bearer {TOKEN}",
+            f"Authorization: Bearer {token}",
             "--max-examples",
             str(args.max_examples),
             "--seed",

@@ -1,4 +1,5 @@
-"""A whole local stack in subprocesses: sandbox, API server and N workers.
+"""A whole local stack in subprocesses: the OpenID issuer, sandbox, API server and
+N workers.
 
 Used by the tests and `make demo`. Everything talks real HTTP and a real
 PostgreSQL; nothing is mocked. Each process logs to a file under `workdir`.
@@ -22,11 +23,11 @@ import httpx
 
 from activities.standard_webhooks import new_secret
 from devstack.embedded import PROJECT_ROOT, free_port
+from sandbox import issuer
 
 ROOT = PROJECT_ROOT
 API_TOKEN = "dev-api-token"  # noqa: S105 - sandbox credential
 LEDGER_TOKEN = "dev-ledger-token"  # noqa: S105 - sandbox credential
-OPS_TOKEN = "dev-ops-token"  # noqa: S105 - sandbox credential
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, every: float = 0.05) -> Any:
@@ -74,6 +75,11 @@ class Stack:
     ledger_database_url: str | None = None  # the sandbox's own database (default: ours)
     # The tree whose server.py and worker.py run: an upgrade test runs a release's.
     service_root: Path = ROOT
+    # People sign in at a local issuer (sandbox/issuer.py) that signs with this key,
+    # which the tests may use too (tokens the issuer could have made: expired, ...).
+    issuer_port: int = field(default_factory=free_port)
+    issuer_key: dict[str, Any] = field(default_factory=issuer.new_private_jwk)
+    console_secret: str = field(default_factory=lambda: os.urandom(16).hex())
 
     @property
     def api_url(self) -> str:
@@ -83,13 +89,21 @@ class Stack:
     def sandbox_url(self) -> str:
         return f"http://127.0.0.1:{self.sandbox_port}"
 
+    @property
+    def issuer_url(self) -> str:
+        return f"http://127.0.0.1:{self.issuer_port}"
+
     def env(self) -> dict[str, str]:
         return {
             **os.environ,
             "DATABASE_URL": self.database_url,
             "PROVIDERS_FILE": str(self.workdir / "providers.toml"),
             "API_TOKENS": API_TOKEN,
-            "OPS_TOKENS": OPS_TOKEN,
+            "OIDC_ISSUER": self.issuer_url,
+            "OIDC_CLIENT_ID": issuer.CLIENT_ID,
+            "OIDC_CLIENT_SECRET": issuer.CLIENT_SECRET,
+            "OIDC_GROUP_ROLES": issuer.GROUP_ROLES,
+            "CONSOLE_SECRET": self.console_secret,
             "LEDGER_URL": f"{self.sandbox_url}/ledger",
             "LEDGER_TOKEN": LEDGER_TOKEN,
             "CORE_CALLBACK_URL": f"{self.sandbox_url}/core",
@@ -154,6 +168,7 @@ class Stack:
 
     def start(self) -> Stack:
         self.write_configs()
+        self.start_issuer()
         self._spawn(
             "sandbox",
             "-m",
@@ -168,6 +183,15 @@ class Stack:
         wait_until(functools.partial(_healthy, self.sandbox_url), 30, "the sandbox")
         self.start_services()
         return self
+
+    def start_issuer(self) -> None:
+        key_file = self.workdir / "issuer-key.json"
+        key_file.write_text(json.dumps(self.issuer_key))
+        key_file.chmod(0o600)
+        args = ["serve", "--port", str(self.issuer_port), "--key", str(key_file)]
+        self._spawn("issuer", "-m", "sandbox.issuer", *args)
+        discovery = "/.well-known/openid-configuration"
+        wait_until(functools.partial(_healthy, self.issuer_url, discovery), 30, "the issuer")
 
     def start_services(self) -> None:
         """The API and the workers (of `service_root`)."""
