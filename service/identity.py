@@ -8,8 +8,9 @@ keys), at most once a minute, so that tokens with made-up key ids cannot make us
 hammer the issuer. A token is a person's when its signature verifies with one of
 those keys (asymmetric algorithms only: never `none`, never a shared secret) and
 its `iss`, `aud` (OIDC_AUDIENCE, by default the client id), `exp` and `nbf` hold,
-with OIDC_LEEWAY_S of clock skew. A token carrying a `nonce` is an ID token, which
-proves a sign-in to the console but is no credential for the API: refused.
+with OIDC_LEEWAY_S of clock skew. A token carrying a `nonce` or an `at_hash` is
+an ID token, which proves a sign-in to the console but is no credential for the
+API: refused.
 
 Roles: the issuer's groups (the OIDC_ROLES_CLAIM claim, mapped by
 OIDC_GROUP_ROLES) and the service's own grants (service/people.py), read on every
@@ -57,9 +58,15 @@ def unauthorized(why: str) -> BadRequest:
 class IssuerKeys:
     """The issuer's discovery document and signing keys, fetched on first use."""
 
-    def __init__(self, issuer: str, http: httpx.AsyncClient) -> None:
+    def __init__(
+        self,
+        issuer: str,
+        http: httpx.AsyncClient,
+        refetch_at_most_every_s: float = REFETCH_AT_MOST_EVERY_S,
+    ) -> None:
         self.issuer = issuer.rstrip("/")
         self._http = http
+        self._refetch_every_s = refetch_at_most_every_s
         self._metadata: dict[str, Any] | None = None
         self._keys: KeySet | None = None
         self._fetched_at = float("-inf")
@@ -77,7 +84,7 @@ class IssuerKeys:
         async with self._lock:
             age = time.monotonic() - self._fetched_at
             stale = self._keys is None or age > KEYS_MAX_AGE_S
-            if stale or (unknown_kid and age > REFETCH_AT_MOST_EVERY_S):
+            if stale or (unknown_kid and age > self._refetch_every_s):
                 jwks = await self._get(str((await self.metadata())["jwks_uri"]))
                 try:
                     self._keys = KeySet.import_key_set(jwks)  # type: ignore[arg-type]
@@ -139,7 +146,7 @@ class Identity:
     async def person(self, conn: Conn, token: str) -> Principal:
         """The person an API access token names, with their roles."""
         claims = await self.claims(token, self.settings.oidc_token_audience)
-        if "nonce" in claims:
+        if "nonce" in claims or "at_hash" in claims:
             raise unauthorized("an ID token is not an access token")
         return await self.principal(conn, claims)
 
