@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import cache
 
@@ -29,10 +30,12 @@ from engine.db import Pool, open_pool
 from engine.engine import Engine, EngineHooks
 from engine.inline import InlineRunner
 from engine.jobs import build_app
+from engine.journal import Conn
 from engine.retry import CappedBackoff
 from engine.rows import TaskRow, column
 from engine.startup import load_definitions
 from engine.steps import Runtime, RuntimeOptions
+from service.approvals import close_stale
 from service.health import HealthRecorder, evaluate_health, health_rules
 from service.notifications import CoreOutcomes
 from service.rollout import RolloutGate
@@ -40,6 +43,7 @@ from service.routing import ProviderRouting
 from service.settings import Settings
 from service.webhook_inbox import WebhookInbox
 from service.withdrawal_metrics import count_outcome
+from workflows.core import Storage
 from workflows.withdrawal_events import Timing
 
 log = logging.getLogger("payment.wiring")
@@ -95,8 +99,9 @@ async def open_services(
     app = _build_app(settings, 2 if serving_requests else pool_size, shell_jobs)
     await app.open_async()
     http = httpx.AsyncClient(timeout=settings.ledger_timeout_s)  # ops and tools
+    definitions = load_definitions(settings.workflow_definitions)
     runtime = Runtime(
-        load_definitions(settings.workflow_definitions),
+        definitions,
         pool,
         _activities(settings, outbound, adapters),
         app=app,
@@ -104,13 +109,27 @@ async def open_services(
         runner=_runner(settings, steps),
         notice=_outcome_notice(settings, outbound),
         options=_runtime_options(settings),
-        periodic_checks=functools.partial(evaluate_health, health_rules(providers)),
+        periodic_checks=_periodic_checks(providers, definitions.storage()),
         shell_jobs=shell_jobs,
     )
     gate = RolloutGate.load(
         settings.rollout_file, settings.rollout_cascade_percent, settings.rollout_health_routing
     )
     return Services(settings, providers, pool, app, runtime, http, outbound, adapters, inbox, gate)
+
+
+def _periodic_checks(
+    providers: dict[str, ProviderConfig], storage: Storage
+) -> Callable[[Conn], Awaitable[None]]:
+    """The workers' `checks` job (every HEALTH_EVERY_S): the providers' circuits, then
+    the four-eyes proposals that expired or whose task moved on (service/approvals.py)."""
+    health = functools.partial(evaluate_health, health_rules(providers))
+
+    async def checks(conn: Conn) -> None:
+        await health(conn)
+        await close_stale(conn, storage)
+
+    return checks
 
 
 async def _open_pool(settings: Settings, size: int, serving_requests: bool) -> Pool:
