@@ -165,6 +165,11 @@ async def _signed_in(
 
 
 async def logout(request: Request) -> Response:
+    """Ends this browser's session (the issuer's own session is the issuer's)."""
+    settings = services(request).settings
+    found = auth.session(settings, request.cookies.get(auth.COOKIE))
+    if found is not None and (await form_of(request)).get("csrf") != found.csrf(settings):
+        return _login(request, "That sign-out did not come from this console.", 403)
     response = RedirectResponse("/console/login", status_code=303)
     response.delete_cookie(auth.COOKIE, path="/console")
     return response

@@ -1,11 +1,13 @@
-"""The support console: a person logs in, finds a withdrawal in manual check,
-resolves it with a reason, and sees it finish, in a real browser (Playwright
-with Debian's chromium); and nothing changes without the session, with a wrong
-token, or without the CSRF token."""
+"""The support console: a person signs in at the OpenID issuer (the stack's local
+one, its login form), finds a withdrawal in manual check, resolves it with a
+reason, and sees it finish with their identity in the timeline, in a real browser
+(Playwright with Debian's chromium); and nothing changes without the session, a
+forged cookie, the CSRF token or the resolver role."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ import pytest
 
 from devstack.embedded import PROJECT_ROOT
 from sandbox.client import StackClient
-from sandbox.stack import OPS_TOKEN, wait_until
+from sandbox.stack import wait_until
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SHOTS = PROJECT_ROOT / "docs" / "console"  # refreshed with UPDATE_SCREENSHOTS=1
@@ -28,7 +30,9 @@ def in_manual_check(client: StackClient) -> tuple[str, str]:
     return queue_id, str(client.withdrawal(queue_id)["tasks"][0]["id"])
 
 
-def test_a_person_resolves_a_manual_check_in_the_browser(client: StackClient) -> None:
+def test_a_person_signs_in_and_resolves_a_manual_check_in_the_browser(
+    client: StackClient,
+) -> None:
     if CHROMIUM is None:
         pytest.skip("chromium is not installed (make setup installs Debian's chromium as root)")
     from playwright.sync_api import sync_playwright
@@ -36,18 +40,20 @@ def test_a_person_resolves_a_manual_check_in_the_browser(client: StackClient) ->
     queue_id, task_id = in_manual_check(client)
     order_id = client.withdrawal(queue_id)["order_id"]
     base = client.stack.api_url
+    ana = f"person:ana@example.com (sub ana at {client.stack.issuer_url})"
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.goto(f"{base}/console")
-        assert page.url.endswith("/console/login")  # no session: the login form
+        assert page.url.endswith("/console/login")  # no session: the sign-in page
         shoot(page, "login")
-        page.fill("input[name=operator]", "ana")
-        page.fill("input[name=token]", OPS_TOKEN)
-        page.click("button:has-text('Log in')")
+        page.click("button:has-text('Sign in')")
+        page.wait_for_url(f"{client.stack.issuer_url}/oauth2/authorize?*")  # the issuer's form
+        page.click("button[name=sub][value=ana]")
         page.wait_for_url(f"{base}/console")
         cookie = next(c for c in page.context.cookies() if c["name"] == "console_session")
         assert (cookie["httpOnly"], cookie["secure"], cookie["sameSite"]) == (True, True, "Strict")
+        assert "ana@example.com" in page.inner_text("header")
         shoot(page, "manual-checks")
 
         page.click(f"text={order_id}")
@@ -57,54 +63,73 @@ def test_a_person_resolves_a_manual_check_in_the_browser(client: StackClient) ->
         shoot(page, "task")
         page.check("input[value=positive]")
         page.fill("textarea[name=reason]", "provider statement shows the payout")
-        page.click("button:has-text('Resolve as ana')")
+        page.click("button:has-text('Resolve as ana@example.com')")
         page.wait_for_url(f"{base}/console/withdrawals/{queue_id}")
 
         assert client.wait_final(queue_id)["status"] == "COMPLETED"
         page.reload()
         assert "COMPLETED" in page.inner_text("h1")
         timeline = page.inner_text("main")
-        assert "manual_resolved" in timeline and "ops:ana" in timeline
+        assert "manual_resolved" in timeline and ana in timeline
         assert "provider statement shows the payout" in timeline
         shoot(page, "withdrawal")
         page.goto(f"{base}/console/withdrawals?q={order_id}")  # the search finds it too
         assert order_id in page.inner_text("h1")
+        page.click("button:has-text('Sign out')")
+        page.wait_for_url(f"{base}/console/login")
+        page.goto(f"{base}/console")
+        assert page.url.endswith("/console/login")  # signed out
         browser.close()
     events = client.events(queue_id)
     resolved = [e for e in events if e["event_type"] == "manual_resolved"]
     assert [(e["actor"], e["payload"]["reason"]) for e in resolved] == [
-        ("ops:ana", "provider statement shows the payout")
+        (ana, "provider statement shows the payout")
     ]
 
 
-def test_nothing_changes_without_a_session_a_valid_token_or_the_csrf_token(
+def sign_in(browser: httpx.Client, person: str) -> str:
+    """The console's sign-in by hand: to the issuer, its form, back to the callback.
+    (httpx keeps no Secure cookie over http, so they are carried here.) The cookie."""
+    started = browser.get("/console/sign-in")
+    assert started.status_code == 303, started.text
+    browser.cookies.set("console_signin", started.cookies["console_signin"], path="/console")
+    chose = httpx.post(started.headers["location"], data={"sub": person}, timeout=10)
+    signed = browser.get(chose.headers["location"])
+    assert signed.status_code == 200, signed.text
+    cookie = signed.cookies["console_session"]
+    browser.cookies.set("console_session", cookie, path="/console")
+    return cookie
+
+
+def test_nothing_changes_without_a_session_the_csrf_token_or_the_role(
     client: StackClient,
 ) -> None:
     queue_id, task_id = in_manual_check(client)
-    base = client.stack.api_url
+    base, resolve = client.stack.api_url, f"/console/tasks/{task_id}/resolve"
     form = {"outcome": "positive", "reason": "r"}
     with httpx.Client(base_url=base, follow_redirects=False) as browser:
         assert browser.get("/console").headers["location"] == "/console/login"
-        assert browser.post(f"/console/tasks/{task_id}/resolve", data=form).status_code == 401
-        wrong = browser.post("/console/login", data={"operator": "eve", "token": "nope"})
-        assert wrong.status_code == 401 and "console_session" not in wrong.cookies
-        assert browser.get("/console").status_code == 303
-        good = browser.post("/console/login", data={"operator": "ana", "token": OPS_TOKEN})
-        assert good.status_code == 303
-        cookie = good.cookies["console_session"]
-        browser.cookies.set("console_session", cookie, path="/console")
+        assert browser.post(resolve, data=form).status_code == 401
+        unasked = browser.get("/console/callback", params={"code": "x", "state": "y"})
+        assert unasked.status_code == 401 and "console_session" not in unasked.cookies
+        cookie = sign_in(browser, "ana")
         assert browser.get("/console").status_code == 200
-        no_csrf = browser.post(f"/console/tasks/{task_id}/resolve", data=form)
-        assert no_csrf.status_code == 403
-        forged = browser.post(f"/console/tasks/{task_id}/resolve", data={**form, "csrf": "0" * 64})
-        assert forged.status_code == 403
+        assert browser.post(resolve, data=form).status_code == 403  # no CSRF token
+        assert browser.post(resolve, data={**form, "csrf": "0" * 64}).status_code == 403
         tampered = cookie.replace(cookie[5], "A" if cookie[5] != "A" else "B", 1)
         browser.cookies.set("console_session", tampered, path="/console")
         assert browser.get("/console").status_code == 303
+    with httpx.Client(base_url=base, follow_redirects=False) as browser:
+        sign_in(browser, "vic")  # a viewer: sees the task, no button, and is refused
+        task_page = browser.get(f"/console/tasks/{task_id}").text
+        assert "needs the resolver role" in task_page and "Resolve as" not in task_page
+        csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', task_page)
+        assert csrf is not None
+        refused = browser.post(resolve, data={**form, "csrf": csrf.group(1)})
+        assert refused.status_code == 403 and "resolver role" in refused.text
     assert client.withdrawal(queue_id)["tasks"][0]["status"] == "MANUAL_CHECK"  # unchanged
     resolved = client.ops.post(
-        f"/ops/v1/tasks/{task_id}/resolve",
-        json={"outcome": "negative", "operator": "ana", "reason": "test cleanup"},
+        f"/ops/v1/tasks/{task_id}/resolve", json={"outcome": "negative", "reason": "test cleanup"}
     )
     assert resolved.status_code == 200
     wait_until(lambda: client.wait_final(queue_id)["status"] == "FAILED", 30, "the release")
