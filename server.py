@@ -22,6 +22,7 @@ from engine import logs, tracing
 from engine.startup import prepare_or_exit, startup_arguments
 from service.api import ROUTES
 from service.api_keys_api import API_KEY_ROUTES
+from service.approvals_api import APPROVAL_ROUTES
 from service.console import CONSOLE_ROUTES
 from service.edge import EXCEPTION_HANDLERS
 from service.metrics_api import metrics_endpoint
@@ -45,6 +46,7 @@ def build_app(settings: Settings) -> Starlette:
         for path, handler, methods in [
             *ROUTES,
             *CONTROL_ROUTES,
+            *APPROVAL_ROUTES,
             *PROVIDER_ROUTES,
             *API_KEY_ROUTES,
             *CONSOLE_ROUTES,

@@ -104,10 +104,15 @@ async def _no_decision_in_flight(
 
 
 async def approve(
-    conn: Conn, engine: Engine, person: Principal, proposal_id: str, now: datetime | None = None
+    conn: Conn,
+    engine: Engine,
+    person: Principal,
+    proposal_id: str,
+    reason: str | None = None,
+    now: datetime | None = None,
 ) -> Proposal:
     """An approver approves another person's proposal: its decision is applied now."""
-    return await _settle(conn, engine, person, proposal_id, (APPROVED, None), now)
+    return await _settle(conn, engine, person, proposal_id, (APPROVED, reason), now)
 
 
 async def reject(

@@ -31,6 +31,7 @@ _PATH_PARAMS: dict[str, dict[str, Any]] = {
     "dead_letter_id": {"type": "integer", "minimum": 1, "maximum": 10**18 - 1},
     "provider": {"type": "string", "description": "A configured provider's name"},
     "key_id": {"type": "string", "format": "uuid", "description": "An API key's id"},
+    "proposal_id": {"type": "string", "format": "uuid", "description": "A four-eyes proposal's id"},
 }
 _ERROR_MEANING = {
     400: "the body is not valid JSON (or, for a webhook, not a valid order update)",

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel
 
 from service import api_key_models as keys
+from service import approval_models as approval
 from service import schemas as out
 from service.models import (
     Cancellation,
@@ -49,6 +50,35 @@ class Operation:
         implied |= {503} if self.database else set()
         return sorted(implied)
 
+
+APPROVAL_OPERATIONS = [
+    Operation(
+        "get",
+        "/ops/v1/approvals",
+        "Four-eyes proposals waiting for an approver, oldest first",
+        {200: approval.PendingProposals},
+        "ops",
+    ),
+    Operation(
+        "post",
+        "/ops/v1/approvals/{proposal_id}/approve",
+        "Approve another person's proposal (approver): its decision is applied now; 409 when"
+        " it is closed, expired or its task moved on (nothing is applied)",
+        {200: approval.ProposalDecided},
+        "ops",
+        approval.Approval,
+        (409,),
+    ),
+    Operation(
+        "post",
+        "/ops/v1/approvals/{proposal_id}/reject",
+        "Reject another person's proposal (approver): the task stays in manual check",
+        {200: approval.ProposalDecided},
+        "ops",
+        approval.Rejection,
+        (409,),
+    ),
+]
 
 API_KEY_OPERATIONS = [
     Operation(
@@ -135,8 +165,9 @@ OPERATIONS = [
     Operation(
         "post",
         "/ops/v1/tasks/{task_id}/resolve",
-        "Resolve a manual check",
-        {200: out.Withdrawal},
+        "Decide a manual check (resolver): applied at once (200), or a proposal that waits"
+        " for an approver (202) when four-eyes applies",
+        {200: out.Withdrawal, 202: approval.ProposalAccepted},
         "ops",
         Resolution,
         (409,),
@@ -193,6 +224,7 @@ OPERATIONS = [
         CircuitOverride,
     ),
     *API_KEY_OPERATIONS,
+    *APPROVAL_OPERATIONS,
     Operation("get", "/metrics", "Prometheus metrics", {200: "text/plain"}),
     Operation("get", "/healthz", "Liveness", {200: out.Status}, database=False),
     Operation("get", "/readyz", "Readiness (the database answers)", {200: out.Status}),
@@ -202,6 +234,7 @@ OPERATIONS = [
 
 _WITHDRAWAL_ID = {"ident": "$response.body#/id"}
 _FIRST_TASK_ID = {"task_id": "$response.body#/tasks/0/id"}
+_FIRST_PROPOSAL_ID = {"proposal_id": "$response.body#/proposals/0/id"}
 # Where an answer's ids lead (OpenAPI links): clients, and schemathesis's stateful
 # phase, can follow a new withdrawal to its reads, its cancels and its tasks.
 LINKS: dict[tuple[str, str], dict[str, tuple[str, str, dict[str, str]]]] = {
@@ -212,6 +245,10 @@ LINKS: dict[tuple[str, str], dict[str, tuple[str, str, dict[str, str]]]] = {
         "OpsCancel": ("post", "/ops/v1/withdrawals/{ident}/cancel", _WITHDRAWAL_ID),
         "ResolveTask": ("post", "/ops/v1/tasks/{task_id}/resolve", _FIRST_TASK_ID),
         "CancelTask": ("post", "/ops/v1/tasks/{task_id}/cancel", _FIRST_TASK_ID),
+    },
+    ("get", "/ops/v1/approvals"): {
+        "Approve": ("post", "/ops/v1/approvals/{proposal_id}/approve", _FIRST_PROPOSAL_ID),
+        "Reject": ("post", "/ops/v1/approvals/{proposal_id}/reject", _FIRST_PROPOSAL_ID),
     },
     ("get", "/ops/v1/dead-letters"): {
         "Replay": (

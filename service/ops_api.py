@@ -2,7 +2,8 @@
 each call an access token; separate from cascade-core's keys.
 
 Manual checks, cancellation, dead letters and withdrawals needing attention.
-Reads need `viewer`; resolve, cancel and replay need `resolver`. Every decision
+Reads need `viewer`; resolve, cancel and replay need `resolver` (a resolve is
+four-eyes' own route: service/approvals_api.py). Every decision
 is a typed event in the audit trail whose actor is the authenticated person
 (`Principal.actor`): an `operator` a body still carries is ignored.
 """
@@ -26,7 +27,6 @@ from service.models import (
     Cancellation,
     CoreCancellation,
     Replay,
-    Resolution,
     invalid,
     parse_json,
     withdrawal_ident,
@@ -34,7 +34,7 @@ from service.models import (
 from service.principals import RESOLVER, VIEWER
 from service.withdrawals import find_queue_id, withdrawal_view
 from workflows.core import IllegalTransition
-from workflows.withdrawal_events import Cancel, ManualResolved
+from workflows.withdrawal_events import Cancel
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -83,13 +83,6 @@ async def _apply_to_task(request: Request, event: Any, actor: str) -> JSONRespon
         ).fetchone()
         assert queue_id is not None
         return JSONResponse(await withdrawal_view(conn, queue_id["queue_id"]))
-
-
-async def resolve_task(request: Request) -> JSONResponse:
-    person = await require(request, RESOLVER)
-    body = await body_of(request, Resolution)
-    event = ManualResolved(body.outcome == "positive", person.actor, body.reason)
-    return await _apply_to_task(request, event, person.actor)
 
 
 async def cancel_task(request: Request) -> JSONResponse:
@@ -165,7 +158,6 @@ def jsonable(row: dict[str, Any]) -> dict[str, Any]:
 CONTROL_ROUTES: list[tuple[str, Any, list[str]]] = [
     ("/v1/withdrawals/{ident}/cancel", core_cancel_withdrawal, ["POST"]),
     ("/ops/v1/manual-checks", manual_checks, ["GET"]),
-    ("/ops/v1/tasks/{task_id}/resolve", resolve_task, ["POST"]),
     ("/ops/v1/tasks/{task_id}/cancel", cancel_task, ["POST"]),
     ("/ops/v1/withdrawals/{ident}/cancel", ops_cancel_withdrawal, ["POST"]),
     ("/ops/v1/dead-letters", dead_letters, ["GET"]),

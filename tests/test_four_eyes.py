@@ -7,6 +7,7 @@ routes with people signed in at the stack's issuer."""
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -341,4 +342,63 @@ async def test_the_database_refuses_a_proposal_decided_by_its_proposer(
         )
     await reject(services, BOB, proposal.id, "cleanup")
     await decide(services, ANA, task_id, False)
+    assert client.wait_final(queue_id)["status"] == "FAILED"
+
+
+# The routes, with people signed in at the stack's issuer (sandbox/issuer.py) ------------
+def actor(client: StackClient, name: str) -> str:
+    return f"person:{name}@example.com (sub {name} at {client.stack.issuer_url})"
+
+
+def test_the_ops_api_proposes_and_another_person_approves(client: StackClient) -> None:
+    queue_id, task_id = in_manual_check(client)
+    ada, bob, vic = client.person("ada"), client.person("bob"), client.person("vic")
+    body = {"outcome": "positive", "reason": "the provider's statement shows it"}
+    assert vic.post(f"/ops/v1/tasks/{task_id}/resolve", json=body).status_code == 403
+    proposed = ada.post(f"/ops/v1/tasks/{task_id}/resolve", json=body)  # an admin resolves too
+    assert proposed.status_code == 202, proposed.text
+    proposal = proposed.json()["proposal"]
+    assert (proposal["status"], proposal["proposed_by"]) == ("pending", actor(client, "ada"))
+    waiting = {p["id"]: p for p in vic.get("/ops/v1/approvals").json()["proposals"]}
+    assert (waiting[proposal["id"]]["amount"], waiting[proposal["id"]]["task_id"]) == (
+        "10.00",
+        task_id,
+    )
+    approve_path = f"/ops/v1/approvals/{proposal['id']}/approve"
+    own = ada.post(approve_path, json={})  # ada holds approver, but proposed it
+    assert (own.status_code, own.json()["error"]["code"]) == (403, "own_proposal")
+    assert vic.post(approve_path, json={}).status_code == 403
+    assert client.ops.post(approve_path, json={}).status_code == 403  # ana: a resolver only
+    assert client.ledger_ops()[task_id] == ["freeze"]
+
+    approved = bob.post(approve_path, json={"reason": "statement checked"})
+    assert approved.status_code == 200, approved.text
+    assert approved.json()["proposal"]["decided_by"] == actor(client, "bob")
+    assert client.wait_final(queue_id)["status"] == "COMPLETED"
+    assert client.ledger_ops()[task_id] == ["freeze", "commit"]
+    timeline = [(e["event_type"], e["actor"]) for e in client.events(queue_id)]
+    assert ("manual_check_proposed", actor(client, "ada")) in timeline
+    assert ("manual_check_approved", actor(client, "bob")) in timeline
+    assert ("manual_resolved", actor(client, "bob")) in timeline
+    again = bob.post(approve_path, json={})
+    assert (again.status_code, again.json()["error"]["code"]) == (409, "proposal_closed")
+
+
+def test_the_approval_routes_refuse_what_names_nothing(client: StackClient) -> None:
+    queue_id, task_id = in_manual_check(client)
+    bob = client.person("bob")
+    for path in (f"/ops/v1/approvals/{uuid.uuid4()}/approve", "/ops/v1/approvals/nope/approve"):
+        missing = bob.post(path, json={})
+        assert (missing.status_code, missing.json()["error"]["code"]) == (404, "not_found")
+    proposed = client.ops.post(
+        f"/ops/v1/tasks/{task_id}/resolve", json={"outcome": "positive", "reason": "paid"}
+    )
+    reject_path = f"/ops/v1/approvals/{proposed.json()['proposal']['id']}/reject"
+    assert bob.post(reject_path, json={}).status_code == 422  # a rejection says why
+    assert bob.post(reject_path, json={"reason": "a\u0000b"}).status_code == 422
+    rejected = bob.post(reject_path, json={"reason": "not our order"})
+    assert rejected.status_code == 200, rejected.text
+    assert rejected.json()["withdrawal"]["tasks"][0]["status"] == "MANUAL_CHECK"
+    negative = {"outcome": "negative", "reason": "no payout"}
+    assert client.ops.post(f"/ops/v1/tasks/{task_id}/resolve", json=negative).status_code == 200
     assert client.wait_final(queue_id)["status"] == "FAILED"

@@ -62,14 +62,18 @@ def _to_manual_check(client: StackClient) -> tuple[str, dict[str, Any]]:
 
 def test_attempts_exhausted_then_manual_positive_commits(client: StackClient) -> None:
     queue_id, task = _to_manual_check(client)
-    body = {"outcome": "positive", "operator": "ana", "reason": "provider confirmed by phone"}
+    body = {"outcome": "positive", "reason": "provider confirmed by phone"}
     response = client.ops.post(f"/ops/v1/tasks/{task['id']}/resolve", json=body)
-    assert response.status_code == 200, response.text
+    assert response.status_code == 202, response.text  # four-eyes: a proposal (ana)
+    proposal_id = response.json()["proposal"]["id"]
+    approved = client.person("bob").post(f"/ops/v1/approvals/{proposal_id}/approve", json={})
+    assert approved.status_code == 200, approved.text
     view = client.wait_final(queue_id)
     assert statuses(view) == ["SUCCEEDED", "CANCELLED"]
     assert client.ledger_ops()[task["id"]] == ["freeze", "commit"]
     decision = [e for e in client.events(queue_id) if e["event_type"] == "manual_resolved"]
-    assert decision[0]["actor"] == "ops:ana"
+    bob = f"person:bob@example.com (sub bob at {client.stack.issuer_url})"
+    assert decision[0]["actor"] == bob  # the approver applied what ana proposed
     assert decision[0]["payload"]["positive"] is True
 
 

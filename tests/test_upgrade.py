@@ -81,10 +81,13 @@ def test_withdrawals_in_flight_finish_across_the_upgrade(old_stack: Stack) -> No
     old_stack.service_root = PROJECT_ROOT
     old_stack.start_services()
     client.send_webhook("alpha", task_id(client, executing), "succeeded")
-    resolved = client.ops.post(
+    proposed = client.ops.post(
         f"/ops/v1/tasks/{task_id(client, manual)}/resolve",
-        json={"outcome": "positive", "operator": "ana", "reason": "paid per the statement"},
+        json={"outcome": "positive", "reason": "paid per the statement"},
     )
+    assert proposed.status_code == 202, proposed.text  # four-eyes: bob approves ana's
+    approval = f"/ops/v1/approvals/{proposed.json()['proposal']['id']}/approve"
+    resolved = client.person("bob").post(approval, json={})
     assert resolved.status_code == 200, resolved.text
 
     expected = {
