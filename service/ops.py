@@ -3,16 +3,19 @@
 timeline ORDER        every event of a withdrawal (order_id or id)
 stuck [--grace S]     open tasks past the point a timer or job should have moved them
 manual                tasks awaiting a manual check
-resolve TASK positive|negative --operator NAME --reason TEXT
+resolve TASK positive|negative --reason TEXT
 dlq                   dead letters not yet replayed
-replay ID --operator NAME
+replay ID
 reconcile             fetch the ledger's holds, report drift (exit 1 if any); a hold
                       unknown to the service is named by its order_id, as the ledger has it
 providers             each provider's circuit, recent outcomes, orders in flight, limits
-circuit PROVIDER open|closed|auto --operator NAME --reason TEXT
+circuit PROVIDER open|closed|auto --reason TEXT
                       force a provider's circuit (audited), or give it back to health
 keys create|list|rotate|revoke
                       cascade-core's API keys (audited; `keys create -h`)
+
+resolve and replay need a resolver, circuit an admin: the person whose access token
+is in OPS_ACCESS_TOKEN (or --token), who is the audit's actor.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from devstack.embedded import database_url
 from engine import deadletters
 from engine.contracts import Origin, UnknownTask
 from service import api_keys_cli, health
+from service.cli_identity import signed_in
+from service.principals import ADMIN, RESOLVER
 from service.settings import Settings
 from service.wiring import Services, open_services
 from service.withdrawals import find_queue_id
@@ -149,29 +154,30 @@ async def _rows(svc: Services, args: argparse.Namespace) -> list[dict[str, Any]]
 
 
 async def resolve(svc: Services, args: argparse.Namespace) -> list[dict[str, Any]]:
-    """An operator's outcome for a task in MANUAL_CHECK."""
-    event = ManualResolved(args.outcome == "positive", args.operator, args.reason)
+    """A person's outcome for a task in MANUAL_CHECK."""
+    actor = (await signed_in(svc, args.token, RESOLVER)).actor
+    event = ManualResolved(args.outcome == "positive", actor, args.reason)
     async with svc.pool.connection() as conn:
-        applied = await svc.engine.apply(
-            conn, args.task, event, origin=Origin(actor=f"ops:{args.operator}")
-        )
+        applied = await svc.engine.apply(conn, args.task, event, origin=Origin(actor=actor))
     return [{"task_id": args.task, "from": applied.from_status, "to": applied.to_status}]
 
 
 async def circuit(svc: Services, args: argparse.Namespace) -> list[dict[str, Any]]:
     """Force a provider's circuit open or closed (audited), or give it back to health."""
+    actor = (await signed_in(svc, args.token, ADMIN)).actor
     if args.provider not in svc.providers:
         raise UnknownTask(f"no provider {args.provider!r}")
     state = None if args.state == "auto" else args.state
     async with svc.pool.connection() as conn:
-        await health.force(conn, args.provider, state, args.operator, args.reason)
+        await health.force(conn, args.provider, state, actor, args.reason)
         return await health.report(conn, {args.provider: svc.providers[args.provider]})
 
 
 async def replay(svc: Services, args: argparse.Namespace) -> list[dict[str, Any]]:
     """Send a dead letter's job again."""
+    actor = (await signed_in(svc, args.token, RESOLVER)).actor
     async with svc.pool.connection() as conn:
-        job = await deadletters.replay(conn, svc.app, args.id, args.operator)
+        job = await deadletters.replay(conn, svc.app, args.id, actor)
     return [{"dead_letter_id": args.id, "replay_job_id": job}]
 
 
@@ -182,6 +188,7 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--token", help="your access token (OPS_ACCESS_TOKEN: `ps` shows no env)")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("timeline").add_argument("order")
     sub.add_parser("stuck").add_argument("--grace", type=float, default=60.0)
@@ -189,18 +196,15 @@ def parser() -> argparse.ArgumentParser:
     resolve = sub.add_parser("resolve")
     resolve.add_argument("task")
     resolve.add_argument("outcome", choices=["positive", "negative"])
-    resolve.add_argument("--operator", required=True)
     resolve.add_argument("--reason", required=True)
     sub.add_parser("dlq")
     replay = sub.add_parser("replay")
     replay.add_argument("id", type=int)
-    replay.add_argument("--operator", required=True)
     sub.add_parser("reconcile")
     sub.add_parser("providers")
     circuit = sub.add_parser("circuit")
     circuit.add_argument("provider")
     circuit.add_argument("state", choices=["open", "closed", "auto"])
-    circuit.add_argument("--operator", required=True)
     circuit.add_argument("--reason", required=True)
     api_keys_cli.add_parser(sub)
     return p

@@ -11,6 +11,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from sandbox import issuer
 from sandbox.client import StackClient
 from sandbox.soak_checks import money_checks
 from sandbox.stack import ROOT, wait_until
@@ -22,11 +23,17 @@ def query(url: str, sql: str, *args: Any) -> list[dict[str, Any]]:
         return conn.execute(sql, args).fetchall()
 
 
-def ops(client: StackClient, *args: str) -> subprocess.CompletedProcess[str]:
+def ops(
+    client: StackClient, *args: str, person: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`python -m service.ops`, as `person` (their access token in OPS_ACCESS_TOKEN)."""
+    env = client.stack.env()
+    if person is not None:
+        env["OPS_ACCESS_TOKEN"] = issuer.access_token(client.stack.issuer_url, person)
     return subprocess.run(
         [sys.executable, "-m", "service.ops", "--json", *args],
         cwd=ROOT,
-        env=client.stack.env(),
+        env=env,
         capture_output=True,
         text=True,
         timeout=60,
@@ -77,7 +84,7 @@ def test_stuck_and_dead_letter_views(client: StackClient, migrated_url: str) -> 
         assert task_id in listed.stdout
     finally:
         client.set_ledger_faults()
-    replayed = ops(client, "replay", str(dead[0]["dead_letter_id"]), "--operator", "ana")
+    replayed = ops(client, "replay", str(dead[0]["dead_letter_id"]), person="ana")
     assert replayed.returncode == 0, replayed.stderr
     assert client.wait_final(queue_id)["status"] == "COMPLETED"
     assert query(migrated_url, "SELECT * FROM v_dead_letters WHERE task_id = %s", task_id) == []
@@ -92,10 +99,16 @@ def test_manual_check_queue_and_resolve_command(client: StackClient, migrated_ur
         migrated_url, "SELECT * FROM v_manual_check_queue WHERE queue_id = %s", queue_id
     )
     assert [r["task_id"] for r in waiting] == [uuid.UUID(task_id)]
-    done = ops(client, "resolve", task_id, "negative", "--operator", "ana", "--reason", "no order")
+    nobody = ops(client, "resolve", task_id, "negative", "--reason", "no order")
+    assert nobody.returncode != 0 and "sign in" in nobody.stderr
+    viewer = ops(client, "resolve", task_id, "negative", "--reason", "no order", person="vic")
+    assert viewer.returncode != 0 and "lacks the resolver role" in viewer.stderr
+    done = ops(client, "resolve", task_id, "negative", "--reason", "no order", person="ana")
     assert done.returncode == 0, done.stderr
     assert client.wait_final(queue_id)["tasks"][1]["status"] == "SUCCEEDED"
-    again = ops(client, "resolve", task_id, "negative", "--operator", "ana", "--reason", "x")
+    (resolved,) = [e for e in client.events(queue_id) if e["event_type"] == "manual_resolved"]
+    assert resolved["actor"] == f"person:ana@example.com (sub ana at {client.stack.issuer_url})"
+    again = ops(client, "resolve", task_id, "negative", "--reason", "x", person="ana")
     assert again.returncode != 0 and "not allowed" in again.stderr
 
 

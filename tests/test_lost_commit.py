@@ -248,8 +248,8 @@ def order_open_at_alpha_then_lost(stack: Stack, url_b: str, client: StackClient)
 
 def force_circuit(client: StackClient, provider: str, state: str) -> None:
     """An operator's word on B (circuits are the service's rows: A's went with A)."""
-    body = {"state": state, "operator": "ana", "reason": "provider announced an outage"}
-    forced = client.ops.post(f"/ops/v1/providers/{provider}/circuit", json=body)
+    body = {"state": state, "reason": "provider announced an outage"}
+    forced = client.admin.post(f"/ops/v1/providers/{provider}/circuit", json=body)
     assert forced.status_code == 200, forced.text
 
 

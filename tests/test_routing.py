@@ -102,9 +102,9 @@ def test_a_withdrawal_waits_a_bounded_time_when_every_provider_is_down(
     client: StackClient,
 ) -> None:
     url = client.stack.database_url
-    forced = client.ops.post(
+    forced = client.admin.post(
         "/ops/v1/providers/dead/circuit",
-        json={"state": "open", "operator": "ana", "reason": "provider announced an outage"},
+        json={"state": "open", "reason": "provider announced an outage"},
     )
     assert forced.status_code == 200, forced.text
     try:
@@ -116,16 +116,17 @@ def test_a_withdrawal_waits_a_bounded_time_when_every_provider_is_down(
         plain = final(client, ["dead", "steady"], merchant="plain")  # routing off: tried
         assert [t["status"] for t in plain["tasks"]] == ["SUCCEEDED", "CANCELLED"]
     finally:
-        auto = {"state": "auto", "operator": "ana", "reason": "outage over"}
-        assert client.ops.post("/ops/v1/providers/dead/circuit", json=auto).status_code == 200
+        auto = {"state": "auto", "reason": "outage over"}
+        assert client.admin.post("/ops/v1/providers/dead/circuit", json=auto).status_code == 200
     with psycopg.connect(url) as conn:
         audit = conn.execute(
             "SELECT to_state, actor, reason FROM provider_circuit_events"
             " WHERE provider = 'dead' ORDER BY id"
         ).fetchall()
+    ada = f"person:ada@example.com (sub ada at {client.stack.issuer_url})"  # signed in
     assert audit == [
-        ("forced_open", "ana", "provider announced an outage"),
-        ("automatic", "ana", "outage over"),
+        ("forced_open", ada, "provider announced an outage"),
+        ("automatic", ada, "outage over"),
     ]
 
 
@@ -239,15 +240,16 @@ def seconds_between(first: dict[str, Any], second: dict[str, Any]) -> float:
     return (end - begin).total_seconds()
 
 
-def test_a_circuit_override_needs_the_ops_token_and_a_valid_body(client: StackClient) -> None:
+def test_a_circuit_override_needs_an_admin_and_a_valid_body(client: StackClient) -> None:
     path = "/ops/v1/providers/steady/circuit"
-    body = {"state": "open", "operator": "ana", "reason": "r"}
+    body = {"state": "open", "reason": "r"}
     assert client.api.post(path, json=body).status_code == 401  # cascade-core's token
+    assert client.ops.post(path, json=body).status_code == 403  # ana resolves, no admin
     for bad in ({**body, "state": "ajar"}, {"state": "open", "operator": "ana"}):
-        answer = client.ops.post(path, json=bad)
+        answer = client.admin.post(path, json=bad)
         assert answer.status_code == 422, answer.text
         assert answer.json()["error"]["code"] == "invalid_request"
-    listed = client.ops.get("/ops/v1/providers").json()["providers"]
+    listed = client.person("vic").get("/ops/v1/providers").json()["providers"]  # a viewer
     steady = next(p for p in listed if p["provider"] == "steady")
     assert (steady["state"], steady["forced"]) == ("closed", None)  # nothing changed
     narrow = next(p for p in listed if p["provider"] == "narrow")
