@@ -1,13 +1,15 @@
 """The support console: server-rendered pages for the people who resolve manual
-checks, in the API process (starlette + Jinja2, no front-end build).
+checks, in the API process (starlette + Jinja2, no front-end build). Four-eyes
+(a resolve that waits for an approver, the approvals page): service/console_approvals.py.
 
 People sign in through the OpenID issuer (service/console_signin.py); the session
 is a signed cookie (service/console_auth.py), and every POST also carries its CSRF
 token. Each action is the ops API's own audited operation, by the signed-in
 person, who needs the same role as there (`resolver` to resolve or replay; the
 buttons are not shown without it, and the server refuses anyway): a resolve is
-`ManualResolved` applied by the engine with actor `Principal.actor`, a replay
-is `deadletters.replay`.
+`approvals.decide` (`ManualResolved` applied by the engine with actor
+`Principal.actor`, or a proposal that waits for an approver), a replay is
+`deadletters.replay`.
 """
 
 from __future__ import annotations
@@ -19,14 +21,15 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from engine import deadletters
-from engine.contracts import Origin, UnknownTask
+from service import approvals
 from service import console_signin as signin
 from service.api import services
+from service.console_approvals import APPROVAL_PAGES, task_context
 from service.console_pages import Visitor, form_of, page, visitor
+from service.four_eyes import FourEyesRules
+from service.models import BadRequest
 from service.principals import RESOLVER
 from service.withdrawals import find_queue_id
-from workflows.core import IllegalTransition
-from workflows.withdrawal_events import ManualResolved
 
 MAX_REASON = 500
 
@@ -107,8 +110,9 @@ async def task(request: Request) -> Response:
             return page(request, "missing.html", {"ident": ident}, 404, seen_by)
         context = await _withdrawal(conn, row["queue_id"])
         answers = await (await conn.execute(_ANSWERS, (row["provider"], task_id))).fetchall()
+        four_eyes = await task_context(request, conn, seen_by, context["queue"], str(task_id))
     chosen = next(t for t in context["tasks"] if t["id"] == task_id)
-    context = {**context, "task": chosen, "answers": answers}
+    context = {**context, "task": chosen, "answers": answers, **four_eyes}
     return page(request, "task.html", context, seen_by=seen_by)
 
 
@@ -123,19 +127,17 @@ async def resolve(request: Request) -> Response:
         return _refused(request, "Choose positive or negative.", 422, found)
     if not reason or len(reason) > MAX_REASON or "\x00" in reason:
         return _refused(request, "A reason is required.", 422, found)
-    actor = found.person.actor
     svc = services(request)
-    async with svc.pool.connection() as conn:
-        try:
-            event = ManualResolved(outcome == "positive", actor, reason)
-            await svc.engine.apply(conn, task_id, event, origin=Origin(actor))
-        except (UnknownTask, IllegalTransition) as exc:
-            return _refused(request, f"Not resolved: {exc}", 409, found)
-        queue = await (
-            await conn.execute("SELECT queue_id::text FROM order_tasks WHERE id = %s", (task_id,))
-        ).fetchone()
-    assert queue is not None
-    return RedirectResponse(f"/console/withdrawals/{queue['queue_id']}", status_code=303)
+    rules = FourEyesRules.from_settings(svc.settings)  # four-eyes: maybe only a proposal
+    try:
+        async with svc.pool.connection() as conn:
+            decision = (outcome == "positive", reason)
+            done = await approvals.decide(conn, svc.engine, rules, found.person, task_id, decision)
+    except BadRequest as error:
+        return _refused(request, f"Not resolved: {error.message}", error.status, found)
+    if done.proposal is not None:  # its page says it waits for a second person
+        return RedirectResponse(f"/console/tasks/{task_id}", status_code=303)
+    return RedirectResponse(f"/console/withdrawals/{done.queue_id}", status_code=303)
 
 
 async def attention(request: Request) -> Response:
@@ -211,4 +213,5 @@ CONSOLE_ROUTES: list[tuple[str, Any, list[str]]] = [
     ("/console/attention", attention, ["GET"]),
     ("/console/dead-letters", dead_letters, ["GET"]),
     ("/console/dead-letters/{dead_letter_id}/replay", replay, ["POST"]),
+    *APPROVAL_PAGES,
 ]

@@ -1,6 +1,7 @@
 """The support console: a person signs in at the OpenID issuer (the stack's local
 one, its login form), finds a withdrawal in manual check, resolves it with a
-reason, and sees it finish with their identity in the timeline, in a real browser
+reason; it waits for a second person (four-eyes), who approves it on the
+approvals page; both identities are in the timeline, in a real browser
 (Playwright with Debian's chromium); and nothing changes without the session, a
 forged cookie, the CSRF token or the resolver role."""
 
@@ -41,6 +42,7 @@ def test_a_person_signs_in_and_resolves_a_manual_check_in_the_browser(
     order_id = client.withdrawal(queue_id)["order_id"]
     base = client.stack.api_url
     ana = f"person:ana@example.com (sub ana at {client.stack.issuer_url})"
+    bob = f"person:bob@example.com (sub bob at {client.stack.issuer_url})"
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1280, "height": 900})
@@ -62,15 +64,39 @@ def test_a_person_signs_in_and_resolves_a_manual_check_in_the_browser(
         assert "manual" in page.inner_text("main").lower()  # the timeline is there
         shoot(page, "task")
         page.check("input[value=positive]")
+        assert "no money moves until another person" in page.inner_text("#four-eyes")
         page.fill("textarea[name=reason]", "provider statement shows the payout")
         page.click("button:has-text('Resolve as ana@example.com')")
+        page.wait_for_url(f"{base}/console/tasks/{task_id}")  # four-eyes: a proposal
+        assert "Waiting for a second person" in page.inner_text("#proposal")
+        assert page.locator("button:has-text('Approve as')").count() == 0  # ana: no approver
+        shoot(page, "proposal")
+        waiting = client.ops.get("/ops/v1/approvals").json()["proposals"]
+        proposal_id = next(p["id"] for p in waiting if p["task_id"] == task_id)
+        own = client.ops.post(f"/ops/v1/approvals/{proposal_id}/approve", json={})
+        assert own.status_code == 403  # and the server refuses her anyway
+        assert client.withdrawal(queue_id)["tasks"][0]["funds"] == "FROZEN"  # nothing moved
+        page.click("button:has-text('Sign out')")
+        page.wait_for_url(f"{base}/console/login")
+
+        page.click("button:has-text('Sign in')")  # bob, an approver
+        page.wait_for_url(f"{client.stack.issuer_url}/oauth2/authorize?*")
+        page.click("button[name=sub][value=bob]")
+        page.wait_for_url(f"{base}/console")
+        page.click("a:has-text('Approvals')")
+        page.wait_for_url(f"{base}/console/approvals")
+        row = page.locator("tr", has_text=order_id)
+        assert ana in row.inner_text()
+        shoot(page, "approvals")
+        row.locator("button:has-text('Approve as bob@example.com')").click()
         page.wait_for_url(f"{base}/console/withdrawals/{queue_id}")
 
         assert client.wait_final(queue_id)["status"] == "COMPLETED"
         page.reload()
         assert "COMPLETED" in page.inner_text("h1")
         timeline = page.inner_text("main")
-        assert "manual_resolved" in timeline and ana in timeline
+        assert "manual_check_proposed" in timeline and ana in timeline
+        assert "manual_check_approved" in timeline and bob in timeline
         assert "provider statement shows the payout" in timeline
         shoot(page, "withdrawal")
         page.goto(f"{base}/console/withdrawals?q={order_id}")  # the search finds it too
@@ -82,8 +108,8 @@ def test_a_person_signs_in_and_resolves_a_manual_check_in_the_browser(
         browser.close()
     events = client.events(queue_id)
     resolved = [e for e in events if e["event_type"] == "manual_resolved"]
-    assert [(e["actor"], e["payload"]["reason"]) for e in resolved] == [
-        (ana, "provider statement shows the payout")
+    assert [(e["actor"], e["payload"]["operator"], e["payload"]["reason"]) for e in resolved] == [
+        (bob, ana, "provider statement shows the payout")
     ]
 
 

@@ -7,11 +7,13 @@ routes with people signed in at the stack's issuer."""
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
+import httpx
 import psycopg
 import pytest
 
@@ -35,6 +37,7 @@ from service.models import BadRequest
 from service.principals import ADMIN, APPROVER, RESOLVER, Principal
 from service.settings import Settings
 from service.wiring import Services, open_services
+from tests.test_console import sign_in
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 ISSUER = "https://idp.example"
@@ -399,6 +402,55 @@ def test_the_approval_routes_refuse_what_names_nothing(client: StackClient) -> N
     rejected = bob.post(reject_path, json={"reason": "not our order"})
     assert rejected.status_code == 200, rejected.text
     assert rejected.json()["withdrawal"]["tasks"][0]["status"] == "MANUAL_CHECK"
+    negative = {"outcome": "negative", "reason": "no payout"}
+    assert client.ops.post(f"/ops/v1/tasks/{task_id}/resolve", json=negative).status_code == 200
+    assert client.wait_final(queue_id)["status"] == "FAILED"
+
+
+def csrf_of(html: str) -> str:
+    found = re.search(r'name="csrf" value="([0-9a-f]+)"', html)
+    assert found is not None
+    return found.group(1)
+
+
+def test_the_console_shows_approve_buttons_only_to_approvers_who_did_not_propose(
+    client: StackClient,
+) -> None:
+    queue_id, task_id = in_manual_check(client)
+    order_id = client.withdrawal(queue_id)["order_id"]
+    base = client.stack.api_url
+    with httpx.Client(base_url=base, follow_redirects=False) as ada:
+        sign_in(ada, "ada")  # an admin: a resolver and an approver
+        task_page = ada.get(f"/console/tasks/{task_id}").text
+        assert "no money moves until another person" in task_page
+        form = {"outcome": "positive", "reason": "statement", "csrf": csrf_of(task_page)}
+        proposed = ada.post(f"/console/tasks/{task_id}/resolve", data=form)
+        assert (proposed.status_code, proposed.headers["location"]) == (
+            303,
+            f"/console/tasks/{task_id}",
+        )
+        task_page = ada.get(f"/console/tasks/{task_id}").text
+        assert "You proposed it" in task_page and "Approve as" not in task_page
+        listed = ada.get("/console/approvals").text
+        row = next(r for r in listed.split("<tr>") if order_id in r)
+        assert "your proposal" in row and "Approve as" not in row
+        waiting = client.person("ada").get("/ops/v1/approvals").json()["proposals"]
+        proposal_id = next(p["id"] for p in waiting if p["task_id"] == task_id)
+        own = ada.post(f"/console/approvals/{proposal_id}/approve", data={"csrf": csrf_of(listed)})
+        assert own.status_code == 403 and "another person than its proposer" in own.text
+    with httpx.Client(base_url=base, follow_redirects=False) as bob:
+        sign_in(bob, "bob")
+        listed = bob.get("/console/approvals").text
+        row = next(r for r in listed.split("<tr>") if order_id in r)
+        assert "Approve as bob@example.com" in row
+        path = f"/console/approvals/{proposal_id}/reject"
+        assert bob.post(path, data={"csrf": csrf_of(listed)}).status_code == 422  # why?
+        done = bob.post(path, data={"csrf": csrf_of(listed), "reason": "another order"})
+        assert (done.status_code, done.headers["location"]) == (
+            303,
+            f"/console/withdrawals/{queue_id}",
+        )
+    assert client.withdrawal(queue_id)["tasks"][0]["status"] == "MANUAL_CHECK"
     negative = {"outcome": "negative", "reason": "no payout"}
     assert client.ops.post(f"/ops/v1/tasks/{task_id}/resolve", json=negative).status_code == 200
     assert client.wait_final(queue_id)["status"] == "FAILED"
