@@ -4,6 +4,9 @@ timeline ORDER        every event of a withdrawal (order_id or id)
 stuck [--grace S]     open tasks past the point a timer or job should have moved them
 manual                tasks awaiting a manual check
 resolve TASK positive|negative --reason TEXT
+                      applied at once, or a proposal when four-eyes applies
+approve PROPOSAL [--reason TEXT], reject PROPOSAL --reason TEXT
+                      another person's proposal (approver)
 dlq                   dead letters not yet replayed
 replay ID
 reconcile             fetch the ledger's holds, report drift (exit 1 if any); a hold
@@ -14,7 +17,8 @@ circuit PROVIDER open|closed|auto --reason TEXT
 keys create|list|rotate|revoke
                       cascade-core's API keys (audited; `keys create -h`)
 
-resolve and replay need a resolver, circuit an admin: the person whose access token
+resolve and replay need a resolver, approve and reject an approver who is not the
+proposer, circuit an admin: the person whose access token
 is in OPS_ACCESS_TOKEN (or --token), who is the audit's actor.
 """
 
@@ -25,6 +29,7 @@ import asyncio
 import json
 import os
 import sys
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,15 +37,16 @@ import httpx
 
 from devstack.embedded import database_url
 from engine import deadletters
-from engine.contracts import Origin, UnknownTask
-from service import api_keys_cli, health
+from engine.contracts import UnknownTask
+from service import api_keys_cli, approvals, health
 from service.cli_identity import signed_in
-from service.principals import ADMIN, RESOLVER
+from service.four_eyes import FourEyesRules
+from service.models import BadRequest
+from service.principals import ADMIN, APPROVER, RESOLVER
 from service.settings import Settings
 from service.wiring import Services, open_services
 from service.withdrawals import find_queue_id
 from workflows.core import IllegalTransition
-from workflows.withdrawal_events import ManualResolved
 
 
 def _print(rows: Sequence[dict[str, Any]], as_json: bool) -> None:
@@ -141,6 +147,8 @@ async def _rows(svc: Services, args: argparse.Namespace) -> list[dict[str, Any]]
             return await _query(svc, "SELECT * FROM v_dead_letters ORDER BY dead_letter_id")
         case "resolve":
             return await resolve(svc, args)
+        case "approve" | "reject":
+            return await settle(svc, args)
         case "providers":
             async with svc.pool.connection() as conn:
                 return await health.report(conn, svc.providers)
@@ -154,12 +162,28 @@ async def _rows(svc: Services, args: argparse.Namespace) -> list[dict[str, Any]]
 
 
 async def resolve(svc: Services, args: argparse.Namespace) -> list[dict[str, Any]]:
-    """A person's outcome for a task in MANUAL_CHECK."""
-    actor = (await signed_in(svc, args.token, RESOLVER)).actor
-    event = ManualResolved(args.outcome == "positive", actor, args.reason)
+    """A person's decision on a task in MANUAL_CHECK: applied at once, or a proposal
+    that another person must approve (four-eyes, as in the ops API)."""
+    person = await signed_in(svc, args.token, RESOLVER)
+    rules = FourEyesRules.from_settings(svc.settings)
+    decision = (args.outcome == "positive", args.reason)
     async with svc.pool.connection() as conn:
-        applied = await svc.engine.apply(conn, args.task, event, origin=Origin(actor=actor))
-    return [{"task_id": args.task, "from": applied.from_status, "to": applied.to_status}]
+        done = await approvals.decide(conn, svc.engine, rules, person, str(args.task), decision)
+    if done.proposal is not None:
+        return [{"task_id": str(args.task), "proposal": done.proposal.id, "waits": "an approver"}]
+    return [{"task_id": str(args.task), "applied": True}]
+
+
+async def settle(svc: Services, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """An approver approves (`approve`) or rejects another person's proposal."""
+    person = await signed_in(svc, args.token, APPROVER)
+    proposal_id = str(args.proposal)
+    async with svc.pool.connection() as conn:
+        if args.command == "approve":
+            done = await approvals.approve(conn, svc.engine, person, proposal_id, args.reason)
+        else:
+            done = await approvals.reject(conn, svc.engine, person, proposal_id, args.reason)
+    return [{"proposal": done.id, "status": done.status, "task_id": done.task_id}]
 
 
 async def circuit(svc: Services, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -194,9 +218,13 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("stuck").add_argument("--grace", type=float, default=60.0)
     sub.add_parser("manual")
     resolve = sub.add_parser("resolve")
-    resolve.add_argument("task")
+    resolve.add_argument("task", type=uuid.UUID)
     resolve.add_argument("outcome", choices=["positive", "negative"])
     resolve.add_argument("--reason", required=True)
+    for verdict in ("approve", "reject"):
+        settling = sub.add_parser(verdict)
+        settling.add_argument("proposal", type=uuid.UUID)
+        settling.add_argument("--reason", required=verdict == "reject")
     sub.add_parser("dlq")
     replay = sub.add_parser("replay")
     replay.add_argument("id", type=int)
@@ -231,7 +259,13 @@ def main() -> None:
         sys.exit(EXIT_USAGE)
     try:
         sys.exit(asyncio.run(run(args)))
-    except (httpx.HTTPError, deadletters.NotReplayable, IllegalTransition, UnknownTask) as exc:
+    except (
+        httpx.HTTPError,
+        deadletters.NotReplayable,
+        IllegalTransition,
+        UnknownTask,
+        BadRequest,
+    ) as exc:
         sys.exit(f"error: {exc}")
 
 

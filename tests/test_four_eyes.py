@@ -6,6 +6,7 @@ routes with people signed in at the stack's issuer."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import uuid
@@ -38,6 +39,7 @@ from service.principals import ADMIN, APPROVER, RESOLVER, Principal
 from service.settings import Settings
 from service.wiring import Services, open_services
 from tests.test_console import sign_in
+from tests.test_forensics import ops
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 ISSUER = "https://idp.example"
@@ -454,3 +456,19 @@ def test_the_console_shows_approve_buttons_only_to_approvers_who_did_not_propose
     negative = {"outcome": "negative", "reason": "no payout"}
     assert client.ops.post(f"/ops/v1/tasks/{task_id}/resolve", json=negative).status_code == 200
     assert client.wait_final(queue_id)["status"] == "FAILED"
+
+
+def test_the_command_line_proposes_and_another_person_approves(client: StackClient) -> None:
+    queue_id, task_id = in_manual_check(client)
+    proposed = ops(client, "resolve", task_id, "positive", "--reason", "statement", person="ana")
+    assert proposed.returncode == 0, proposed.stderr
+    (row,) = json.loads(proposed.stdout)
+    assert row["waits"] == "an approver" and client.ledger_ops()[task_id] == ["freeze"]
+    ana = ops(client, "approve", row["proposal"], person="ana")
+    assert ana.returncode != 0 and "lacks the approver role" in ana.stderr
+    approved = ops(client, "approve", row["proposal"], person="bob")
+    assert approved.returncode == 0, approved.stderr
+    assert json.loads(approved.stdout)[0]["status"] == APPROVED
+    assert client.wait_final(queue_id)["status"] == "COMPLETED"
+    again = ops(client, "reject", row["proposal"], "--reason", "late", person="ada")
+    assert again.returncode != 0 and "already approved" in again.stderr
