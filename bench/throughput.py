@@ -29,7 +29,7 @@ import procrastinate
 import psutil
 import psycopg
 from benchlib import baseline, load, measure, pct, sql
-from benchlib.servicestack import SERVICE_DEFAULTS, fresh
+from benchlib.servicestack import SERVICE_DEFAULTS, fresh, make_key
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 
@@ -75,11 +75,20 @@ class Service:
     )
 
     def __init__(
-        self, nats_url: str, api_processes: int = 1, server: str | None = None, name: str = ""
+        self,
+        nats_url: str,
+        api_processes: int = 1,
+        server: str | None = None,
+        name: str = "",
+        api_key: bool = False,
     ) -> None:
-        """`server`: an admin URL of the PostgreSQL to run on (default: DATABASE_URL's)."""
+        """`server`: an admin URL of the PostgreSQL to run on (default: DATABASE_URL's).
+        `api_key`: submit with an API key (limits far above the load) instead of the
+        bootstrap token, so the figures include the key's check and its slot."""
         self.nats_url = nats_url
         self.api_processes = api_processes
+        self.api_key = api_key
+        self.token = API_TOKEN
         self.stack: Stack | None = None
         self.server = server
         self.name = name or self.name
@@ -99,6 +108,9 @@ class Service:
             ledger_database_url=ledger,
         )
         self.stack.start()
+        if self.api_key:
+            unlimited = ("--rate-per-s=1000000", "--burst=1000000", "--max-in-flight=10000")
+            self.token = make_key(self.stack, *unlimited)
 
     def stop(self) -> None:
         assert self.stack is not None
@@ -106,7 +118,7 @@ class Service:
 
     def _submit(self, prefix: str) -> load.Submit:
         assert self.stack is not None
-        return load.submitter(self.stack.api_url, API_TOKEN, prefix, "instant")
+        return load.submitter(self.stack.api_url, self.token, prefix, "instant")
 
     def burst(self, prefix: str, count: int) -> None:
         load.burst(self._submit(prefix), count)
@@ -293,6 +305,9 @@ def main() -> None:
         help="worker counts to run, comma-separated (steady rates and webhooks run with 2)",
     )
     parser.add_argument("--api-processes", type=int, default=1, help="API_PROCESSES")
+    parser.add_argument(
+        "--api-key", action="store_true", help="submit with an API key, not the bootstrap token"
+    )
     parser.add_argument("--only", choices=["service", "baseline"], help="run one side only")
     parser.add_argument(
         "--ha", action="store_true", help="single node against a Patroni cluster (sync), 2 workers"
@@ -306,7 +321,8 @@ def main() -> None:
     print(f"throughput bench: {args.count} per burst, PostgreSQL at {server}")
     results: dict[str, dict[str, Any]] = {}
     try:
-        targets: list[Target] = [Service(nats_url, args.api_processes), Baseline()]
+        service = Service(nats_url, args.api_processes, api_key=args.api_key)
+        targets: list[Target] = [service, Baseline()]
         for target in [t for t in targets if args.only in (None, t.name)]:
             for workers in [int(w) for w in args.workers.split(",")]:
                 print(f"... {target.name} with {workers} worker(s)", flush=True)

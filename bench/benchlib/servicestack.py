@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 from psycopg.conninfo import make_conninfo
 
 from benchlib import sql
-from devstack.embedded import database_url
+from devstack.embedded import PROJECT_ROOT, database_url
 from engine.migrations import migrate
+from sandbox.stack import Stack
 
 # The service's own defaults (the test stack speeds some of them up).
 SERVICE_DEFAULTS = {
@@ -32,3 +38,17 @@ def fresh(name: str, schema: bool = True, admin: str | None = None) -> str:
     if schema:
         migrate(url)
     return url
+
+
+def make_key(stack: Stack, *options: str) -> str:
+    """An API key with every scope, made by the ops command line; its value."""
+    scopes = [f"--scope=withdrawals:{s}" for s in ("submit", "read", "cancel")]
+    command = [sys.executable, "-m", "service.ops", "--json", "keys", "create", *scopes]
+    printed = subprocess.run(
+        [*command, "--client=bench", "--operator=bench", *options],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "DATABASE_URL": stack.database_url},
+        capture_output=True,
+        check=True,
+    )
+    return str(json.loads(printed.stdout)[0]["secret"])
