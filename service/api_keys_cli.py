@@ -1,7 +1,7 @@
 """`python -m service.ops keys create|list|rotate|revoke`: API keys from the command
-line, straight against PostgreSQL, audited with the operator's name like the ops
-API's changes. `create` and `rotate` print the new key once: only its digest is
-kept."""
+line, straight against PostgreSQL, for an admin signed in like the ops API's
+(service/cli_identity.py: OPS_ACCESS_TOKEN or --token), who is the audit's actor.
+`create` and `rotate` print the new key once: only its digest is kept."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ from pydantic import ValidationError
 from service import api_key_store as store
 from service.api_key_models import KeyCreation, KeyRevocation, KeyRotation
 from service.api_keys import SCOPES
+from service.cli_identity import signed_in
 from service.models import BadRequest
+from service.principals import ADMIN
 from service.wiring import Services
 
 
@@ -29,22 +31,19 @@ def add_parser(sub: Any) -> None:
     create.add_argument("--rate-per-s", type=float)
     create.add_argument("--burst", type=int)
     create.add_argument("--max-in-flight", type=int)
-    create.add_argument("--operator", required=True)
     actions.add_parser("list")
     rotate = actions.add_parser("rotate", help="a new key; the old one lasts --grace-s more")
     rotate.add_argument("key_id")
     rotate.add_argument("--grace-s", type=int)
     rotate.add_argument("--expires-in-s", type=int)
-    rotate.add_argument("--operator", required=True)
     revoke = actions.add_parser("revoke", help="refused by every API process from now on")
     revoke.add_argument("key_id")
     revoke.add_argument("--reason", required=True)
-    revoke.add_argument("--operator", required=True)
 
 
 async def run(svc: Services, args: argparse.Namespace) -> list[dict[str, Any]]:
     """What `keys <action>` prints; a bad value is a SystemExit that says which."""
-    actor = f"ops:{args.operator}" if args.action != "list" else ""
+    actor = (await signed_in(svc, args.token, ADMIN)).actor
     try:
         async with svc.pool.connection() as conn:
             match args.action:

@@ -6,7 +6,6 @@ line (`python -m service.ops keys create`), as an operator would make them."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -22,6 +21,7 @@ import pytest
 
 from activities.standard_webhooks import new_secret, signed_headers
 from devstack.embedded import PROJECT_ROOT
+from sandbox import issuer
 from sandbox.servers import NatsServer
 from sandbox.stack import ProviderSpec, Stack, wait_until
 from tests.conftest import FAST_TIMING, own_stack
@@ -42,12 +42,13 @@ def limited(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) -
 
 
 def cli_key(stack: Stack, *options: str) -> str:
-    """A new key with all scopes, made by the ops command line; its value."""
+    """A new key with all scopes, made by the ops command line as ada (an admin at the
+    stack's issuer); its value."""
     scopes = [f"--scope=withdrawals:{s}" for s in ("submit", "read", "cancel")]
     command = [sys.executable, "-m", "service.ops", "--json", "keys", "create", *scopes]
-    env = {**os.environ, "DATABASE_URL": stack.database_url}
+    env = {**stack.env(), "OPS_ACCESS_TOKEN": issuer.access_token(stack.issuer_url, "ada")}
     printed = subprocess.run(
-        [*command, "--client=limits", "--operator=test", *options],
+        [*command, "--client=limits", *options],
         cwd=PROJECT_ROOT,
         env=env,
         capture_output=True,

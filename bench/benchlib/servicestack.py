@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -12,6 +11,7 @@ from psycopg.conninfo import make_conninfo
 from benchlib import sql
 from devstack.embedded import PROJECT_ROOT, database_url
 from engine.migrations import migrate
+from sandbox import issuer
 from sandbox.stack import Stack
 
 # The service's own defaults (the test stack speeds some of them up).
@@ -41,13 +41,15 @@ def fresh(name: str, schema: bool = True, admin: str | None = None) -> str:
 
 
 def make_key(stack: Stack, *options: str) -> str:
-    """An API key with every scope, made by the ops command line; its value."""
+    """An API key with every scope, made by the ops command line as ada (an admin at
+    the stack's issuer); its value."""
     scopes = [f"--scope=withdrawals:{s}" for s in ("submit", "read", "cancel")]
     command = [sys.executable, "-m", "service.ops", "--json", "keys", "create", *scopes]
+    token = issuer.access_token(stack.issuer_url, "ada")
     printed = subprocess.run(
-        [*command, "--client=bench", "--operator=bench", *options],
+        [*command, "--client=bench", *options],
         cwd=PROJECT_ROOT,
-        env={**os.environ, "DATABASE_URL": stack.database_url},
+        env={**stack.env(), "OPS_ACCESS_TOKEN": token},
         capture_output=True,
         check=True,
     )
