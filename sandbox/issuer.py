@@ -35,7 +35,6 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
-import werkzeug.serving
 
 CLIENT_ID = "payment-console"
 # The mock takes any secret, and requires one: its code grant has no public clients.
@@ -123,6 +122,8 @@ def new_private_jwk() -> dict[str, Any]:
 @contextmanager
 def running(port: int, private_jwk: dict[str, Any] | None = None) -> Iterator[str]:
     """The issuer on 127.0.0.1:`port` in a thread for as long as the block; its URL."""
+    import werkzeug.serving  # the dev extra's, as flask is
+
     server = werkzeug.serving.make_server("127.0.0.1", port, build_app(private_jwk), threaded=True)
     thread = threading.Thread(target=server.serve_forever, name="issuer", daemon=True)
     thread.start()
@@ -165,6 +166,8 @@ def access_token(issuer: str, person: str, client_id: str = CLIENT_ID) -> str:
 
 
 def serve(port: int, key_file: Path | None) -> None:
+    import werkzeug.serving
+
     private = json.loads(key_file.read_text()) if key_file else None
     server = werkzeug.serving.make_server("127.0.0.1", port, build_app(private), threaded=True)
     print(f"issuer http://127.0.0.1:{server.server_port} (people: {', '.join(PEOPLE)})", flush=True)
