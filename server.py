@@ -24,6 +24,7 @@ from service.api import ROUTES
 from service.api_keys_api import API_KEY_ROUTES
 from service.approvals_api import APPROVAL_ROUTES
 from service.console import CONSOLE_ROUTES
+from service.console_api_keys import API_KEY_PAGES
 from service.edge import EXCEPTION_HANDLERS
 from service.metrics_api import metrics_endpoint
 from service.ops_api import CONTROL_ROUTES
@@ -50,6 +51,7 @@ def build_app(settings: Settings) -> Starlette:
             *PROVIDER_ROUTES,
             *API_KEY_ROUTES,
             *CONSOLE_ROUTES,
+            *API_KEY_PAGES,
         ]
     ]
     routes.append(Route("/metrics", metrics_endpoint, methods=["GET"]))

@@ -4,6 +4,10 @@ OpenID issuer, sandbox/issuer.py) through the ops API, on two API processes."""
 from __future__ import annotations
 
 import hashlib
+import json
+import re
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -13,11 +17,13 @@ import httpx
 import psycopg
 import pytest
 
+from devstack.embedded import PROJECT_ROOT
 from sandbox import issuer
 from sandbox.servers import NatsServer
 from sandbox.stack import API_TOKEN, ProviderSpec, Stack, wait_until
 from tests.conftest import FAST_TIMING, own_stack
 from tests.openapi_contract import hook
+from tests.test_console import sign_in
 
 ALL = ["withdrawals:submit", "withdrawals:read", "withdrawals:cancel"]
 SUBMIT_READ = ["withdrawals:submit", "withdrawals:read"]
@@ -234,3 +240,92 @@ def test_keys_are_stored_as_digests_and_never_logged(keyed: Any, admin: httpx.Cl
     assert not [row for row in tables if random_part in row]
     for log in keyed.workdir.glob("*.log"):
         assert random_part not in log.read_text(errors="replace"), log
+
+
+def _cli(stack: Stack, person: str, *arguments: str) -> subprocess.CompletedProcess[str]:
+    """`python -m service.ops --json keys ...` as `person`, signed in at the stack's issuer."""
+    token = issuer.access_token(stack.issuer_url, person)
+    return subprocess.run(
+        [sys.executable, "-m", "service.ops", "--json", "keys", *arguments],
+        cwd=PROJECT_ROOT,
+        env={**stack.env(), "OPS_ACCESS_TOKEN": token},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_the_command_line_manages_keys_for_a_signed_in_admin(keyed: Any) -> None:
+    create = ("create", "--client=cli", "--scope=withdrawals:read", "--merchant=m-1")
+    refused = _cli(keyed, "ana", *create)  # a resolver, not an admin
+    assert refused.returncode != 0 and "lacks the admin role" in refused.stderr
+    made = json.loads(_cli(keyed, "ada", *create).stdout)[0]
+    assert made["secret"].startswith(f"psk_{made['prefix']}_") and made["merchants"] == ["m-1"]
+    rotated = json.loads(_cli(keyed, "ada", "rotate", made["id"], "--grace-s=60").stdout)[0]
+    assert rotated["rotated_from"] == made["id"]
+    revoked = json.loads(_cli(keyed, "ada", "revoke", made["id"], "--reason=test").stdout)[0]
+    assert revoked["state"] == "revoked"
+    listed = json.loads(_cli(keyed, "ada", "list").stdout)
+    assert {k["id"] for k in listed} >= {made["id"], rotated["id"]}
+    assert not any("secret" in k or "hash" in k for k in listed)
+    with psycopg.connect(keyed.database_url) as conn:
+        rows = conn.execute(
+            "SELECT action, actor FROM api_key_events WHERE key_id = %s ORDER BY id", (made["id"],)
+        ).fetchall()
+    assert [action for action, _ in rows] == ["created", "rotated", "revoked"]
+    assert all("ada@example.com" in actor for _, actor in rows), rows
+
+
+def _csrf(html: str) -> str:
+    found = re.search(r'name="csrf" value="([0-9a-f]+)"', html)
+    assert found is not None, html
+    return found.group(1)
+
+
+def _shown_key(answer: httpx.Response) -> str:
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["cache-control"] == "no-store"  # the browser keeps no copy
+    found = re.search(r'<code id="secret">(psk_[^<]+)</code>', answer.text)
+    assert found is not None, answer.text
+    return found.group(1)
+
+
+def test_an_admin_makes_rotates_and_revokes_keys_in_the_console(keyed: Any) -> None:
+    with httpx.Client(base_url=keyed.api_url, follow_redirects=False) as browser:
+        sign_in(browser, "vic")  # a viewer
+        assert browser.get("/console/api-keys").status_code == 403
+    probe = "/v1/withdrawals/no-such-order"  # 404 for a valid key, 401 for another
+    with httpx.Client(base_url=keyed.api_url, follow_redirects=False) as browser:
+        sign_in(browser, "ada")
+        csrf = _csrf(browser.get("/console/api-keys").text)
+        form = {"client": "console", "scope:withdrawals:read": "1", "merchants": "m-1, m-2"}
+        assert browser.post("/console/api-keys", data=form).status_code == 403  # no CSRF
+        first = _shown_key(browser.post("/console/api-keys", data={**form, "csrf": csrf}))
+        assert fresh_get(keyed, first, probe).status_code == 404
+        listing = browser.get("/console/api-keys").text
+        assert first[4:16] in listing and first not in listing  # its prefix, never its value
+        row = _key_row(keyed, first)
+        assert row is not None and row[1] == ["m-1", "m-2"]
+        rotate = {"csrf": csrf, "grace_hours": "0"}  # the old key ends now
+        second = _shown_key(browser.post(f"/console/api-keys/{row[0]}/rotate", data=rotate))
+        assert fresh_get(keyed, first, probe).status_code == 401
+        assert fresh_get(keyed, second, probe).status_code == 404
+        found = _key_row(keyed, second)
+        assert found is not None
+        revoke = f"/console/api-keys/{found[0]}/revoke"
+        assert browser.post(revoke, data={"csrf": csrf, "reason": ""}).status_code == 422
+        assert browser.post(revoke, data={"csrf": csrf, "reason": "done"}).status_code == 303
+    assert fresh_get(keyed, second, probe).status_code == 401
+    with psycopg.connect(keyed.database_url) as conn:
+        actors = conn.execute(
+            "SELECT DISTINCT actor FROM api_key_events WHERE key_id IN (%s, %s)", (row[0], found[0])
+        ).fetchall()
+    assert len(actors) == 1 and "ada@example.com" in actors[0][0]
+
+
+def _key_row(stack: Stack, key: str) -> tuple[Any, ...] | None:
+    """The key's id and merchants, found by its prefix (`psk_<prefix>_...`)."""
+    with psycopg.connect(stack.database_url) as conn:
+        return conn.execute(
+            "SELECT id::text, merchants FROM api_keys WHERE prefix = %s", (key[4:16],)
+        ).fetchone()
