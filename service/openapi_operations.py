@@ -234,6 +234,7 @@ OPERATIONS = [
 
 _WITHDRAWAL_ID = {"ident": "$response.body#/id"}
 _FIRST_TASK_ID = {"task_id": "$response.body#/tasks/0/id"}
+_NEW_KEY_ID = {"key_id": "$response.body#/key/id"}
 _FIRST_PROPOSAL_ID = {"proposal_id": "$response.body#/proposals/0/id"}
 # Where an answer's ids lead (OpenAPI links): clients, and schemathesis's stateful
 # phase, can follow a new withdrawal to its reads, its cancels and its tasks.
@@ -249,6 +250,10 @@ LINKS: dict[tuple[str, str], dict[str, tuple[str, str, dict[str, str]]]] = {
     ("get", "/ops/v1/approvals"): {
         "Approve": ("post", "/ops/v1/approvals/{proposal_id}/approve", _FIRST_PROPOSAL_ID),
         "Reject": ("post", "/ops/v1/approvals/{proposal_id}/reject", _FIRST_PROPOSAL_ID),
+    },
+    ("post", "/ops/v1/api-keys"): {
+        "Rotate": ("post", "/ops/v1/api-keys/{key_id}/rotate", _NEW_KEY_ID),
+        "Revoke": ("post", "/ops/v1/api-keys/{key_id}/revoke", _NEW_KEY_ID),
     },
     ("get", "/ops/v1/dead-letters"): {
         "Replay": (
