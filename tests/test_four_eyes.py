@@ -309,6 +309,21 @@ async def test_an_approval_after_the_task_moved_on_is_refused_and_moves_nothing(
     assert client.wait_final(queue_id)["status"] == "CANCELLED"
 
 
+async def test_a_release_proposed_before_the_provider_paid_is_never_applied(
+    client: StackClient, services: Services, migrated_url: str
+) -> None:
+    queue_id, task_id = in_manual_check(client, amount="1000.01")  # above: a proposal
+    proposal = (await decide(services, ANA, task_id, False)).proposal
+    assert proposal is not None
+    client.send_webhook("sla", task_id, "succeeded")  # the provider paid after all
+    view = client.wait_final(queue_id)
+    assert (view["status"], view["tasks"][0]["status"]) == ("COMPLETED", "SUCCEEDED")
+    status, code = await refused(approve(services, BOB, proposal.id))
+    assert (status, code) in {(409, "proposal_superseded"), (409, "proposal_closed")}
+    assert proposal_status(migrated_url, proposal.id) == SUPERSEDED
+    assert client.ledger_ops()[task_id] == ["freeze", "commit"]  # never released
+
+
 async def test_a_proposal_expires_and_an_approval_after_that_is_refused(
     client: StackClient, services: Services, migrated_url: str
 ) -> None:
