@@ -15,8 +15,9 @@ from starlette.templating import Jinja2Templates
 
 from service import console_auth as auth
 from service.api import read_limited, services
-from service.people import granted_roles
+from service.people import break_glass_enabled, granted_roles
 from service.principals import RESOLVER, Principal
+from service.settings import Settings
 from workflows.money import format_minor
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates" / "console"))
@@ -39,8 +40,9 @@ class Visitor:
 
 async def visitor(request: Request) -> Visitor | None:
     """The session's person with the roles the service grants now, or None."""
-    found = auth.session(services(request).settings, request.cookies.get(auth.COOKIE))
-    if found is None:
+    settings = services(request).settings
+    found = auth.session(settings, request.cookies.get(auth.COOKIE))
+    if found is None or not _still_trusted(settings, found.principal):
         return None
     person = found.principal
     if person.via == "oidc":
@@ -49,6 +51,14 @@ async def visitor(request: Request) -> Visitor | None:
             granted = await granted_roles(conn, person.issuer, person.subject, email)
         person = dataclasses.replace(person, roles=person.roles | granted)
     return Visitor(found, person)
+
+
+def _still_trusted(settings: Settings, person: Principal) -> bool:
+    """A session outlives no change of issuer, and break-glass's none of break-glass
+    being turned off."""
+    if person.via == "break_glass":
+        return break_glass_enabled(settings) and person.subject == settings.break_glass_name
+    return settings.oidc_issuer is not None and person.issuer == settings.oidc_issuer.rstrip("/")
 
 
 def page(

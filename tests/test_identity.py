@@ -161,9 +161,13 @@ def test_break_glass_signs_in_audited_announced_and_counted(
         right = {"name": "oncall", "password": BREAK_GLASS_PASSWORD}
         answer = browser.post("/console/break-glass", data=right)
         assert answer.status_code == 200, answer.text
-        browser.cookies.set("console_session", answer.cookies["console_session"], path="/console")
+        session = answer.cookies["console_session"]
+        browser.cookies.set("console_session", session, path="/console")
         assert "oncall (break-glass)" in browser.get("/console").text
     assert break_glass_count(break_glass_api) == 1
+    with httpx.Client(base_url=client.stack.api_url, timeout=10) as off:  # break-glass off
+        off.cookies.set("console_session", session, path="/console")
+        assert off.get("/console", follow_redirects=False).status_code == 303  # no session
     with psycopg.connect(client.stack.database_url) as conn:
         audited = conn.execute(
             "SELECT actor, detail->>'via' FROM people_events WHERE kind = 'break_glass_sign_in'"
