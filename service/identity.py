@@ -43,6 +43,7 @@ log = logging.getLogger("payment.identity")
 ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"]
 KEYS_MAX_AGE_S = 3600.0
 REFETCH_AT_MOST_EVERY_S = 60.0
+RETRY_AFTER_FAILURE_S = 5.0
 MAX_TOKEN_BYTES = 16 * 1024
 FETCH_TIMEOUT_S = 5.0
 
@@ -69,7 +70,7 @@ class IssuerKeys:
         self._refetch_every_s = refetch_at_most_every_s
         self._metadata: dict[str, Any] | None = None
         self._keys: KeySet | None = None
-        self._fetched_at = float("-inf")
+        self._fetched_at = self._failed_at = float("-inf")
         self._lock = asyncio.Lock()
 
     async def metadata(self) -> dict[str, Any]:
@@ -81,18 +82,30 @@ class IssuerKeys:
         return self._metadata
 
     async def key_set(self, *, unknown_kid: bool = False) -> KeySet:
+        """The keys: fetched when missing or stale, or for an unknown key id; after a
+        failed fetch, not tried again for RETRY_AFTER_FAILURE_S (stale keys serve)."""
         async with self._lock:
-            age = time.monotonic() - self._fetched_at
-            stale = self._keys is None or age > KEYS_MAX_AGE_S
-            if stale or (unknown_kid and age > self._refetch_every_s):
-                jwks = await self._get(str((await self.metadata())["jwks_uri"]))
+            now = time.monotonic()
+            age = now - self._fetched_at
+            due = self._keys is None or age > KEYS_MAX_AGE_S
+            due |= unknown_kid and age > self._refetch_every_s
+            if due and now - self._failed_at > RETRY_AFTER_FAILURE_S:
                 try:
-                    self._keys = KeySet.import_key_set(jwks)  # type: ignore[arg-type]
-                except (JoseError, ValueError, KeyError, TypeError) as exc:
-                    raise IssuerUnavailable(f"unreadable keys: {type(exc).__name__}") from None
-                self._fetched_at = time.monotonic()
-            assert self._keys is not None
+                    self._keys, self._fetched_at = await self._fetch_keys(), now
+                except IssuerUnavailable:
+                    self._failed_at = now
+                    if self._keys is None:
+                        raise
+            if self._keys is None:
+                raise IssuerUnavailable("no keys yet")
             return self._keys
+
+    async def _fetch_keys(self) -> KeySet:
+        jwks = await self._get(str((await self.metadata()).get("jwks_uri", "")))
+        try:
+            return KeySet.import_key_set(jwks)  # type: ignore[arg-type]
+        except (JoseError, ValueError, KeyError, TypeError) as exc:
+            raise IssuerUnavailable(f"unreadable keys: {type(exc).__name__}") from None
 
     async def _get(self, url: str) -> dict[str, Any]:
         try:
@@ -121,7 +134,7 @@ class Identity:
             raise unauthorized("the token is not a JWT")
         try:
             jws.extract_compact(token.encode())
-        except (JoseError, ValueError):
+        except (JoseError, ValueError, TypeError, KeyError):
             raise unauthorized("the token is not a JWT") from None
         try:
             try:
@@ -132,6 +145,8 @@ class Identity:
             self._registry(audience).validate(decoded.claims)
         except JoseError as exc:
             raise unauthorized(f"the token was refused: {exc.error}") from None
+        except (ValueError, TypeError, KeyError):  # a header joserfc could not read
+            raise unauthorized("the token was refused: malformed") from None
         return decoded.claims
 
     def _registry(self, audience: str) -> jwt.JWTClaimsRegistry:
