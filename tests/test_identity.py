@@ -5,6 +5,7 @@ used. Against the stack's local issuer (sandbox/issuer.py) and a real API."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import subprocess
@@ -36,6 +37,10 @@ CHANGES = [
 BREAK_GLASS_PASSWORD = "correct horse battery staple"
 
 
+def _b64(value: object) -> str:
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+
 def as_bearer(client: StackClient, token: str) -> httpx.Client:
     headers = {"Authorization": f"Bearer {token}"}
     return httpx.Client(base_url=client.stack.api_url, headers=headers, timeout=10)
@@ -60,6 +65,7 @@ def test_tokens_it_cannot_trust_are_401(client: StackClient) -> None:
         "wrong audience": issuer.mint(real_key, url, "ada", audience="another-api"),
         "an ID token": str(issuer.tokens(url, "ada")["id_token"]),
         "not a JWT": "dev-ops-token",
+        "an unreadable header": f"{_b64({'alg': 'RS256', 'crit': True})}.e30.c2ln",
     }
     with issuer.running(free_port()) as elsewhere:  # a real issuer we do not trust
         untrusted["from another issuer"] = issuer.access_token(elsewhere, "ada")
