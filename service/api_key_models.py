@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from service.models import ID_PATTERN
 
@@ -15,6 +15,18 @@ Scope = Literal["withdrawals:submit", "withdrawals:read", "withdrawals:cancel"]
 _TEXT = r"^[^\x00]*$"  # stored text: PostgreSQL refuses NUL
 _YEAR_S = 366 * 86400
 MerchantId = Annotated[str, Field(pattern=ID_PATTERN)]
+
+
+def _whole(value: object) -> object:
+    """JSON Schema's integer includes 5.0; a string or 5.5 still fails (strict)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# The bounds inside, so that the document says minimum and maximum.
+Burst = Annotated[Annotated[int, Field(ge=1, le=1_000_000)], BeforeValidator(_whole)]
+InFlight = Annotated[Annotated[int, Field(ge=1, le=100_000)], BeforeValidator(_whole)]
+Lifetime = Annotated[Annotated[int, Field(ge=1, le=10 * _YEAR_S)], BeforeValidator(_whole)]
+Grace = Annotated[Annotated[int, Field(ge=0, le=30 * 86400)], BeforeValidator(_whole)]
 
 
 class _In(BaseModel):
@@ -25,8 +37,8 @@ class KeyLimits(_In):
     """A key's own limits; each one left out is the setting's default."""
 
     rate_per_s: float | None = Field(None, ge=0.01, le=1_000_000)
-    burst: int | None = Field(None, ge=1, le=1_000_000)
-    max_in_flight: int | None = Field(None, ge=1, le=100_000)
+    burst: Burst | None = None
+    max_in_flight: InFlight | None = None
 
 
 class KeyCreation(KeyLimits):
@@ -37,7 +49,7 @@ class KeyCreation(KeyLimits):
     merchants: list[MerchantId] | None = Field(
         None, min_length=1, max_length=1000, description="None: every merchant"
     )
-    expires_in_s: int | None = Field(None, ge=1, le=10 * _YEAR_S, description="None: never")
+    expires_in_s: Lifetime | None = Field(None, description="None: never")
 
     @field_validator("scopes")
     @classmethod
@@ -51,8 +63,8 @@ class KeyRotation(_In):
     """A new key for the same client, scopes, merchants and limits; the old one stays
     valid `grace_s` more (None: API_KEY_ROTATION_GRACE_S)."""
 
-    grace_s: int | None = Field(None, ge=0, le=30 * 86400)
-    expires_in_s: int | None = Field(None, ge=1, le=10 * _YEAR_S, description="None: never")
+    grace_s: Grace | None = None
+    expires_in_s: Lifetime | None = Field(None, description="None: never")
 
 
 class KeyRevocation(_In):

@@ -25,6 +25,11 @@ async def create_key(request: Request) -> JSONResponse:
     return JSONResponse({"key": jsonable(row), "secret": secret}, status_code=201)
 
 
+async def keys(request: Request) -> JSONResponse:
+    """One route for both methods, so that its 405 names both in `Allow`."""
+    return await (list_keys(request) if request.method == "GET" else create_key(request))
+
+
 async def list_keys(request: Request) -> JSONResponse:
     await require(request, ADMIN)
     async with services(request).pool.connection() as conn:
@@ -54,8 +59,7 @@ async def revoke_key(request: Request) -> JSONResponse:
 
 
 API_KEY_ROUTES: list[tuple[str, Any, list[str]]] = [
-    ("/ops/v1/api-keys", create_key, ["POST"]),
-    ("/ops/v1/api-keys", list_keys, ["GET"]),
+    ("/ops/v1/api-keys", keys, ["GET", "POST"]),
     ("/ops/v1/api-keys/{key_id}/rotate", rotate_key, ["POST"]),
     ("/ops/v1/api-keys/{key_id}/revoke", revoke_key, ["POST"]),
 ]
