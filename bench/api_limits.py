@@ -173,6 +173,7 @@ def main() -> None:
     finally:
         stack.stop()
         nats_proc.terminate()
+        sql(database_url(), f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
     print(f"verdict: {'OK' if verdict else 'FAIL'}")
 
 
