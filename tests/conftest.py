@@ -142,10 +142,26 @@ def _quiet(url: str) -> bool:
 
 def assert_ledger_matches_every_task(c: Any, url: str) -> None:
     """After every scenario: the ledger's money operations match each task's funds."""
-    from sandbox.client import expected_ledger_ops
     from sandbox.stack import wait_until
 
     wait_until(lambda: _quiet(url), 30, "activity jobs to drain")
+    # A step run in the API process right after its commit is no job: its result
+    # (a commit's, say) may land a moment after the ledger moved. Poll until they
+    # agree; a real disagreement outlasts the deadline and is reported.
+    mismatched: list[tuple[str, str, list[str]]] = []
+
+    def agree() -> bool:
+        mismatched[:] = _ledger_mismatches(c, url)
+        return not mismatched
+
+    with contextlib.suppress(TimeoutError):  # reported below, with what disagrees
+        wait_until(agree, 10, "the ledger and the tasks to agree", every=0.2)
+    assert not mismatched, f"ledger and tasks disagree: {mismatched}"
+
+
+def _ledger_mismatches(c: Any, url: str) -> list[tuple[str, str, list[str]]]:
+    from sandbox.client import expected_ledger_ops
+
     ops = c.ledger_ops()
     with psycopg.connect(url) as conn:
         tasks = conn.execute("SELECT id::text, funds::text FROM order_tasks").fetchall()
@@ -154,7 +170,7 @@ def assert_ledger_matches_every_task(c: Any, url: str) -> None:
         seen = ops.get(task_id, [])
         if seen != expected_ledger_ops({"funds": funds}, "freeze" in seen):
             mismatched.append((task_id, funds, seen))
-    assert not mismatched, f"ledger and tasks disagree: {mismatched}"
+    return mismatched
 
 
 def executing_at_alpha(client: Any) -> tuple[str, dict[str, Any]]:
