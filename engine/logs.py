@@ -75,6 +75,8 @@ def setup(level: int = logging.INFO) -> None:
         logger = logging.getLogger(name)
         logger.handlers[:] = []
         logger.propagate = True
+    # A library's warning becomes a JSON line too (logger "py.warnings").
+    logging.captureWarnings(True)
     # httpx logs every request at INFO; each step already logs its call's outcome
     # (and failures are classified and logged where they are handled).
     logging.getLogger("httpx").setLevel(logging.WARNING)

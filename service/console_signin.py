@@ -14,15 +14,25 @@ from __future__ import annotations
 import hmac
 import logging
 import secrets
+import warnings
 from typing import Any
 
 import httpx
 from authlib.common.security import generate_token
-from authlib.integrations.httpx_client import AsyncOAuth2Client, OAuthError
+from authlib.deprecate import AuthlibDeprecationWarning
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from service import console_auth as auth
+
+# authlib 1.9 warns at import that its httpx integration will move to httpx2; we
+# pin httpx, and a warning printed before the JSON logs start would be the one
+# line of a process's log that is not JSON.
+# (authlib.deprecate sets its warning to "always" when first imported: import it
+# first, so that the filter below comes after it and wins.)
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", AuthlibDeprecationWarning)
+    from authlib.integrations.httpx_client import AsyncOAuth2Client, OAuthError
 from service import people
 from service.api import services
 from service.console_pages import form_of, page
