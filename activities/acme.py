@@ -176,9 +176,7 @@ class AcmeProviderAdapter:
                 return CreateResult(Verdict.AMBIGUOUS, reason="unknown_state")
             return CreateResult(Verdict.ACCEPTED, ref, paid=status == OrderStatus.SUCCEEDED)
         code = _error_code(answer.body) or f"http_{answer.status}"
-        if answer.status in rules.declined_statuses and (
-            rules.declined_codes is None or code in rules.declined_codes
-        ):
+        if rules.is_final_refusal(answer.status, code):
             return CreateResult(Verdict.DECLINED, reason=code)
         return CreateResult(Verdict.AMBIGUOUS, reason=code)
 

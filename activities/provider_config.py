@@ -54,6 +54,13 @@ class Classification(_Strict):
     # When set, a declined status only counts as final if its error code is listed.
     declined_codes: tuple[str, ...] | None = None
 
+    def is_final_refusal(self, status: int, code: str) -> bool:
+        """A refused create is final (declined) only for these statuses and codes;
+        anything else is ambiguous: the order may exist."""
+        return status in self.declined_statuses and (
+            self.declined_codes is None or code in self.declined_codes
+        )
+
 
 class HealthConfig(_Strict):
     """When the provider's circuit opens (workflows/health.py)."""

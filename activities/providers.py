@@ -132,9 +132,7 @@ class HttpProviderAdapter:
                 return CreateResult(Verdict.DECLINED, provider_ref=ref, reason="failed_at_create")
             return CreateResult(Verdict.ACCEPTED, ref, paid=status == OrderStatus.SUCCEEDED)
         code = answer.error_code or f"http_{answer.status}"
-        if answer.status in rules.declined_statuses and (
-            rules.declined_codes is None or code in rules.declined_codes
-        ):
+        if rules.is_final_refusal(answer.status, code):
             return CreateResult(Verdict.DECLINED, reason=code)
         return CreateResult(Verdict.AMBIGUOUS, reason=code)
 

@@ -25,7 +25,7 @@ from service import approvals
 from service import console_signin as signin
 from service.api import services
 from service.console_approvals import APPROVAL_PAGES, task_context
-from service.console_pages import Visitor, form_of, page, visitor
+from service.console_pages import page, refused, signed_post, visitor
 from service.four_eyes import FourEyesRules
 from service.models import BadRequest
 from service.principals import RESOLVER
@@ -51,24 +51,6 @@ _ANSWERS = (
     " WHERE provider = %s AND reference = %s ORDER BY id DESC LIMIT 5"
 )
 _SIGN_IN = RedirectResponse("/console/login", status_code=303)
-
-
-def _refused(request: Request, why: str, status: int, seen_by: Visitor | None) -> Response:
-    return page(request, "refused.html", {"why": why}, status, seen_by)
-
-
-async def _resolver(request: Request) -> tuple[Visitor, dict[str, str]] | Response:
-    """The visitor and form of a POST that needs a resolver, or the page that refuses it
-    (nothing changed)."""
-    found = await visitor(request)
-    if found is None:
-        return _refused(request, "Sign in first.", 401, None)
-    form = await form_of(request)
-    if not form.get("csrf") or form["csrf"] != found.session.csrf(services(request).settings):
-        return _refused(request, "The form expired: reload it.", 403, found)
-    if not found.person.may(RESOLVER):
-        return _refused(request, "This needs the resolver role.", 403, found)
-    return found, form
 
 
 async def manual_checks(request: Request) -> Response:
@@ -117,16 +99,16 @@ async def task(request: Request) -> Response:
 
 
 async def resolve(request: Request) -> Response:
-    checked = await _resolver(request)
+    checked = await signed_post(request, RESOLVER)
     if isinstance(checked, Response):
         return checked
     found, form = checked
     task_id = _uuid(request.path_params["task_id"])
     reason, outcome = form.get("reason", "").strip(), form.get("outcome")
     if task_id is None or outcome not in ("positive", "negative"):
-        return _refused(request, "Choose positive or negative.", 422, found)
+        return refused(request, "Choose positive or negative.", 422, found)
     if not reason or len(reason) > MAX_REASON or "\x00" in reason:
-        return _refused(request, "A reason is required.", 422, found)
+        return refused(request, "A reason is required.", 422, found)
     svc = services(request)
     rules = FourEyesRules.from_settings(svc.settings)  # four-eyes: maybe only a proposal
     try:
@@ -134,7 +116,7 @@ async def resolve(request: Request) -> Response:
             decision = (outcome == "positive", reason)
             done = await approvals.decide(conn, svc.engine, rules, found.person, task_id, decision)
     except BadRequest as error:
-        return _refused(request, f"Not resolved: {error.message}", error.status, found)
+        return refused(request, f"Not resolved: {error.message}", error.status, found)
     if done.proposal is not None:  # its page says it waits for a second person
         return RedirectResponse(f"/console/tasks/{task_id}", status_code=303)
     return RedirectResponse(f"/console/withdrawals/{done.queue_id}", status_code=303)
@@ -162,7 +144,7 @@ async def dead_letters(request: Request) -> Response:
 
 
 async def replay(request: Request) -> Response:
-    checked = await _resolver(request)
+    checked = await signed_post(request, RESOLVER)
     if isinstance(checked, Response):
         return checked
     found, _ = checked
@@ -174,7 +156,7 @@ async def replay(request: Request) -> Response:
         try:
             await deadletters.replay(conn, svc.app, int(raw), found.person.actor)
         except deadletters.NotReplayable as exc:
-            return _refused(request, str(exc), 409, found)
+            return refused(request, str(exc), 409, found)
     return RedirectResponse("/console/dead-letters", status_code=303)
 
 

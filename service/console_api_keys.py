@@ -18,7 +18,7 @@ from service import api_key_store as store
 from service.api import services
 from service.api_key_models import KeyCreation, KeyRevocation, KeyRotation
 from service.api_keys import SCOPES
-from service.console_pages import Visitor, form_of, page, visitor
+from service.console_pages import Visitor, page, refused, signed_post, visitor
 from service.models import BadRequest
 from service.principals import ADMIN
 
@@ -26,49 +26,32 @@ _LIST = RedirectResponse("/console/api-keys", status_code=303)
 _NO_STORE = {"Cache-Control": "no-store"}  # the page with a key's value
 
 
-def _refused(request: Request, why: str, status: int, seen_by: Visitor | None) -> Response:
-    return page(request, "refused.html", {"why": why}, status, seen_by)
-
-
-async def _admin_post(request: Request) -> tuple[Visitor, dict[str, str]] | Response:
-    """The admin and the form of a POST, or the page that refuses it (nothing changed)."""
-    found = await visitor(request)
-    if found is None:
-        return _refused(request, "Sign in first.", 401, None)
-    form = await form_of(request)
-    if not form.get("csrf") or form["csrf"] != found.session.csrf(services(request).settings):
-        return _refused(request, "The form expired: reload it.", 403, found)
-    if not found.person.may(ADMIN):
-        return _refused(request, "This needs the admin role.", 403, found)
-    return found, form
-
-
 async def keys_page(request: Request) -> Response:
     if (seen_by := await visitor(request)) is None:
         return RedirectResponse("/console/login", status_code=303)
     if not seen_by.person.may(ADMIN):
-        return _refused(request, "API keys need the admin role.", 403, seen_by)
+        return refused(request, "API keys need the admin role.", 403, seen_by)
     async with services(request).pool.connection() as conn:
         keys = await store.list_keys(conn)
     return page(request, "api_keys.html", {"keys": keys, "scopes": SCOPES}, seen_by=seen_by)
 
 
 async def create(request: Request) -> Response:
-    checked = await _admin_post(request)
+    checked = await signed_post(request, ADMIN)
     if isinstance(checked, Response):
         return checked
     seen_by, form = checked
     try:
         spec = _creation(form)
     except (ValueError, OverflowError, ValidationError) as exc:
-        return _refused(request, f"Not created: {_why(exc)}", 422, seen_by)
+        return refused(request, f"Not created: {_why(exc)}", 422, seen_by)
     async with services(request).pool.connection() as conn:
         secret, row = await store.create(conn, spec, seen_by.person.actor)
     return _issued(request, seen_by, {"key": row, "secret": secret, "replaced": None})
 
 
 async def rotate(request: Request) -> Response:
-    checked = await _admin_post(request)
+    checked = await signed_post(request, ADMIN)
     if isinstance(checked, Response):
         return checked
     seen_by, form = checked
@@ -77,14 +60,14 @@ async def rotate(request: Request) -> Response:
         hours = form.get("grace_hours", "").strip()
         change = KeyRotation(grace_s=round(float(hours) * 3600) if hours else None)
     except (ValueError, OverflowError, ValidationError) as exc:
-        return _refused(request, f"Not rotated: {_why(exc)}", 422, seen_by)
+        return refused(request, f"Not rotated: {_why(exc)}", 422, seen_by)
     key_id, actor = request.path_params["key_id"], seen_by.person.actor
     grace_s = svc.settings.api_key_rotation_grace_s
     try:
         async with svc.pool.connection() as conn:
             secret, new, old = await store.rotate(conn, key_id, change, actor, grace_s)
     except BadRequest as exc:
-        return _refused(request, f"Not rotated: {exc.message}", exc.status, seen_by)
+        return refused(request, f"Not rotated: {exc.message}", exc.status, seen_by)
     return _issued(request, seen_by, {"key": new, "secret": secret, "replaced": old})
 
 
@@ -96,19 +79,19 @@ def _issued(request: Request, seen_by: Visitor, context: dict[str, Any]) -> Resp
 
 
 async def revoke(request: Request) -> Response:
-    checked = await _admin_post(request)
+    checked = await signed_post(request, ADMIN)
     if isinstance(checked, Response):
         return checked
     seen_by, form = checked
     try:
         why = KeyRevocation(reason=form.get("reason", "").strip())
     except ValidationError:
-        return _refused(request, "Not revoked: a reason is required.", 422, seen_by)
+        return refused(request, "Not revoked: a reason is required.", 422, seen_by)
     try:
         async with services(request).pool.connection() as conn:
             await store.revoke(conn, request.path_params["key_id"], why, seen_by.person.actor)
     except BadRequest as exc:
-        return _refused(request, f"Not revoked: {exc.message}", exc.status, seen_by)
+        return refused(request, f"Not revoked: {exc.message}", exc.status, seen_by)
     return _LIST
 
 

@@ -18,7 +18,7 @@ from starlette.responses import RedirectResponse, Response
 from engine.journal import Conn
 from service import approvals
 from service.api import services
-from service.console_pages import Visitor, form_of, page, visitor
+from service.console_pages import Visitor, page, refused, signed_post, visitor
 from service.four_eyes import FourEyesRules, Proposal, decider_refusal
 from service.models import BadRequest
 from service.principals import APPROVER
@@ -49,10 +49,6 @@ async def task_context(
     }
 
 
-def refused(request: Request, status: int, why: str, seen_by: Visitor | None) -> Response:
-    return page(request, "refused.html", {"why": why}, status, seen_by)
-
-
 async def pending(request: Request) -> Response:
     if (seen_by := await visitor(request)) is None:
         return RedirectResponse("/console/login", status_code=303)
@@ -60,19 +56,6 @@ async def pending(request: Request) -> Response:
         listed = await awaiting_approval(conn)
     rows = [{"proposal": p, **about, "may_decide": may_decide(p, seen_by)} for p, about in listed]
     return page(request, "approvals.html", {"rows": rows}, seen_by=seen_by)
-
-
-async def _approver(request: Request) -> tuple[Visitor, dict[str, str]] | Response:
-    """The visitor and form of a POST that needs an approver, or the page that refuses it."""
-    found = await visitor(request)
-    if found is None:
-        return refused(request, 401, "Sign in first.", None)
-    form = await form_of(request)
-    if not form.get("csrf") or form["csrf"] != found.session.csrf(services(request).settings):
-        return refused(request, 403, "The form expired: reload it.", found)
-    if not found.person.may(APPROVER):
-        return refused(request, 403, "This needs the approver role.", found)
-    return found, form
 
 
 async def approve(request: Request) -> Response:
@@ -84,19 +67,19 @@ async def reject(request: Request) -> Response:
 
 
 async def _decide(request: Request, *, approving: bool) -> Response:
-    checked = await _approver(request)
+    checked = await signed_post(request, APPROVER)
     if isinstance(checked, Response):
         return checked
     found, form = checked
     reason = form.get("reason", "").strip() or None
     if reason is not None and (len(reason) > MAX_REASON or "\x00" in reason):
-        return refused(request, 422, "A shorter reason.", found)
+        return refused(request, "A shorter reason.", 422, found)
     if not approving and reason is None:
-        return refused(request, 422, "Say why you reject it.", found)
+        return refused(request, "Say why you reject it.", 422, found)
     svc = services(request)
     proposal_id = _uuid(str(request.path_params["proposal_id"]))
     if proposal_id is None:
-        return refused(request, 404, "No such proposal.", found)
+        return refused(request, "No such proposal.", 404, found)
     try:
         async with svc.pool.connection() as conn:
             person = found.person
@@ -105,7 +88,7 @@ async def _decide(request: Request, *, approving: bool) -> Response:
             else:
                 done = await approvals.reject(conn, svc.engine, person, proposal_id, str(reason))
     except BadRequest as error:
-        return refused(request, error.status, error.message, found)
+        return refused(request, error.message, error.status, found)
     return RedirectResponse(f"/console/withdrawals/{done.queue_id}", status_code=303)
 
 

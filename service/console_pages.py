@@ -72,6 +72,25 @@ def page(
     return TEMPLATES.TemplateResponse(request, name, {**context, **extra}, status_code=status)
 
 
+def refused(request: Request, why: str, status: int, seen_by: Visitor | None) -> Response:
+    """The page that says why nothing was done."""
+    return page(request, "refused.html", {"why": why}, status, seen_by)
+
+
+async def signed_post(request: Request, role: str) -> tuple[Visitor, dict[str, str]] | Response:
+    """The visitor and form of a console POST that needs `role`, or the page that
+    refuses it (nothing changed): signed in, the session's CSRF token, the role."""
+    found = await visitor(request)
+    if found is None:
+        return refused(request, "Sign in first.", 401, None)
+    form = await form_of(request)
+    if not form.get("csrf") or form["csrf"] != found.session.csrf(services(request).settings):
+        return refused(request, "The form expired: reload it.", 403, found)
+    if not found.person.may(role):
+        return refused(request, f"This needs the {role} role.", 403, found)
+    return found, form
+
+
 async def form_of(request: Request) -> dict[str, str]:
     """An HTML form's fields (application/x-www-form-urlencoded, size-limited)."""
     if request.headers.get("content-type", "").split(";")[0] != FORM:
