@@ -38,7 +38,7 @@ from engine.steps import Runtime, RuntimeOptions
 from service.approvals import close_stale
 from service.health import HealthRecorder, evaluate_health, health_rules
 from service.notifications import CoreOutcomes
-from service.rollout import RolloutGate
+from service.rollout import RolloutConfig, RolloutGate
 from service.routing import ProviderRouting
 from service.settings import Settings
 from service.webhook_inbox import WebhookInbox
@@ -112,8 +112,10 @@ async def open_services(
         periodic_checks=_periodic_checks(providers, definitions.storage()),
         shell_jobs=shell_jobs,
     )
-    gate = RolloutGate.load(
-        settings.rollout_file, settings.rollout_cascade_percent, settings.rollout_health_routing
+    gate = RolloutGate(
+        RolloutConfig.from_file(
+            settings.rollout_file, settings.rollout_cascade_percent, settings.rollout_health_routing
+        )
     )
     return Services(settings, providers, pool, app, runtime, http, outbound, adapters, inbox, gate)
 
