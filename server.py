@@ -23,6 +23,7 @@ from engine.startup import prepare_or_exit, startup_arguments
 from service.api import ROUTES
 from service.api_keys_api import API_KEY_ROUTES
 from service.approvals_api import APPROVAL_ROUTES
+from service.config_api import CONFIG_ROUTES
 from service.console import CONSOLE_ROUTES
 from service.console_api_keys import API_KEY_PAGES
 from service.edge import EXCEPTION_HANDLERS
@@ -49,6 +50,7 @@ def build_app(settings: Settings) -> Starlette:
             *CONTROL_ROUTES,
             *APPROVAL_ROUTES,
             *PROVIDER_ROUTES,
+            *CONFIG_ROUTES,
             *API_KEY_ROUTES,
             *CONSOLE_ROUTES,
             *API_KEY_PAGES,

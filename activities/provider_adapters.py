@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
 
 from activities.acme import AcmeProviderAdapter
 from activities.http import OutboundHttp
@@ -72,6 +72,60 @@ def build_adapters(
     return {
         name: _FACTORIES[config.adapter](config, outbound) for name, config in providers.items()
     }
+
+
+class VersionedAdapters:
+    """An adapter per provider and per version of the provider settings, built on
+    first use: a withdrawal speaks to its provider as the settings it started with
+    say (service/live_config.py). `settings_at(version)` gives a cache key (the
+    version and the credentials it is read with) and the providers of that
+    version; None asks for the ones in force."""
+
+    def __init__(
+        self,
+        settings_at: Callable[[int | None], tuple[Hashable, Mapping[str, ProviderConfig]]],
+        outbound: OutboundHttp,
+    ) -> None:
+        self._settings_at = settings_at
+        self._outbound = outbound
+        self._built: dict[tuple[Hashable, str], ProviderAdapter] = {}
+
+    def adapter(self, provider: str, version: int | None = None) -> ProviderAdapter | None:
+        key, providers = self._settings_at(version)
+        config = providers.get(provider)
+        if config is None:
+            return None
+        built = self._built.get((key, provider))
+        if built is None:
+            built = self._built[(key, provider)] = _FACTORIES[config.adapter](
+                config, self._outbound
+            )
+        return built
+
+    def current(self) -> Mapping[str, ProviderAdapter]:
+        """The adapters in force, as a mapping that follows changes (the webhook inbox
+        reads and verifies with the newest secrets)."""
+        return _CurrentAdapters(self)
+
+    def names(self) -> list[str]:
+        return list(self._settings_at(None)[1])
+
+
+class _CurrentAdapters(Mapping[str, ProviderAdapter]):
+    def __init__(self, source: VersionedAdapters) -> None:
+        self._source = source
+
+    def __getitem__(self, name: str) -> ProviderAdapter:
+        found = self._source.adapter(name)
+        if found is None:
+            raise KeyError(name)
+        return found
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._source.names())
+
+    def __len__(self) -> int:
+        return len(self._source.names())
 
 
 register("http", HttpProviderAdapter)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from typing import Protocol
 
 from activities import metrics as activity_metrics
 from activities.ledger import FreezeResult, Hold, LedgerClient
 from activities.outcomes import Verdict
 from activities.providers import OrderRequest, OrderStatus, ProviderAdapter, StatusResult
-from activities.withdrawal_rows import attempt_of, withdrawal_of
+from activities.withdrawal_rows import WithdrawalTaskRow, attempt_of, withdrawal_of
 from engine.activity import Activity, ActivityContext
 from workflows.core import Event
 from workflows.money import format_minor
@@ -60,8 +60,19 @@ def status_event(result: StatusResult, speaker: str, *, solicited: bool = False)
             return StatusUnknown(result.reason or "unknown", speaker=speaker, solicited=solicited)
 
 
+class AdapterSource(Protocol):
+    """Each provider's adapter as a version of its settings configures it
+    (activities/provider_adapters.py VersionedAdapters)."""
+
+    def adapter(self, provider: str, version: int | None = None) -> ProviderAdapter | None: ...
+
+
+class UnknownProvider(LookupError):
+    """The task's provider is in no version of the settings this process knows."""
+
+
 class WithdrawalActivities:
-    def __init__(self, ledger: LedgerClient, adapters: Mapping[str, ProviderAdapter]) -> None:
+    def __init__(self, ledger: LedgerClient, adapters: AdapterSource) -> None:
         self._ledger = ledger
         self._adapters = adapters
 
@@ -97,7 +108,7 @@ class WithdrawalActivities:
             # First note durably that the order may exist from now on; the
             # transition defers this activity again, which then sends it.
             return OrderSubmitting()
-        adapter = self._adapters[attempt["provider"]]
+        adapter = self._adapter_for(attempt)
         currency = str(withdrawal_of(ctx.queue)["currency"])
         request = OrderRequest(str(attempt["id"]), _amount(ctx), currency)
         result = await adapter.create_order(request, ctx.headers)
@@ -112,10 +123,17 @@ class WithdrawalActivities:
         return OrderAmbiguous(result.reason)
 
     async def check_status(self, ctx: ActivityContext) -> Event:
-        adapter = self._adapters[attempt_of(ctx.task)["provider"]]
+        adapter = self._adapter_for(attempt_of(ctx.task))
         result = await adapter.get_status(str(ctx.task["id"]), ctx.headers)
         activity_metrics.PROVIDER_OUTCOMES.labels(adapter.name, "status", result.status).inc()
         return status_event(result, adapter.name, solicited=True)
+
+    def _adapter_for(self, attempt: WithdrawalTaskRow) -> ProviderAdapter:
+        """The provider as the settings the withdrawal started with configure it."""
+        found = self._adapters.adapter(attempt["provider"], attempt.get("providers_version"))
+        if found is None:
+            raise UnknownProvider(f"provider {attempt['provider']!r} is not configured")
+        return found
 
     async def commit(self, ctx: ActivityContext) -> Event:
         await self._ledger.commit(str(ctx.task["id"]), ctx.headers)

@@ -7,7 +7,7 @@ withdrawal's own, so a side effect reads `task["provider"]` from a typed row.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import cast
+from typing import NotRequired, cast
 
 from engine.rows import QueueRow, TaskRow
 
@@ -31,6 +31,9 @@ class WithdrawalTaskRow(TaskRow):
     provider_ref: str | None
     order_submitted: bool
     target: str | None
+    # the providers settings version it started with (service/live_config.py);
+    # absent or None on rows from before live configuration: the ones in force
+    providers_version: NotRequired[int | None]
 
 
 def withdrawal_of(queue: QueueRow) -> WithdrawalQueueRow:

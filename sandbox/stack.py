@@ -8,6 +8,7 @@ PostgreSQL; nothing is mocked. Each process logs to a file under `workdir`.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import signal
@@ -98,6 +99,9 @@ class Stack:
             **os.environ,
             "DATABASE_URL": self.database_url,
             "PROVIDERS_FILE": str(self.workdir / "providers.toml"),
+            # Stacks may share a database (the tests'): each keeps its own live
+            # configuration, seeded from its own files (service/live_config.py).
+            "CONFIG_SCOPE": self.config_scope,
             "API_TOKENS": API_TOKEN,
             "OIDC_ISSUER": self.issuer_url,
             "OIDC_CLIENT_ID": issuer.CLIENT_ID,
@@ -123,6 +127,10 @@ class Stack:
             **({"NATS_URL": self.nats_url} if self.nats_url else {}),
             **self.extra_env,
         }
+
+    @property
+    def config_scope(self) -> str:
+        return "stack-" + hashlib.sha256(str(self.workdir.resolve()).encode()).hexdigest()[:16]
 
     def write_configs(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)

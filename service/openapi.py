@@ -30,6 +30,7 @@ _PATH_PARAMS: dict[str, dict[str, Any]] = {
     "task_id": {"type": "string", "format": "uuid"},
     "dead_letter_id": {"type": "integer", "minimum": 1, "maximum": 10**18 - 1},
     "provider": {"type": "string", "description": "A configured provider's name"},
+    "document": {"type": "string", "enum": ["rollout", "providers"]},
     "key_id": {"type": "string", "format": "uuid", "description": "An API key's id"},
     "proposal_id": {"type": "string", "format": "uuid", "description": "A four-eyes proposal's id"},
 }

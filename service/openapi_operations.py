@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from service import api_key_models as keys
 from service import approval_models as approval
+from service import config_models as config
 from service import schemas as out
 from service.models import (
     Cancellation,
@@ -49,6 +50,52 @@ class Operation:
         implied |= {404} if "{" in self.path else set()
         implied |= {503} if self.database else set()
         return sorted(implied)
+
+
+CONFIG_OPERATIONS = [
+    Operation(
+        "get",
+        "/ops/v1/config",
+        "The live configuration in force (credentials as fingerprints)",
+        {200: config.ConfigInForce},
+        "ops",
+    ),
+    Operation(
+        "get",
+        "/ops/v1/config/{document}/history",
+        "A configuration document's versions, newest first, each with who, why, old and new",
+        {200: config.ConfigHistory},
+        "ops",
+        errors=(422,),
+    ),
+    Operation(
+        "put",
+        "/ops/v1/config/rollout",
+        "Change the rollout gate (a new version, applied by every process within 5 s)",
+        {200: config.ConfigChanged},
+        "ops",
+        config.RolloutChange,
+        errors=(409,),
+    ),
+    Operation(
+        "put",
+        "/ops/v1/config/providers/{provider}",
+        "Add or change a provider's settings (a new version; withdrawals in flight keep theirs)",
+        {200: config.ConfigChanged},
+        "ops",
+        config.ProviderChange,
+        errors=(409,),
+    ),
+    Operation(
+        "post",
+        "/ops/v1/config/providers/{provider}/remove",
+        "Remove a provider for new withdrawals (a new version)",
+        {200: config.ConfigChanged},
+        "ops",
+        config.ProviderRemoval,
+        errors=(409,),
+    ),
+]
 
 
 APPROVAL_OPERATIONS = [
@@ -225,6 +272,7 @@ OPERATIONS = [
     ),
     *API_KEY_OPERATIONS,
     *APPROVAL_OPERATIONS,
+    *CONFIG_OPERATIONS,
     Operation("get", "/metrics", "Prometheus metrics", {200: "text/plain"}),
     Operation("get", "/healthz", "Liveness", {200: out.Status}, database=False),
     Operation("get", "/readyz", "Readiness (the database answers)", {200: out.Status}),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from engine import commit_hooks
@@ -18,13 +19,29 @@ from workflows.money import format_minor
 _INSERT_QUEUE = """
 INSERT INTO order_queues (id, order_id, request_hash, merchant_id, amount_minor, currency,
                           trace_id, policy, policy_reason, requested_cascade,
-                          workflow, workflow_version, traceparent)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                          workflow, workflow_version, traceparent,
+                          cohort, rollout_version, providers_version)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT (order_id) DO NOTHING
 RETURNING id
 """
 WORKFLOW = "withdrawal"
-_INSERT_TASK = "INSERT INTO order_tasks (id, queue_id, position, provider) VALUES (%s, %s, %s, %s)"
+_INSERT_TASK = """
+INSERT INTO order_tasks (id, queue_id, position, provider, providers_version)
+VALUES (%s, %s, %s, %s, %s)
+"""
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """What a new withdrawal is decided with, read once from the live configuration
+    (service/live_config.py): the gate in force and the providers version it keeps."""
+
+    gate: RolloutGate = EVERYONE_ON_CASCADE
+    providers_version: int | None = None
+
+
+EVERYONE_ON_CASCADE_NOW = Rollout()
 
 
 async def submit(
@@ -32,13 +49,13 @@ async def submit(
     engine: Engine,
     request: WithdrawalRequest,
     trace_id: str | None,
-    gate: RolloutGate = EVERYONE_ON_CASCADE,
+    rollout: Rollout = EVERYONE_ON_CASCADE_NOW,
     traceparent: str | None = None,
 ) -> tuple[str, bool]:
     """Create the withdrawal (or find its identical twin). Returns (queue id, created).
     `traceparent`: the submission's span, parent of the withdrawal's other spans."""
     with commit_hooks.transaction_scope():
-        return await _submit(conn, engine, request, trace_id, gate, traceparent)
+        return await _submit(conn, engine, request, trace_id, rollout, traceparent)
 
 
 async def _submit(
@@ -46,12 +63,12 @@ async def _submit(
     engine: Engine,
     request: WithdrawalRequest,
     trace_id: str | None,
-    gate: RolloutGate,
+    rollout: Rollout,
     traceparent: str | None,
 ) -> tuple[str, bool]:
-    rollout = gate.decide(request.merchant_id, request.order_id)
+    decision = rollout.gate.decide(request.merchant_id, request.order_id)
     # Single-shot is the old path: one attempt, at the cheapest provider.
-    cascade = request.cascade if rollout.policy.cascades else request.cascade[:1]
+    cascade = request.cascade if decision.policy.cascades else request.cascade[:1]
     fingerprint = request.fingerprint()
     # Derived, not random: a resubmission after a failover that lost this commit
     # gets the same ids, so the ledger and the provider see a replay (identity.py).
@@ -60,13 +77,22 @@ async def _submit(
     definition = engine.definitions.current(WORKFLOW)
     async with conn.transaction():
         inserted = await _insert_queue(
-            conn, queue_id, request, fingerprint, trace_id, rollout, definition, traceparent
+            conn,
+            queue_id,
+            request,
+            fingerprint,
+            trace_id,
+            (rollout, decision),
+            definition,
+            traceparent,
         )
         if not inserted:
             return await _existing(conn, request.order_id, fingerprint), False
         for position, provider in enumerate(cascade):
             task_id = identity.task_id(request.order_id, position, provider)
-            await conn.execute(_INSERT_TASK, (task_id, queue_id, position, provider))
+            await conn.execute(
+                _INSERT_TASK, (task_id, queue_id, position, provider, rollout.providers_version)
+            )
         await engine.activate(conn, queue_id, Origin(actor="cascade-core", trace_id=trace_id))
     return queue_id, True
 
@@ -77,11 +103,12 @@ async def _insert_queue(
     request: WithdrawalRequest,
     fingerprint: str,
     trace_id: str | None,
-    rollout: Decision,
+    decided: tuple[Rollout, Decision],
     definition: WorkflowDefinition,
     traceparent: str | None,
 ) -> bool:
     """Inserts the withdrawal's row; False when its order_id is already taken."""
+    rollout, decision = decided
     cur = await conn.execute(
         _INSERT_QUEUE,
         (
@@ -92,12 +119,15 @@ async def _insert_queue(
             request.amount_minor,
             request.currency,
             trace_id,
-            rollout.policy,
-            rollout.reason,
+            decision.policy,
+            decision.reason,
             request.cascade,
             definition.name,
             definition.version,
             traceparent,
+            decision.cohort,
+            rollout.gate.version,
+            rollout.providers_version,
         ),
     )
     return await cur.fetchone() is not None
