@@ -485,3 +485,15 @@ CREATE UNIQUE INDEX IF NOT EXISTS manual_check_proposals_one_pending
     ON manual_check_proposals (task_id) WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS manual_check_proposals_due
     ON manual_check_proposals (expires_at) WHERE status = 'pending';
+
+-- Each withdrawal judged once against the settle objective (0011;
+-- service/settle_slo.py): on_time or late when it settles, overdue when the
+-- periodic checks find it unsettled past SETTLE_SLO_S; not_judged: in flight
+-- when 0011 ran.
+CREATE TABLE IF NOT EXISTS settle_slo_results (
+    queue_id   uuid PRIMARY KEY REFERENCES order_queues (id),
+    policy     text NOT NULL,
+    result     text NOT NULL CHECK (result IN ('on_time', 'late', 'overdue', 'not_judged')),
+    judged_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS settle_slo_results_judged ON settle_slo_results (judged_at);

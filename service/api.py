@@ -142,16 +142,28 @@ async def receive_webhook(request: Request) -> JSONResponse:
         log.warning("webhook from %s rejected: %s", provider, exc.reason)
         metrics.WEBHOOK_VERIFICATIONS.labels(provider, exc.reason).inc()
         raise BadRequest(status, "webhook_rejected", exc.reason) from None
-    await take_webhook_token(svc, provider)  # verified first: forgeries spend no token
-    logs.bind(task_id=notice.reference if _UUID.match(notice.reference) else None)
-    outcome = await svc.inbox.accept(
-        svc.runtime, provider, notice.webhook_id, notice.reference, body.decode()
-    )
-    fresh = outcome is not None  # None: a duplicate, stored and applied before
-    metrics.WEBHOOK_VERIFICATIONS.labels(provider, "accepted" if fresh else "duplicate").inc()
+    try:
+        fresh = await _store_webhook(svc, provider, notice.webhook_id, notice.reference, body)
+    except Exception as exc:  # a validly signed webhook we did not take: the SLO's bad event
+        code = f"{exc.status // 100}xx" if isinstance(exc, BadRequest) else "5xx"
+        metrics.WEBHOOK_ANSWERS.labels(provider, code).inc()
+        raise
+    metrics.WEBHOOK_ANSWERS.labels(provider, "2xx").inc()
     return JSONResponse(
         {"status": "accepted" if fresh else "duplicate"}, status_code=202 if fresh else 200
     )
+
+
+async def _store_webhook(
+    svc: Services, provider: str, webhook_id: str, reference: str, body: bytes
+) -> bool:
+    """A verified webhook, stored (and applied, or its job deferred); False: a duplicate."""
+    await take_webhook_token(svc, provider)  # verified first: forgeries spend no token
+    logs.bind(task_id=reference if _UUID.match(reference) else None)
+    outcome = await svc.inbox.accept(svc.runtime, provider, webhook_id, reference, body.decode())
+    fresh = outcome is not None  # None: a duplicate, stored and applied before
+    metrics.WEBHOOK_VERIFICATIONS.labels(provider, "accepted" if fresh else "duplicate").inc()
+    return fresh
 
 
 async def healthz(_request: Request) -> JSONResponse:

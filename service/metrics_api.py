@@ -50,4 +50,6 @@ async def metrics_endpoint(request: Request) -> Response:
     seen = {str(r["provider"]): STATE_VALUE[str(r["state"])] for r in circuits}
     for provider in services(request).providers:
         withdrawal_metrics.PROVIDER_CIRCUIT.labels(provider).set(seen.get(provider, 0))
+        for code in withdrawal_metrics.ANSWER_CLASSES:  # the webhook objective's series, at 0
+            withdrawal_metrics.WEBHOOK_ANSWERS.labels(provider, code)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -25,14 +25,14 @@ from activities.provider_config import ProviderConfig
 from activities.providers import ProviderAdapter
 from activities.withdrawal import WithdrawalActivities
 from engine.activity import Activity
-from engine.contracts import ShellJob
+from engine.contracts import ShellJob, TransitionListener
 from engine.db import Pool, open_pool
 from engine.engine import Engine, EngineHooks
 from engine.inline import InlineRunner
 from engine.jobs import build_app
 from engine.journal import Conn
 from engine.retry import CappedBackoff
-from engine.rows import TaskRow, column
+from engine.rows import QueueRow, TaskRow, column
 from engine.startup import load_definitions
 from engine.steps import Runtime, RuntimeOptions
 from service.approvals import close_stale
@@ -41,9 +41,9 @@ from service.notifications import CoreOutcomes
 from service.rollout import RolloutConfig, RolloutGate
 from service.routing import ProviderRouting
 from service.settings import Settings
+from service.settle_slo import SettleRecorder, count_overdue, settle_target_s
 from service.webhook_inbox import WebhookInbox
-from service.withdrawal_metrics import count_outcome
-from workflows.core import Storage
+from workflows.core import Event, Storage
 from workflows.withdrawal_events import Timing
 
 log = logging.getLogger("payment.wiring")
@@ -109,7 +109,9 @@ async def open_services(
         runner=_runner(settings, steps),
         notice=_outcome_notice(settings, outbound),
         options=_runtime_options(settings),
-        periodic_checks=_periodic_checks(providers, definitions.storage()),
+        periodic_checks=_periodic_checks(
+            providers, definitions.storage(), settle_target_s(settings, providers)
+        ),
         shell_jobs=shell_jobs,
     )
     gate = RolloutGate(
@@ -121,15 +123,17 @@ async def open_services(
 
 
 def _periodic_checks(
-    providers: dict[str, ProviderConfig], storage: Storage
+    providers: dict[str, ProviderConfig], storage: Storage, settle_s: float
 ) -> Callable[[Conn], Awaitable[None]]:
-    """The workers' `checks` job (every HEALTH_EVERY_S): the providers' circuits, then
-    the four-eyes proposals that expired or whose task moved on (service/approvals.py)."""
+    """The workers' `checks` job (every HEALTH_EVERY_S): the providers' circuits, the
+    four-eyes proposals that expired or whose task moved on (service/approvals.py),
+    and the withdrawals past their settle deadline (service/settle_slo.py)."""
     health = functools.partial(evaluate_health, health_rules(providers))
 
     async def checks(conn: Conn) -> None:
         await health(conn)
         await close_stale(conn, storage)
+        await count_overdue(conn, settle_s)
 
     return checks
 
@@ -181,9 +185,25 @@ def _engine_hooks(settings: Settings, providers: dict[str, ProviderConfig]) -> E
         settings.health_max_wait_s,
         probe_retry_s=settings.health_every_s,
     )
+    settle = SettleRecorder(settle_target_s(settings, providers))  # outcomes, cohorts, the SLO
     return EngineHooks(
-        context_for=timing_of, admission=routing, listener=HealthRecorder(), on_finish=count_outcome
+        context_for=timing_of,
+        admission=routing,
+        listener=_listeners(HealthRecorder(), settle.on_transition),
+        on_finish=settle.on_finish,
     )
+
+
+def _listeners(*listeners: TransitionListener) -> TransitionListener:
+    """The engine takes one listener: these, in order, in the transition's transaction."""
+
+    async def every(
+        conn: Conn, queue: QueueRow, task: TaskRow, event: Event, from_status: str, to_status: str
+    ) -> None:
+        for listener in listeners:
+            await listener(conn, queue, task, event, from_status, to_status)
+
+    return every
 
 
 def _activities(

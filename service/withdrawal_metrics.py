@@ -1,19 +1,59 @@
 """Prometheus metrics of the withdrawal service: outcomes, webhooks, routing, circuits.
 
 Per process, like engine/metrics.py (which says how they are summed); the gauges
-are computed from SQL by the API server only (service/metrics_api.py).
+are computed from SQL by the API server only (service/metrics_api.py). The
+outcome, cohort and settle-objective series are counted by service/settle_slo.py.
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
-from engine import commit_hooks
-from engine.journal import Conn
-from engine.rows import QueueRow
+# The rollout gate's policies (order_queues.policy); anything else is "other", so
+# that a label's values stay bounded whatever a future policy is called.
+POLICIES = ("single_shot", "cascade", "health_cascade", "other")
+FINAL_STATUSES = ("COMPLETED", "FAILED", "CANCELLED")
+SETTLE_RESULTS = ("on_time", "late", "overdue")  # late and overdue: the objective's bad events
+ANSWER_CLASSES = ("2xx", "4xx", "5xx")
+# Submission to final: seconds (a decline) to hours (a manual check), around the
+# 15-minute webhook SLA and the settle objective's 20 minutes.
+SETTLE_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 900, 1200, 1800, 3600, 7200, 21600, 86400)
+
+
+def policy_label(policy: object) -> str:
+    return str(policy) if policy in POLICIES else "other"
+
 
 WITHDRAWAL_OUTCOMES = Counter(
-    "withdrawal_outcomes_total", "Withdrawals reaching a final status", ["status"]
+    "withdrawal_outcomes_total", "Withdrawals reaching a final status", ["policy", "status"]
+)
+TIME_TO_FINAL = Histogram(
+    "withdrawal_time_to_final_seconds",
+    "Submission to final status, per withdrawal",
+    ["policy", "status"],
+    buckets=SETTLE_BUCKETS,
+)
+ATTEMPTS = Histogram(
+    "withdrawal_attempts",
+    "Providers tried (tasks started) per withdrawal, counted when it is final",
+    ["policy"],
+    buckets=(0, 1, 2, 3, 4, 5, 6, 8, 12, 16, 32),
+)
+MANUAL_CHECKS_ENTERED = Counter(
+    "withdrawal_manual_checks_total",
+    "Tasks sent to a person (MANUAL_CHECK), by their withdrawal's policy",
+    ["policy"],
+)
+SETTLE_SLO = Counter(
+    "withdrawal_settle_slo_total",
+    "Withdrawals counted against the settle objective (final or in manual check within"
+    " SETTLE_SLO_S): on_time, late (settled after it), overdue (unsettled past it)",
+    ["policy", "result"],
+)
+WEBHOOK_ANSWERS = Counter(
+    "webhook_answers_total",
+    "Webhooks that passed verification, by the class of our answer (2xx: stored)",
+    ["provider", "code"],
 )
 WEBHOOK_VERIFICATIONS = Counter(
     "webhook_verifications_total",
@@ -54,7 +94,11 @@ PROVIDER_CIRCUIT = Gauge(
     ["provider"],
 )
 
-
-async def count_outcome(conn: Conn, queue: QueueRow, status: str) -> None:
-    """The engine's FinishListener: a withdrawal's final status counts once it commits."""
-    commit_hooks.on_commit(lambda: WITHDRAWAL_OUTCOMES.labels(status).inc())
+# Every series a cohort or objective panel divides by exists from the start, at 0:
+# a ratio over a series never yet incremented would show nothing, not 0%.
+for _policy in POLICIES:
+    MANUAL_CHECKS_ENTERED.labels(_policy)
+    for _status in FINAL_STATUSES:
+        WITHDRAWAL_OUTCOMES.labels(_policy, _status)
+    for _result in SETTLE_RESULTS:
+        SETTLE_SLO.labels(_policy, _result)

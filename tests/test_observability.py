@@ -54,7 +54,8 @@ def test_metrics_after_a_scenario(client: StackClient, migrated_url: str) -> Non
     pairs = Counter((e["from_state"], e["to_state"]) for e in events if e["task_id"])
     for (src, dst), n in pairs.items():
         assert delta(after, before, "task_transitions_total", from_state=src, to_state=dst) == n
-    assert delta(after, before, "withdrawal_outcomes_total", status="COMPLETED") == 1
+    completed = {"policy": "cascade", "status": "COMPLETED"}  # the shared stack's rollout
+    assert delta(after, before, "withdrawal_outcomes_total", **completed) == 1
     assert (
         delta(
             after,

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from activities.standard_webhooks import new_secret, signed_headers
 from devstack.embedded import PROJECT_ROOT
@@ -159,8 +160,20 @@ def _webhook(stack: Stack, webhook_id: str, secret: str | None = None) -> httpx.
         return http.post("/webhooks/alpha", content=body, headers=headers)
 
 
+def _answered(stack: Stack) -> dict[str, float]:
+    """alpha's verified webhooks by the class of the API's answer (webhook_answers_total)."""
+    text = httpx.get(f"{stack.api_url}/metrics", timeout=5).text
+    return {
+        s.labels["code"]: s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "webhook_answers_total" and s.labels["provider"] == "alpha"
+    }
+
+
 def test_webhooks_over_the_provider_limit_are_429_and_not_stored(limited: Any) -> None:
     ids = [f"msg_limit_{uuid.uuid4().hex}" for _ in range(3 * WEBHOOK_BURST)]
+    before = _answered(limited)
     started = time.monotonic()
     answers = {webhook_id: _webhook(limited, webhook_id) for webhook_id in ids}
     elapsed = time.monotonic() - started
@@ -171,6 +184,10 @@ def test_webhooks_over_the_provider_limit_are_429_and_not_stored(limited: Any) -
     assert all(a.headers["Retry-After"] == "2" for a in refused)  # 1 / 0.5 per second
     # The bucket is empty now, yet a forgery is a 401: verified before a token is taken.
     assert _webhook(limited, "msg_forged", secret=new_secret()).status_code == 401
+    # The webhook objective's events: each verified one by our answer; a forgery is none.
+    after = _answered(limited)
+    assert after["2xx"] - before["2xx"] == len(accepted)
+    assert after["4xx"] - before["4xx"] == len(refused)
     with psycopg.connect(limited.database_url) as conn:
         rows = conn.execute(
             "SELECT webhook_id FROM webhook_inbox WHERE webhook_id = ANY(%s)", (ids,)
