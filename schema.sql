@@ -53,6 +53,8 @@ CREATE INDEX IF NOT EXISTS order_queues_active ON order_queues (created_at) WHER
 -- Final outcomes not yet told to cascade-core (the sweep's notification repair).
 CREATE INDEX IF NOT EXISTS order_queues_untold ON order_queues (finished_at)
     WHERE core_notified_at IS NULL AND status <> 'ACTIVE';
+-- The cohort guard's window: withdrawals by submission time (0012; service/cohort_guard.py).
+CREATE INDEX IF NOT EXISTS order_queues_created ON order_queues (created_at);
 
 -- One row per provider attempt. Columns after `version` are the machine's state.
 CREATE TABLE IF NOT EXISTS order_tasks (
@@ -114,6 +116,9 @@ CREATE TABLE IF NOT EXISTS order_task_events (
 );
 CREATE INDEX IF NOT EXISTS order_task_events_queue ON order_task_events (queue_id, id);
 CREATE INDEX IF NOT EXISTS order_task_events_task ON order_task_events (task_id, id);
+-- A withdrawal's entries into a manual check, for the cohort guard (0012).
+CREATE INDEX IF NOT EXISTS order_task_events_manual ON order_task_events (queue_id)
+    WHERE to_state = 'MANUAL_CHECK';
 
 CREATE OR REPLACE FUNCTION order_task_events_append_only() RETURNS trigger
 LANGUAGE plpgsql AS $$

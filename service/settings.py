@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     # and how long a withdrawal whose every provider is unhealthy may wait for one.
     health_every_s: int = Field(5, ge=1, le=59)
     health_max_wait_s: float = Field(900.0, ge=0)
+    # The cohort guard (service/cohort_guard.py): how often the workers' checks judge
+    # the cascade cohorts against single-shot (at most; one worker at a time).
+    guard_every_s: float = Field(30.0, gt=0)
     # The settle objective's deadline: final or in manual check this long after
     # submission (service/settle_slo.py); None: the longest webhook SLA plus 300 s.
     settle_slo_s: float | None = Field(None, gt=0)
