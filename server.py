@@ -26,6 +26,7 @@ from service.approvals_api import APPROVAL_ROUTES
 from service.config_api import CONFIG_ROUTES
 from service.console import CONSOLE_ROUTES
 from service.console_api_keys import API_KEY_PAGES
+from service.console_config import CONFIG_PAGES
 from service.edge import EXCEPTION_HANDLERS
 from service.metrics_api import metrics_endpoint
 from service.ops_api import CONTROL_ROUTES
@@ -54,6 +55,7 @@ def build_app(settings: Settings) -> Starlette:
             *API_KEY_ROUTES,
             *CONSOLE_ROUTES,
             *API_KEY_PAGES,
+            *CONFIG_PAGES,
         ]
     ]
     routes.append(Route("/metrics", metrics_endpoint, methods=["GET"]))
