@@ -28,6 +28,8 @@ from prometheus_client import Counter, Gauge
 
 from engine.journal import Conn
 from service.cohort_stats import REASONS, Arm, Finding, judge
+from service.config_store import VersionConflict
+from service.live_config import LiveConfig
 from service.rollout import CASCADE_COHORTS, CONTROL, GuardSettings, Policy, RolloutConfig
 
 log = logging.getLogger("payment.cohort_guard")
@@ -86,6 +88,17 @@ def export_moved_back(config: RolloutConfig) -> None:
     """The `cohort_moved_back` gauge, from the configuration this process has."""
     for cohort in CASCADE_COHORTS:
         MOVED_BACK.labels(cohort).set(int(is_moved_back(config, cohort)))
+
+
+def follow_moved_back(live: LiveConfig) -> None:
+    """Every process: export the gauge now and at each rollout version it applies."""
+
+    def changed(document: str, version: int) -> None:
+        if document == "rollout":
+            export_moved_back(live.rollout)
+
+    export_moved_back(live.rollout)
+    live.on_change.append(changed)
 
 
 # Per watched cohort, its arms: the cohort's own withdrawals (by `policy`: those
@@ -192,7 +205,7 @@ async def _move_back(
 
     try:
         version = await store.change_rollout(conn, change, actor=ACTOR, reason=reason)
-    except _AlreadyMovedBack:
+    except (_AlreadyMovedBack, VersionConflict):  # a conflict: judged again next run
         return None
     log.warning("rollout version %d: %s", version, reason)
     return Move(cohort, rule.fallback, found, version)

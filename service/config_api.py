@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse
 from engine.journal import Conn
 from service import config_store
 from service.api import services
+from service.cohort_guard_api import COHORT_ROUTES
 from service.config_models import ProviderChange, ProviderRemoval, RolloutChange
 from service.config_store import DOCUMENTS, Document, VersionConflict
 from service.config_views import history_view, version_view
@@ -167,4 +168,5 @@ CONFIG_ROUTES: list[tuple[str, Any, list[str]]] = [
     ("/ops/v1/config/rollout", change_rollout, ["PUT"]),
     ("/ops/v1/config/providers/{provider}", change_provider, ["PUT"]),
     ("/ops/v1/config/providers/{provider}/remove", remove_provider, ["POST"]),
+    *COHORT_ROUTES,  # restoring a cohort moved back (service/cohort_guard_api.py)
 ]

@@ -9,6 +9,9 @@ config rollout [--percent N] [--health-routing on|off] [--merchant ID=POLICY ...
 config provider NAME --file SETTINGS.json|.toml --reason TEXT
                                     add or replace one provider (credentials left out: kept)
 config remove-provider NAME --reason TEXT
+config restore COHORT --reason TEXT
+                                    a cohort moved back gets its own policy again (new
+                                    withdrawals; service/cohort_guard.py)
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from engine.journal import Conn
 from service import config_store
 from service.cli_identity import signed_in
+from service.cohort_guard import NotMovedBack, restore
 from service.config_store import DOCUMENTS
 from service.config_views import history_view, version_view
 from service.principals import ADMIN
@@ -46,7 +51,9 @@ def add_parser(sub: Any) -> None:
     provider.add_argument("--file", type=Path, required=True)
     remove = verbs.add_parser("remove-provider")
     remove.add_argument("name")
-    for changing in (rollout, provider, remove):
+    restore = verbs.add_parser("restore")
+    restore.add_argument("cohort", choices=[p.value for p in Policy])
+    for changing in (rollout, provider, remove, restore):
         changing.add_argument("--reason", required=True)
 
 
@@ -61,6 +68,8 @@ async def run(svc: Services, args: argparse.Namespace) -> list[dict[str, Any]]:
                     conn, lambda c: _rollout_edit(c, args), actor=person.actor, reason=args.reason
                 )
                 return [{"name": "rollout", "version": version}]
+            case "restore":
+                return [await _restore(svc, conn, person.actor, args)]
             case "provider":
                 config = parse_provider(
                     args.name, _settings(args.file), svc.providers.get(args.name)
@@ -90,6 +99,16 @@ async def _read(svc: Services, args: argparse.Namespace) -> list[dict[str, Any]]
         found = await config_store.history(conn, svc.live.scope, args.document, args.limit + 1)
     before_oldest = found[args.limit] if len(found) > args.limit else None
     return history_view(found[: args.limit], before_oldest)
+
+
+async def _restore(
+    svc: Services, conn: Conn, actor: str, args: argparse.Namespace
+) -> dict[str, Any]:
+    try:
+        version = await restore(conn, svc.live, Policy(args.cohort), actor, args.reason)
+    except NotMovedBack as exc:
+        raise SystemExit(f"error: {exc}") from None
+    return {"name": "rollout", "version": version}
 
 
 def _rollout_edit(config: RolloutConfig, args: argparse.Namespace) -> RolloutConfig:

@@ -39,6 +39,11 @@ class ProviderRemoval(_Why):
     """Withdrawals in flight keep the version they started with, the provider in it."""
 
 
+class CohortRestore(_Why):
+    """A cohort moved back (by the cohort guard or a person) gets its own policy again,
+    for new withdrawals (service/cohort_guard_api.py)."""
+
+
 class ConfigChanged(BaseModel):
     name: str
     version: int

@@ -19,6 +19,7 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from service import schemas as out
 from service.models import ID_PATTERN
 from service.openapi_operations import LINKS, OPERATIONS, Operation
+from service.rollout import Policy
 
 _REF = "#/components/schemas/{model}"
 _PATH_PARAMS: dict[str, dict[str, Any]] = {
@@ -31,6 +32,11 @@ _PATH_PARAMS: dict[str, dict[str, Any]] = {
     "dead_letter_id": {"type": "integer", "minimum": 1, "maximum": 10**18 - 1},
     "provider": {"type": "string", "description": "A configured provider's name"},
     "document": {"type": "string", "enum": ["rollout", "providers"]},
+    "cohort": {
+        "type": "string",
+        "enum": [p.value for p in Policy],
+        "description": "A rollout cohort (the policy the gate gives it)",
+    },
     "key_id": {"type": "string", "format": "uuid", "description": "An API key's id"},
     "proposal_id": {"type": "string", "format": "uuid", "description": "A four-eyes proposal's id"},
 }

@@ -95,6 +95,16 @@ CONFIG_OPERATIONS = [
         config.ProviderRemoval,
         errors=(409,),
     ),
+    Operation(
+        "post",
+        "/ops/v1/config/rollout/cohorts/{cohort}/restore",
+        "Give a cohort moved back (by the cohort guard or a person) its own policy again, for"
+        " new withdrawals (a new version); 409 when it is not moved back",
+        {200: config.ConfigChanged},
+        "ops",
+        config.CohortRestore,
+        errors=(409,),
+    ),
 ]
 
 

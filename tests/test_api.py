@@ -178,12 +178,14 @@ def test_openapi_describes_every_route_method_and_path_parameter(stack: Any) -> 
     from service.api import ROUTES
     from service.api_keys_api import API_KEY_ROUTES
     from service.approvals_api import APPROVAL_ROUTES
+    from service.config_api import CONFIG_ROUTES
     from service.ops_api import CONTROL_ROUTES
     from service.providers_api import PROVIDER_ROUTES
 
     document = httpx.get(f"{stack.api_url}/openapi.json").json()
     assert document["openapi"].startswith("3.1")
     routes = [*ROUTES, *CONTROL_ROUTES, *PROVIDER_ROUTES, *API_KEY_ROUTES, *APPROVAL_ROUTES]
+    routes += CONFIG_ROUTES  # the live configuration's, and restoring a cohort
     served = {(path, m.lower()) for path, _, methods in routes for m in methods}
     served.add(("/metrics", "get"))
     described = {(path, m) for path, ops in document["paths"].items() for m in ops}

@@ -60,7 +60,7 @@ def test_the_alert_rules_pass_promtool_check() -> None:
         [promtool(), "check", "rules", str(RULES)], capture_output=True, text=True
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 8 rules found" in done.stdout
+    assert "SUCCESS: 9 rules found" in done.stdout
 
 
 def test_the_alert_rules_pass_their_unit_tests() -> None:
