@@ -34,7 +34,7 @@ from service.rollout import CASCADE_COHORTS, CONTROL, GuardSettings, Policy, Rol
 
 log = logging.getLogger("payment.cohort_guard")
 ACTOR = "guard:cohort"
-_LOCK = 7_303_022  # one guard at a time, across workers (pg_try_advisory_xact_lock)
+_LOCK = 7_303_022  # one guard at a time, across workers (pg_try_advisory_lock)
 
 MOVES = Counter(
     "cohort_guard_moves_total",
@@ -170,7 +170,7 @@ class Move:
 
 async def check_cohorts(conn: Conn, store: RolloutStore) -> list[Move]:
     """One pass: every cohort whose guard is on and that is not moved back yet is
-    judged, and moved back when worse. The caller holds the lock and the transaction."""
+    judged, and moved back when worse. The caller holds the lock."""
     config = store.rollout
     rules = {c: config.guard_for(c) for c in CASCADE_COHORTS}
     watched = {
@@ -224,10 +224,16 @@ class CohortGuard:
         if self._last is not None and now - self._last < self.every_s:
             return []
         self._last = now
-        async with conn.transaction():
-            lock = await conn.execute("SELECT pg_try_advisory_xact_lock(%s) AS mine", (_LOCK,))
-            row = await lock.fetchone()
-            moves = await check_cohorts(conn, self.store) if row and row["mine"] else []
+        # A session lock, not a transaction's: each move commits on its own, as a
+        # person's change does, before this process's live configuration moves on.
+        lock = await conn.execute("SELECT pg_try_advisory_lock(%s) AS mine", (_LOCK,))
+        row = await lock.fetchone()
+        if not (row and row["mine"]):
+            return []  # another worker is at it
+        try:
+            moves = await check_cohorts(conn, self.store)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK,))
         for move in moves:  # committed: count them
             MOVES.labels(move.cohort, move.findings[0].what).inc()
         return moves

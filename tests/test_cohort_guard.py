@@ -189,6 +189,16 @@ async def test_the_guard_runs_at_most_every_every_s(conn: Conn) -> None:
     assert store.changes == []
 
 
+async def test_one_worker_at_a_time_runs_the_guard(url: str, conn: Conn) -> None:
+    await add(conn, CASCADE, 20, "FAILED")
+    await add(conn, SINGLE, 20)
+    store = FakeStore(RolloutConfig(guard=SMALL))
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as other:
+        await other.execute("SELECT pg_advisory_lock(7303022)")  # another worker's guard
+        assert await CohortGuard(store, every_s=0.0)(conn) == []
+    assert [m.cohort for m in await CohortGuard(store, every_s=0.0)(conn)] == [CASCADE]
+
+
 async def test_a_restore_is_audited_and_starts_a_fresh_window(url: str, conn: Conn) -> None:
     pool = await open_pool(url, max_size=1)
     live = LiveConfig(pool, url, "default")
