@@ -23,7 +23,7 @@ from service.models import BadRequest, parse_withdrawal, withdrawal_ident
 from service.openapi import for_providers
 from service.webhook_limits import take_webhook_token
 from service.wiring import Services
-from service.withdrawals import events_view, find_queue, submit, withdrawal_view
+from service.withdrawals import Rollout, events_view, find_queue, submit, withdrawal_view
 
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -84,13 +84,17 @@ async def create_withdrawal(request: Request) -> JSONResponse:
 
 async def _create(request: Request, svc: Services, caller: Caller) -> JSONResponse:
     body = await read_body(request, svc.settings.max_body_bytes)
-    withdrawal = parse_withdrawal(body, set(svc.providers), svc.settings.max_cascade)
+    # One reading of the live configuration decides it all: the providers checked are
+    # the version the withdrawal keeps, and the gate is the version in force now.
+    rollout = Rollout(svc.gate, svc.live.providers.version)
+    known = set(svc.live.providers.providers)
+    withdrawal = parse_withdrawal(body, known, svc.settings.max_cascade)
     caller.require_merchant(withdrawal.merchant_id)
     logs.bind(order_id=withdrawal.order_id, trace_id=trace_id_of(request))
     async with svc.pool.connection() as conn:
         trace_id = logs.current()["trace_id"]
         queue_id, created = await submit(
-            conn, svc.engine, withdrawal, trace_id, svc.gate, tracing.current_traceparent()
+            conn, svc.engine, withdrawal, trace_id, rollout, tracing.current_traceparent()
         )
         view = await withdrawal_view(conn, queue_id)
     logs.bind(queue_id=queue_id)
