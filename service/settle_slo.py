@@ -13,7 +13,7 @@ its primary key makes it once, whichever of the two comes first.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from activities.provider_config import ProviderConfig
@@ -70,7 +70,8 @@ class SettleRecorder:
     """The engine's FinishListener (`on_finish`) and a TransitionListener
     (`on_transition`); every count waits for the transaction's commit."""
 
-    def __init__(self, target_s: float) -> None:
+    def __init__(self, target_s: Callable[[], float]) -> None:
+        # A callable: the deadline follows the live providers' webhook SLAs.
         self.target_s = target_s
 
     async def on_finish(self, conn: Conn, queue: QueueRow, status: str) -> None:
@@ -101,7 +102,7 @@ class SettleRecorder:
     async def judge(self, conn: Conn, queue_id: str) -> dict[str, Any]:
         """Judges a settling withdrawal against the objective unless it was already
         (`judged`: on_time, late, or None); with its policy, age and attempts."""
-        params = {"id": queue_id, "target_s": self.target_s}
+        params = {"id": queue_id, "target_s": self.target_s()}
         found = await (await conn.execute(_SETTLE, params)).fetchone()
         assert found is not None, "the queue row is this transaction's"
         row = {**found, "policy": metrics.policy_label(found["policy"])}

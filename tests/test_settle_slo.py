@@ -96,7 +96,7 @@ def test_the_settle_deadline_is_the_longest_webhook_sla_plus_a_margin() -> None:
 
 async def _judge_and_roll_back(url: str, queue_id: str) -> list[str | None]:
     async with await psycopg.AsyncConnection.connect(url, row_factory=dict_row) as conn:
-        recorder = SettleRecorder(target_s=0.0)
+        recorder = SettleRecorder(target_s=lambda: 0.0)
         judged = [(await recorder.judge(conn, queue_id))["judged"] for _ in range(2)]
         await conn.rollback()
     return judged
