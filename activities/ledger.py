@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from enum import StrEnum
+from urllib.parse import urlencode
 
 from activities import metrics as activity_metrics
 from activities.http import OutboundHttp, call
@@ -48,6 +49,24 @@ class Hold:
     # the service has lost (a failover that lost commits). Not part of the hold's
     # idempotency: a replay without it is the same request.
     order_id: str | None = None
+
+
+@dataclass(frozen=True)
+class LedgerHold:
+    """A hold as the ledger lists it, for reconciliation."""
+
+    key: str
+    status: str  # frozen, committed, released, or void: a tombstone, nothing ever frozen
+    provider: str | None
+    currency: str | None
+    amount: str | None
+    order_id: str | None
+
+
+@dataclass(frozen=True)
+class HoldPage:
+    holds: list[LedgerHold]  # in byte order of key
+    next: str | None  # the `after` of the next page; None: this was the last
 
 
 class LedgerClient:
@@ -94,6 +113,15 @@ class LedgerClient:
             raise LedgerRefused("get", answer.status, answer.error_code)
         return _hold_status(answer.body)
 
+    async def hold_page(self, after: str | None, limit: int) -> HoldPage:
+        """The `limit` holds after key `after` (None: from the first), in byte order of
+        key (docs/protocols.md): a caller never holds more than a page of them."""
+        query = urlencode({"limit": limit} | ({"after": after} if after is not None else {}))
+        answer = await self._send("list", "GET", f"/v1/holds?{query}", None, {})
+        if answer.status != 200:
+            raise LedgerRefused("list", answer.status, answer.error_code)
+        return _hold_page(answer.body)
+
     async def _post(self, path: str, body: dict[str, str], extra: dict[str, str]) -> HttpAnswer:
         return await self._send(path.rsplit("/", 1)[-1], "POST", path, body, extra)
 
@@ -136,3 +164,20 @@ def _hold_status(body: dict[str, object]) -> str:
     if not isinstance(status, str):
         raise AmbiguousOutcome("ledger_hold_without_status")
     return status
+
+
+def _hold_page(body: dict[str, object]) -> HoldPage:
+    holds, cursor = body.get("holds"), body.get("next")
+    if not isinstance(holds, list) or not (cursor is None or isinstance(cursor, str)):
+        raise AmbiguousOutcome("ledger_unexpected_page")
+    return HoldPage([_listed_hold(h) for h in holds], cursor)
+
+
+def _listed_hold(hold: object) -> LedgerHold:
+    if not isinstance(hold, dict) or not isinstance(hold.get("key"), str) or not hold["key"]:
+        raise AmbiguousOutcome("ledger_unexpected_hold")
+    fields = [hold.get(name) for name in ("provider", "currency", "amount", "order_id")]
+    if not all(value is None or isinstance(value, str) for value in fields):
+        raise AmbiguousOutcome("ledger_unexpected_hold")
+    provider, currency, amount, order_id = fields
+    return LedgerHold(hold["key"], _hold_status(hold), provider, currency, amount, order_id)

@@ -30,6 +30,8 @@ log = logging.getLogger("sandbox.ledger")
 Handler = Callable[[Request], Awaitable[Response]]
 MAX_KEY_LENGTH = 200
 MAX_LATENCY_MS = 60_000
+MAX_PAGE = 1000  # holds in one page of the listing
+DEFAULT_PAGE = 500
 
 
 @dataclass
@@ -39,6 +41,9 @@ class Faults:
     seed: int | None = None
     rng: random.Random = field(default_factory=random.Random)
     error_after_rate: float = 0.0  # applied, then a 500 all the same: the ambiguous case
+    # The listing draws its faults from its own generator: a reconciliation reading
+    # it in the background must not shift a seeded fault sequence of the money calls.
+    listing_rng: random.Random = field(default_factory=random.Random)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -72,7 +77,7 @@ class Ledger:
             Route("/v1/holds/{key}/commit", v1(self.commit), methods=["POST"]),
             Route("/v1/holds/{key}/rollback", v1(self.rollback), methods=["POST"]),
             Route("/v1/holds/{key}", v1(self.get_hold), methods=["GET"]),
-            Route("/v1/holds", v1(self.list_holds), methods=["GET"]),
+            Route("/v1/holds", v1(self.list_holds, listing=True), methods=["GET"]),
             Route("/v1/balances", v1(self.balances), methods=["GET"]),
             Route(
                 "/_admin/balances/{provider}/{currency}",
@@ -95,20 +100,21 @@ class Ledger:
 
         return wrapped
 
-    def _guard(self, handler: Handler) -> Handler:
+    def _guard(self, handler: Handler, listing: bool = False) -> Handler:
         async def wrapped(request: Request) -> Response:
             if not bearer_ok(request, self.token):
                 return unauthorized()
             if self.faults.latency_ms:
                 await asyncio.sleep(self.faults.latency_ms / 1000)
             faults = self.faults
-            if faults.error_rate and faults.rng.random() < faults.error_rate:
+            rng = faults.listing_rng if listing else faults.rng
+            if faults.error_rate and rng.random() < faults.error_rate:
                 return error(503, "injected_fault", "fault injected by the sandbox")
             response = await _translate_errors(handler, request)
             if (
                 faults.error_after_rate
                 and response.status_code == 200
-                and faults.rng.random() < faults.error_after_rate
+                and rng.random() < faults.error_after_rate
             ):
                 return error(500, "injected_after_apply", "applied, then failed to answer")
             return response
@@ -158,8 +164,20 @@ class Ledger:
         return JSONResponse(hold.to_json())
 
     async def list_holds(self, request: Request) -> Response:
-        holds = await store.list_holds(self.pool)
-        return JSONResponse({"holds": [h.to_json() for h in holds]})
+        """Every hold; or, with `limit` or `after`, one page of them in byte order of
+        key, and `next`: the `after` of the next page (null after the last one)."""
+        params = request.query_params
+        if "limit" not in params and "after" not in params:  # the listing before paging
+            holds = await store.list_holds(self.pool)
+            return JSONResponse({"holds": [h.to_json() for h in holds]})
+        limit = _page_limit(params.get("limit"))
+        after = params.get("after", "")
+        if len(after) > MAX_KEY_LENGTH:
+            raise LedgerError(422, "invalid_request", "after is longer than any key")
+        # One more than asked: whether it comes says whether there is a next page.
+        page = await store.list_holds_page(self.pool, after, limit + 1)
+        cursor = page[limit - 1].key if len(page) > limit else None
+        return JSONResponse({"holds": [h.to_json() for h in page[:limit]], "next": cursor})
 
     async def balances(self, request: Request) -> Response:
         return JSONResponse({"balances": await store.list_balances(self.pool)})
@@ -192,7 +210,9 @@ class Ledger:
         if seed is not None and not is_int(seed):
             raise LedgerError(422, "invalid_request", "seed must be an integer")
         # A fresh seeded generator makes a fault sequence reproducible per PUT.
-        self.faults = Faults(float(rate), latency, seed, random.Random(seed), float(after))
+        self.faults = Faults(
+            float(rate), latency, seed, random.Random(seed), float(after), random.Random(seed)
+        )
         return JSONResponse(self.faults.to_json())
 
     async def get_faults(self, request: Request) -> Response:
@@ -205,6 +225,14 @@ class Ledger:
         self.faults = Faults()
         await store.reset(self.pool, self.initial)
         return JSONResponse({"reset": True})
+
+
+def _page_limit(text: str | None) -> int:
+    if text is None:
+        return DEFAULT_PAGE
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= MAX_PAGE:
+        raise LedgerError(422, "invalid_request", f"limit must be an integer in 1..{MAX_PAGE}")
+    return int(text)
 
 
 def _key(request: Request) -> str:

@@ -28,6 +28,9 @@ CREATE TABLE IF NOT EXISTS sandbox_ledger.holds (
 -- ledger database from before it gets it at the next start like a new one does.
 ALTER TABLE sandbox_ledger.holds ADD COLUMN IF NOT EXISTS order_id text;
 
+-- The paged listing walks the keys in byte order, whatever the database's collation.
+CREATE INDEX IF NOT EXISTS holds_key_bytes ON sandbox_ledger.holds (key COLLATE "C");
+
 CREATE TABLE IF NOT EXISTS sandbox_ledger.ops (
     id  bigserial   PRIMARY KEY,
     key text        NOT NULL,

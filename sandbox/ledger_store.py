@@ -31,6 +31,12 @@ _SELECT_HOLD_FOR_UPDATE = sql.SQL(
 _SELECT_HOLDS = sql.SQL("SELECT {} FROM sandbox_ledger.holds ORDER BY created_at, key").format(
     _HOLD_COLS
 )
+# A page of the listing: the keys after `after` in byte order (COLLATE "C", so the
+# order is the same in every database, and a client can reason about key ranges).
+_SELECT_PAGE = sql.SQL(
+    'SELECT {} FROM sandbox_ledger.holds WHERE key COLLATE "C" > %s'
+    ' ORDER BY key COLLATE "C" LIMIT %s'
+).format(_HOLD_COLS)
 _INSERT_HOLD = sql.SQL(
     "INSERT INTO sandbox_ledger.holds"
     " (key, provider, currency, amount_minor, status, request_hash, order_id)"
@@ -141,6 +147,13 @@ async def get_hold(pool: AsyncConnectionPool, key: str) -> Hold | None:
 async def list_holds(pool: AsyncConnectionPool) -> list[Hold]:
     async with pool.connection() as conn:
         cur = await conn.execute(_SELECT_HOLDS)
+        return [Hold.from_row(row) for row in await cur.fetchall()]
+
+
+async def list_holds_page(pool: AsyncConnectionPool, after: str, limit: int) -> list[Hold]:
+    """Up to `limit` holds whose keys follow `after` (every key follows "")."""
+    async with pool.connection() as conn:
+        cur = await conn.execute(_SELECT_PAGE, (after, limit))
         return [Hold.from_row(row) for row in await cur.fetchall()]
 
 
