@@ -9,8 +9,9 @@ approve PROPOSAL [--reason TEXT], reject PROPOSAL --reason TEXT
                       another person's proposal (approver)
 dlq                   dead letters not yet replayed
 replay ID
-reconcile             fetch the ledger's holds, report drift (exit 1 if any); a hold
-                      unknown to the service is named by its order_id, as the ledger has it
+reconcile             reconcile with the ledger now (the workers do every RECONCILE_EVERY_S),
+                      then list the open findings, with when each was first seen (exit 1
+                      if any); a hold unknown to the service is named by its order_id
 providers             each provider's circuit, recent outcomes, orders in flight, limits
 circuit PROVIDER open|closed|auto --reason TEXT
                       force a provider's circuit (audited), or give it back to health
@@ -43,6 +44,7 @@ from service.cli_identity import signed_in
 from service.four_eyes import FourEyesRules
 from service.models import BadRequest
 from service.principals import ADMIN, APPROVER, RESOLVER
+from service.reconciliation import ReconcileFailed, open_findings, reconciler_for
 from service.settings import Settings
 from service.wiring import Services, open_services
 from service.withdrawals import find_queue_id
@@ -88,33 +90,11 @@ async def timeline(svc: Services, ident: str) -> list[dict[str, Any]]:
 
 
 async def reconcile(svc: Services) -> list[dict[str, Any]]:
-    """Snapshot the ledger's holds into ledger_holds, then read v_ledger_drift."""
-    settings = svc.settings
-    headers = {"Authorization": f"Bearer {settings.ledger_token.get_secret_value()}"}
-    response = await svc.http.get(f"{settings.ledger_url.rstrip('/')}/v1/holds", headers=headers)
-    response.raise_for_status()
-    holds = response.json()["holds"]
-    async with svc.pool.connection() as conn, conn.transaction():
-        await conn.execute("DELETE FROM ledger_holds")
-        async with conn.cursor() as cur:
-            await cur.executemany(
-                "INSERT INTO ledger_holds (key, provider, currency, amount, status, order_id)"
-                " VALUES (%s, %s, %s, %s, %s, %s)",
-                [
-                    (
-                        h["key"],
-                        h.get("provider"),
-                        h.get("currency"),
-                        h.get("amount"),
-                        "void" if h.get("amount") is None else h["status"],
-                        # names the withdrawal behind a hold we do not know (a lost commit)
-                        h.get("order_id"),
-                    )
-                    for h in holds
-                ],
-            )
-        drift = await conn.execute("SELECT * FROM v_ledger_drift ORDER BY key")
-        return await drift.fetchall()
+    """A reconciliation run now (after the one a worker may be running), then the
+    findings left open, each with when a run first saw it (service/reconciliation.py)."""
+    await reconciler_for(svc.settings, svc.outbound).run(svc.pool, wait=True)
+    async with svc.pool.connection() as conn:
+        return await open_findings(conn)
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -265,6 +245,7 @@ def main() -> None:
         IllegalTransition,
         UnknownTask,
         BadRequest,
+        ReconcileFailed,
     ) as exc:
         sys.exit(f"error: {exc}")
 

@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     ledger_url: str = "http://127.0.0.1:8090/ledger"
     ledger_token: SecretStr = SecretStr("")
     ledger_timeout_s: float = 5.0
+    # Continuous reconciliation with the ledger (service/reconciliation.py): one worker
+    # runs it once the last run began this long ago; 0, or no LEDGER_TOKEN: off.
+    reconcile_every_s: int = Field(60, ge=0)
+    reconcile_page_size: int = Field(500, ge=1, le=1000)  # holds per ledger request
     rollout_file: Path | None = None
     rollout_cascade_percent: int | None = Field(None, ge=0, le=100)
     nats_url: str | None = None  # None: the JetStream bridge does not run

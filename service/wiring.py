@@ -38,6 +38,7 @@ from engine.steps import Runtime, RuntimeOptions
 from service.approvals import close_stale
 from service.health import HealthRecorder, evaluate_health, health_rules
 from service.notifications import CoreOutcomes
+from service.reconciliation import reconcile_jobs, when_due
 from service.rollout import RolloutConfig, RolloutGate
 from service.routing import ProviderRouting
 from service.settings import Settings
@@ -94,7 +95,7 @@ async def open_services(
     outbound = OutboundHttp(settings.ledger_timeout_s)  # the steps' calls
     adapters = build_adapters(providers, outbound)  # each provider's `adapter`, by name
     inbox = WebhookInbox(WebhookTranslator(adapters))  # stored rows: read by their adapter
-    shell_jobs = {"webhook": inbox.job()}
+    shell_jobs = {"webhook": inbox.job(), **reconcile_jobs(settings, outbound)}
     pool = await _open_pool(settings, pool_size + steps, serving_requests)
     app = _build_app(settings, 2 if serving_requests else pool_size, shell_jobs)
     await app.open_async()
@@ -109,8 +110,12 @@ async def open_services(
         runner=_runner(settings, steps),
         notice=_outcome_notice(settings, outbound),
         options=_runtime_options(settings),
-        periodic_checks=_periodic_checks(
-            providers, definitions.storage(), settle_target_s(settings, providers)
+        periodic_checks=when_due(
+            _periodic_checks(
+                providers, definitions.storage(), settle_target_s(settings, providers)
+            ),
+            app,
+            settings,
         ),
         shell_jobs=shell_jobs,
     )

@@ -108,7 +108,8 @@ def stack(
         'cascade_percent = 100\nhealth_routing = false\n[merchants]\nlegacy = "single_shot"\n'
         'routed = "health_cascade"\n'
     )
-    extra = {"OUTBOX_BATCH": "20", "ROLLOUT_FILE": str(rollout)}
+    # RECONCILE_EVERY_S: drift reaches /metrics in seconds (tests/test_reconciliation.py)
+    extra = {"OUTBOX_BATCH": "20", "ROLLOUT_FILE": str(rollout), "RECONCILE_EVERY_S": "1"}
     running = Stack(migrated_url, workdir, specs, nats_url=nats_server.url, extra_env=extra)
     running.start()
     try:
