@@ -45,6 +45,7 @@ PROMQL_WORDS = {
     "bool",
     "offset",
     "humanizeDuration",
+    "time",
 }
 
 
