@@ -56,8 +56,11 @@ lock: ## requirements.lock from pyproject.toml (hashes, every platform, Python 3
 	.venv-lock/bin/uv pip compile pyproject.toml --extra dev --generate-hashes --universal \
 		--python-version 3.11 -o requirements.lock
 
-demo: setup ## start everything embedded, run a batch of withdrawals, print outcomes
-	$(PY) -m sandbox.demo
+# Which market of config/markets/ the demo runs: default (the case study's table),
+# outage (the cheapest provider's bad hour). `python -m sandbox.demo --help` for more.
+SCENARIO ?= default
+demo: setup ## start everything embedded, run a batch of withdrawals, print outcomes (SCENARIO=name)
+	$(PY) -m sandbox.demo --scenario $(SCENARIO)
 
 run: setup ## API + worker(s) against DATABASE_URL / NATS_URL (embedded when unset)
 	$(PY) -m service.run

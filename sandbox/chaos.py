@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 
 from sandbox.client import StackClient
-from sandbox.demo import eligible_cascade
+from sandbox.scenarios import eligible_cascade
 from sandbox.servers import NatsServer, RestartablePostgres
 from sandbox.stack import Stack
 

@@ -1,15 +1,16 @@
 """`make demo`: the cascade's lift over single-shot, on a simulated provider market.
 
 Starts PostgreSQL and nats-server (embedded, unless DATABASE_URL / NATS_URL are
-set), the sandbox (ledger, cascade-core callback, the market of
-config/market.toml), the API and two workers. It then submits a batch of
-withdrawals in triples with the same amount and the same eligible cascade: one
-goes through the old single-shot path (merchant `legacy`, gated by the rollout
-gate), one through the plain cascade (merchant `modern`) and one through the
-health-aware cascade (merchant `health`), which skips a provider whose circuit
-is open. When every withdrawal is final or waiting for a person, it prints a
-table per policy, reconciles the ledger, and writes an HTML report (and, with
---json, the figures for a program).
+set), the sandbox (ledger, cascade-core callback, the market of a scenario:
+config/markets/NAME.toml, sandbox/scenarios.py), the API and two workers. It
+then submits a batch of withdrawals in triples with the same amount and the same
+eligible cascade: one goes through the old single-shot path (merchant `legacy`,
+gated by the rollout gate), one through the plain cascade (merchant `modern`)
+and one through the health-aware cascade (merchant `health`), which skips a
+provider whose circuit is open. When every withdrawal is final or waiting for a
+person, it prints a table per policy and the case study's figures beside its
+own, reconciles the ledger, and writes an HTML report (and, with --json, the
+figures for a program).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import os
 import random
 import sys
 import time
-import tomllib
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -30,11 +30,11 @@ from psycopg.conninfo import make_conninfo
 
 from devstack.embedded import PROJECT_ROOT, data_dir, database_url, start_embedded_nats
 from engine.migrations import migrate
-from sandbox import demo_report
+from sandbox import demo_report, scenarios
 from sandbox.client import StackClient, expected_ledger_ops
-from sandbox.stack import ProviderSpec, Stack
+from sandbox.scenarios import eligible_cascade, market_env, market_specs
+from sandbox.stack import Stack
 
-MARKET_FILE = PROJECT_ROOT / "config" / "market.toml"
 # Each submitted triple: the same withdrawal under each rollout policy.
 MERCHANTS = {"legacy": "single_shot", "modern": "cascade", "health": "health_cascade"}
 
@@ -46,38 +46,6 @@ def fresh_database(server_url: str, name: str) -> str:
     url = make_conninfo(server_url, dbname=name)
     migrate(url)
     return url
-
-
-def market_specs(market: dict[str, Any]) -> list[ProviderSpec]:
-    timing = {
-        "webhook_sla_s": market["webhook_sla_s"],
-        "recheck_base_s": 0.5,
-        "recheck_max_attempts": 4,
-        "recheck_cap_s": 4.0,
-    }
-    return [
-        ProviderSpec(
-            name,
-            behaviour="market",
-            market=spec["market"],
-            timing=timing,
-            health=market.get("health"),
-        )
-        for name, spec in market["providers"].items()
-    ]
-
-
-def market_env(market: dict[str, Any]) -> dict[str, str]:
-    """payment-service settings that follow the market's time compression."""
-    return {"HEALTH_MAX_WAIT_S": str(market.get("health_max_wait_s", 900))}
-
-
-def eligible_cascade(market: dict[str, Any], rng: random.Random) -> list[str]:
-    """Which providers cascade-core finds eligible, cheapest first (never empty)."""
-    providers = market["providers"]
-    chosen = [n for n, p in providers.items() if rng.random() < p.get("eligibility", 0.5)]
-    chosen = chosen or [min(providers, key=lambda n: providers[n]["market"]["fee_bps"])]
-    return sorted(chosen, key=lambda n: providers[n]["market"]["fee_bps"])
 
 
 def progress(url: str, total: int, started: float) -> tuple[int, int]:
@@ -126,7 +94,8 @@ def submit_batch(
 
 
 def run(args: argparse.Namespace) -> int:
-    market = tomllib.loads(Path(args.market).read_text())
+    scenario = scenario_of(args)
+    market = scenario.market
     rng = random.Random(args.seed)
     url = fresh_database(database_url(), args.database)
     nats_proc = None
@@ -138,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     for old in workdir.glob("*.log"):  # each run's logs only, not every run's
         old.unlink()
-    rollout.write_text("[merchants]\n" + "".join(f'{m} = "{p}"\n' for m, p in MERCHANTS.items()))
+    rollout.write_text(scenario.rollout_toml(MERCHANTS))
     stack = Stack(
         url,
         workdir,
@@ -155,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
             f"stack up: API {stack.api_url}, sandbox {stack.sandbox_url}, "
             f"{args.workers} workers, logs in {workdir}"
         )
-        return measure(stack, market, args, url, rng)
+        return measure(stack, scenario, args, url, rng)
     finally:
         stack.stop()
         if nats_proc is not None:
@@ -163,11 +132,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def measure(
-    stack: Stack, market: dict[str, Any], args: argparse.Namespace, url: str, rng: random.Random
+    stack: Stack,
+    scenario: scenarios.Scenario,
+    args: argparse.Namespace,
+    url: str,
+    rng: random.Random,
 ) -> int:
     client = StackClient(stack)
+    market = scenario.market
     started = time.monotonic()
     total = max(args.count // len(MERCHANTS), 1) * len(MERCHANTS)
+    print(f"scenario {scenario.name} ({scenario.path}): {scenario.demo.description or '-'}")
     print(
         f"submitting {total} withdrawals over {args.spread:.0f}s"
         " (a third each: single-shot, cascade, health-aware cascade)"
@@ -185,7 +160,9 @@ def measure(
     print(demo_report.table(stats, compression))
     verdict = "OK, 0 discrepancies" if drift == 0 else f"{drift} DISCREPANCIES"
     print(f"\nledger reconciliation: {verdict}")
-    write_reports(args, stats, durations, compression, drift, total, started)
+    print("\nthe case study's figures beside this run's:")
+    print(demo_report.comparison_table(stats))
+    write_reports(args, scenario, stats, durations, compression, drift, total, started)
     return 0 if drift == 0 and settled >= total else 1
 
 
@@ -204,6 +181,7 @@ def wait_until_settled(url: str, total: int, started: float, timeout: float) -> 
 
 def write_reports(
     args: argparse.Namespace,
+    scenario: scenarios.Scenario,
     stats: list[demo_report.PolicyStats],
     durations: dict[str, list[float]],
     compression: float,
@@ -222,7 +200,9 @@ def write_reports(
         {
             "withdrawals": total,
             "seed": args.seed,
-            "market": args.market,
+            "scenario": f"{scenario.name}: {scenario.demo.description or '-'}",
+            "fault": scenario.demo.fault or "none",
+            "market": str(scenario.path),
             "wall time": f"{time.monotonic() - started:.0f} s",
             "time compression": f"1 s = {compression:.0f} s real",
         },
@@ -231,7 +211,8 @@ def write_reports(
     if args.json:
         figures = {
             "seed": args.seed,
-            "market": args.market,
+            "scenario": scenario.name,
+            "market": str(scenario.path),
             "policies": {s.policy: s.to_json(compression) for s in stats},
         }
         Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
@@ -272,7 +253,12 @@ class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpF
     """The module's text as written, and every option's default."""
 
 
-def main() -> None:
+def scenario_of(args: argparse.Namespace) -> scenarios.Scenario:
+    """--market's file, else --scenario's (by name, under config/markets/)."""
+    return scenarios.load(Path(args.market) if args.market else scenarios.resolve(args.scenario))
+
+
+def arguments() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=_Help)
     parser.add_argument("--count", type=int, default=300, help="withdrawals (a third per policy)")
     parser.add_argument("--spread", type=float, default=60.0, help="seconds to submit over")
@@ -283,7 +269,13 @@ def main() -> None:
     parser.add_argument(
         "--timeout", type=float, default=180.0, help="seconds to wait for every withdrawal"
     )
-    parser.add_argument("--market", default=str(MARKET_FILE), help="the simulated market")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--scenario",
+        default=scenarios.DEFAULT_SCENARIO,
+        help=f"a market of config/markets/ by name: {', '.join(scenarios.names())}",
+    )
+    where.add_argument("--market", help="a market file of that shape, instead of a scenario")
     parser.add_argument("--database", default="payment_demo", help="recreated for each run")
     parser.add_argument("--each", action="store_true", help="print every withdrawal's path")
     parser.add_argument(
@@ -292,7 +284,17 @@ def main() -> None:
         help="the HTML report",
     )
     parser.add_argument("--json", help="also write the per-policy figures here, as JSON")
-    sys.exit(run(parser.parse_args()))
+    return parser
+
+
+def main() -> None:
+    parser = arguments()
+    args = parser.parse_args()
+    try:
+        scenario_of(args)  # a wrong name or a bad file: said before anything starts
+    except scenarios.ScenarioError as exc:
+        parser.error(str(exc))
+    sys.exit(run(args))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The demo's figures per rollout policy, as a table and as an HTML report."""
+"""The demo's figures per rollout policy, as a table and as an HTML report, with
+the case study's figures beside them."""
 
 from __future__ import annotations
 
@@ -119,6 +120,60 @@ def table(stats: list[PolicyStats], compression: float) -> str:
     return "\n".join(lines)
 
 
+# The case study's reported Result: withdrawal success 10-20% -> 50-60%,
+# a 3-5x lift, 3-5% manual checks, 0 balance discrepancies. Its cascade was the
+# plain one (no health routing). "Within" reads its claims as a reader would: the
+# cascade at 50-60% or better, manual checks at 3-5% or fewer.
+CASE_STUDY = ("case study", "10-20%", "50-60%", "3-5x", "3-5%", "0")
+COMPARISON_HEAD = ("", "single-shot", "cascade", "lift", "manual", "discrepancies")
+
+
+def outside_case_study(single: float, cascade: float, manual: float, drift: int = 0) -> list[str]:
+    """Which of a run's figures fall outside the case study's (none: it reproduces)."""
+    lift = cascade / single if single else float("inf")
+    checks = (
+        ("single-shot", 0.10 <= single <= 0.20),
+        ("cascade", cascade >= 0.50),
+        ("lift", 3 <= lift <= 5),
+        ("manual", manual <= 0.05),
+        ("discrepancies", drift == 0),
+    )
+    return [name for name, met in checks if not met]
+
+
+def comparison(stats: list[PolicyStats]) -> tuple[list[tuple[str, ...]], list[str]]:
+    """The case study's row and this run's (plain cascade, then health-aware), and
+    which of this run's figures fall outside the case study's."""
+    by = {s.policy: s for s in stats}
+    single = by.get("single_shot")
+    rows: list[tuple[str, ...]] = [CASE_STUDY]
+    outside: list[str] = []
+    for policy, label in (("cascade", "this run"), ("health_cascade", "health-aware")):
+        s = by.get(policy)
+        if s is None or single is None:
+            continue
+        lift = s.success / single.success if single.success else float("inf")
+        drift = s.discrepancies + single.discrepancies
+        figures = (single.success, s.success)
+        rows.append(
+            (label, *(f"{f:.1%}" for f in figures), f"{lift:.1f}x", f"{s.manual:.1%}", str(drift))
+        )
+        for what in outside_case_study(single.success, s.success, s.manual, drift):
+            name = what if what == "single-shot" else f"{label} {what}"
+            outside += [name] if name not in outside else []
+    return rows, outside
+
+
+def comparison_table(stats: list[PolicyStats]) -> str:
+    rows, outside = comparison(stats)
+    lines = [
+        f"{r[0]:<14} {r[1]:>11} {r[2]:>8} {r[3]:>6} {r[4]:>7} {r[5]:>13}"
+        for r in (COMPARISON_HEAD, *rows)
+    ]
+    verdict = f"outside the case study's figures: {', '.join(outside)}" if outside else ""
+    return "\n".join([*lines, verdict or "within the case study's figures"])
+
+
 def _real(seconds: float, compression: float) -> str:
     """Demo seconds as the real time they stand for."""
     real = seconds * compression
@@ -151,10 +206,22 @@ text-align:right}}table{{border-collapse:collapse}}tr:nth-child(even){{backgroun
 </head><body><h1>Single-shot vs durable cascade vs health-aware cascade</h1>
 <p>Same simulated provider market, same withdrawals, side by side. Ledger reconciliation:
 <b>{"OK, 0 discrepancies" if drift == 0 else f"{drift} DISCREPANCIES"}</b>.</p>
+<h2>Beside the case study</h2>{_case_study_html(stats)}
+<h2>Per policy</h2>
 <table><tr><th>policy</th><th>withdrawals</th><th>success</th><th>manual check</th>
 <th>failed</th><th>attempts / withdrawal</th><th>p50 to final</th><th>p95 to final</th></tr>
 {rows}</table><h2>Outcomes</h2>{bars}<h2>Time to success (real time)</h2>{cdf}
 <ul>{facts}</ul></body></html>""")
+
+
+def _case_study_html(stats: list[PolicyStats]) -> str:
+    cells, outside = comparison(stats)
+    rows = "".join(
+        "<tr>" + "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in row) + "</tr>"
+        for tag, row in (("th", COMPARISON_HEAD), *(("td", r) for r in cells))
+    )
+    met = "outside them: " + html.escape(", ".join(outside)) if outside else "within them"
+    return f"<table>{rows}</table><p>This run's figures are {met}.</p>"
 
 
 def _bars(stats: list[PolicyStats], colors: dict[str, str]) -> str:

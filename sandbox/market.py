@@ -128,3 +128,40 @@ def parse_market(raw: Any, where: str) -> MarketModel:
     if model.outage_mode not in OUTAGE_MODES:
         raise MarketError(f"{where}.market: outage_mode must be one of {sorted(OUTAGE_MODES)}")
     return model
+
+
+# The top-level keys of a market file (config/markets/*.toml), besides [providers];
+# [demo] is the demo's own (sandbox/scenarios.py) and [health] payment-service's.
+MARKET_FILE_KEYS = frozenset(
+    {"market_seed", "time_compression", "webhook_sla_s", "health", "health_max_wait_s", "demo"}
+)
+
+
+def parse_market_file(raw: dict[str, Any]) -> dict[str, MarketModel]:
+    """A whole market file's providers, checked: each has an eligibility (the share of
+    withdrawals cascade-core finds it eligible for) and a valid market table. A typo
+    in a calibrated file must fail loudly, not quietly fall back to a default."""
+    unknown = set(raw) - MARKET_FILE_KEYS - {"providers"}
+    if unknown:
+        raise MarketError(f"unknown top-level keys {sorted(unknown)}")
+    if not isinstance(raw.get("market_seed", 1), int):
+        raise MarketError("market_seed must be an integer")
+    if "webhook_sla_s" not in raw:  # every provider's SLA: no default would suit them all
+        raise MarketError("webhook_sla_s is required")
+    for key in ("time_compression", "webhook_sla_s", "health_max_wait_s"):
+        value = raw.get(key, 1)
+        if not isinstance(value, int | float) or value <= 0:
+            raise MarketError(f"{key} must be a positive number")
+    providers = raw.get("providers")
+    if not isinstance(providers, dict) or not providers:
+        raise MarketError("[providers] must be a non-empty table")
+    models = {}
+    for name, spec in providers.items():
+        where = f"providers.{name}"
+        if not isinstance(spec, dict) or set(spec) - {"eligibility", "market"}:
+            raise MarketError(f"{where}: only eligibility and a market table")
+        eligibility = spec.get("eligibility", 0.5)
+        if not isinstance(eligibility, int | float) or not 0 <= eligibility <= 1:
+            raise MarketError(f"{where}.eligibility must be within 0..1")
+        models[name] = parse_market(spec.get("market"), where)
+    return models

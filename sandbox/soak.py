@@ -1,7 +1,8 @@
 """`make soak`: a seeded chaos soak of the whole stack, with every fault at once.
 
 Its own PostgreSQL (embedded, in a temporary directory: it is crashed) and its
-own nats-server; the sandbox ledger and the market of config/market.toml plus a
+own nats-server; the sandbox ledger and the market of config/markets/outage.toml
+(the demo's outage scenario: the bad hour is one more fault) plus a
 provider whose creates hang; the API and workers under a supervisor. While the
 withdrawals go in, it SIGKILLs workers on a schedule (the supervisor starts
 replacements), crashes PostgreSQL in immediate mode and starts it again, makes
@@ -30,9 +31,9 @@ import psycopg
 from engine.migrations import migrate
 from sandbox.chaos import Chaos, Plan, submit_all
 from sandbox.client import StackClient
-from sandbox.demo import MARKET_FILE, market_env, market_specs
 from sandbox.ha_cluster import HaCluster
 from sandbox.ha_probe import HaProbe
+from sandbox.scenarios import market_env, market_specs, resolve
 from sandbox.servers import NatsServer, RestartablePostgres
 from sandbox.soak_ha import Core, Failovers, ha_database
 from sandbox.soak_report import Run, report
@@ -196,7 +197,7 @@ def main() -> None:
     parser.add_argument("--spread", type=float, default=240.0, help="seconds to submit over")
     parser.add_argument("--seed", type=int, default=20261126)
     parser.add_argument("--quiet-timeout", type=float, default=300.0)
-    parser.add_argument("--market", default=str(MARKET_FILE))
+    parser.add_argument("--market", default=str(resolve("outage")))
     parser.add_argument(
         "--ha",
         choices=("sync", "lossy"),

@@ -13,6 +13,7 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 
 from devstack.embedded import database_url
+from sandbox.demo_report import PolicyStats, comparison_table
 from sandbox.stack import ROOT
 
 
@@ -31,7 +32,9 @@ def test_small_demo_reconciles_and_settles_every_withdrawal(tmp_path: Path) -> N
         }
         assert set(rows) == {"cascade", "health_cascade", "single_shot"}
         figures = json.loads((tmp_path / "figures.json").read_text())
-        assert set(figures) == {"seed", "market", "policies"}
+        assert set(figures) == {"seed", "scenario", "market", "policies"}
+        assert figures["scenario"] == "default"
+        assert re.search(r"^case study\s+10-20%\s+50-60%\s+3-5x\s+3-5%\s+0$", done.stdout, re.M)
         assert set(figures["policies"]) == {"single_shot", "cascade", "health_cascade"}
         for policy in figures["policies"].values():
             assert set(policy) >= {
@@ -46,7 +49,8 @@ def test_small_demo_reconciles_and_settles_every_withdrawal(tmp_path: Path) -> N
                 "discrepancies",
             }
             assert (policy["withdrawals"], policy["discrepancies"]) == (8, 0)
-        assert "Single-shot vs durable cascade" in report.read_text()
+        page = report.read_text()
+        assert "Single-shot vs durable cascade" in page and "Beside the case study" in page
         url = make_conninfo(database_url(), dbname=name)
         with psycopg.connect(url) as conn:
             unsettled = conn.execute(
@@ -67,6 +71,22 @@ def test_small_demo_reconciles_and_settles_every_withdrawal(tmp_path: Path) -> N
     finally:
         with psycopg.connect(database_url(), autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_the_case_studys_figures_are_printed_beside_the_runs() -> None:
+    def stats(policy: str, success: float, manual: float = 0.02) -> PolicyStats:
+        return PolicyStats(policy, 100, success, manual, 1 - success - manual, 0, 2, 1, 2, 1, 2)
+
+    within = comparison_table([stats("cascade", 0.6), stats("single_shot", 0.15)])
+    assert within.splitlines()[1:] == [
+        "case study          10-20%   50-60%   3-5x    3-5%             0",
+        "this run             15.0%    60.0%   4.0x    2.0%             0",
+        "within the case study's figures",
+    ]
+    outage = [stats("cascade", 0.52), stats("health_cascade", 0.52), stats("single_shot", 0.04)]
+    assert comparison_table(outage).splitlines()[-1] == (
+        "outside the case study's figures: single-shot, this run lift, health-aware lift"
+    )
 
 
 OUTCOMES = """

@@ -1,13 +1,20 @@
-"""The sandbox's provider market model: seeded, bounded, calibrated by its rates."""
+"""The sandbox's provider market model: seeded, bounded, calibrated by its rates;
+and the demo's scenarios, one market file each."""
 
 from __future__ import annotations
 
 import random
+import tomllib
 from collections import Counter
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from sandbox.market import MarketError, MarketModel, draw, parse_market
+from sandbox import demo, scenarios
+from sandbox.calibrate import predict
+from sandbox.demo import MERCHANTS
+from sandbox.market import MarketError, MarketModel, draw, parse_market, parse_market_file
 
 
 def test_approval_swings_within_bounds() -> None:
@@ -51,3 +58,83 @@ def test_draws_are_repeatable_with_a_seed() -> None:
 def test_bad_market_tables_are_refused(raw: object) -> None:
     with pytest.raises(MarketError):
         parse_market(raw, "providers.x")
+
+
+# The demo's scenarios (config/markets/*.toml, sandbox/scenarios.py): each file a
+# valid market, found by name, and the default one calibrated to the case study.
+
+
+@pytest.mark.parametrize("name", scenarios.names())
+def test_each_scenario_file_is_a_valid_market(name: str) -> None:
+    scenario = scenarios.load(scenarios.resolve(name))
+    models = parse_market_file(scenario.market)
+    assert scenario.name == name
+    assert models and scenario.market["webhook_sla_s"] > 0
+    assert tomllib.loads(scenario.rollout_toml(MERCHANTS))["merchants"] == MERCHANTS
+
+
+def test_the_scenarios_the_demo_documents_are_there() -> None:
+    assert {"default", "outage"} <= set(scenarios.names())
+    assert scenarios.DEFAULT_SCENARIO == "default"
+
+
+def test_scenario_names_resolve_and_the_market_option_takes_a_file(tmp_path: Path) -> None:
+    parser = demo.arguments()
+    assert demo.scenario_of(parser.parse_args([])).name == "default"
+    outage = demo.scenario_of(parser.parse_args(["--scenario", "outage"]))
+    assert outage.path == scenarios.MARKETS_DIR / "outage.toml"
+    copy = tmp_path / "mine.toml"
+    copy.write_text(outage.path.read_text())
+    assert demo.scenario_of(parser.parse_args(["--market", str(copy)])).path == copy
+    with pytest.raises(scenarios.ScenarioError, match="one of default, "):
+        demo.scenario_of(parser.parse_args(["--scenario", "nope"]))
+    with pytest.raises(SystemExit):  # one or the other
+        parser.parse_args(["--scenario", "outage", "--market", str(copy)])
+
+
+def test_the_outage_scenario_is_the_default_market_plus_the_outage() -> None:
+    """Two files, one calibration: only cheapo's outage and the [demo] table differ."""
+    default, outage = (scenarios.load(scenarios.resolve(n)).market for n in ("default", "outage"))
+    cheapo = outage["providers"]["cheapo"]["market"]
+    outage_keys = {k for k in cheapo if k.startswith("outage_")}
+    assert outage_keys >= {"outage_start_s", "outage_end_s"}
+    for key in outage_keys:
+        del cheapo[key]
+    assert {**outage, "demo": None} == {**default, "demo": None}
+
+
+def test_the_default_market_reproduces_the_case_study_at_the_documented_seeds() -> None:
+    """The figures the README shows (seeds 7, 42, 101), predicted from the market's
+    draws (sandbox/calibrate.py; the demo measures the same), and on average."""
+    market = scenarios.load(scenarios.resolve("default")).market
+    for seed in (7, 42, 101):
+        predicted = predict(market, seed)
+        assert predicted.within_case_study(), predicted
+    sweep = [predict(market, seed) for seed in range(1, 41)]
+    mean = {k: sum(getattr(p, k) for p in sweep) / len(sweep) for k in ("single_shot", "cascade")}
+    assert 0.13 <= mean["single_shot"] <= 0.18 and mean["cascade"] >= 0.55, mean
+    assert sum(p.within_case_study() for p in sweep) >= 0.6 * len(sweep)
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        ({"demo": {"nope": 1}}, r"\[demo\]: unknown keys"),
+        ({"demo": {"rollout": {"cascade_percent": 150}}}, "cascade_percent"),
+        ({"health": {"window_s": -1}}, "window_s"),
+        ({"colour": "blue"}, "unknown top-level keys"),
+        ({"providers": {"x": {"eligibility": 2, "market": {}}}}, "eligibility"),
+    ],
+)
+def test_a_bad_scenario_file_is_refused(tmp_path: Path, change: dict[str, Any], error: str) -> None:
+    market = {**scenarios.load(scenarios.resolve("default")).market, **change}
+    path = tmp_path / "bad.toml"
+    path.write_text(scenarios.to_toml(market))
+    with pytest.raises(scenarios.ScenarioError, match=error):
+        scenarios.load(path)
+
+
+def test_a_scenarios_rollout_settings_go_over_the_demos_merchants() -> None:
+    rollout = {"cascade_percent": 50, "guard": {"min_sample": 30}, "merchants": {"x": "cascade"}}
+    written = tomllib.loads(scenarios.to_toml(scenarios.rollout_document(MERCHANTS, rollout)))
+    assert written == {**rollout, "merchants": {**MERCHANTS, "x": "cascade"}}
