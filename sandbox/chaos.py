@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 
+from sandbox.chaos_config import ConfigChanges
 from sandbox.client import StackClient
 from sandbox.scenarios import eligible_cascade
 from sandbox.servers import NatsServer, RestartablePostgres
@@ -146,6 +147,7 @@ class Chaos:
         self.kills = self.pg_restarts = self.webhooks_resent = self.unexpected_exits = 0
         self.api_kills = self.kills_skipped = 0
         self.cancels = 0  # set by the caller from submit_all
+        self.config = ConfigChanges(stack, client, random.Random(plan.seed + 3))
         self.database_fault = database_fault or self._crash_postgres
         self._killed: set[int] = set()
         self._supervising = threading.Event()
@@ -161,6 +163,7 @@ class Chaos:
             for k in range(self.plan.pg_restarts)
         ]
         faults.append((spread * 0.4, "nats"))
+        faults += [(spread * 0.25, "config"), (spread * 0.65, "config")]
         t = self.rng.uniform(1, self.plan.kill_every_s)
         while t < spread:
             faults.append((t, "kill"))
@@ -194,6 +197,8 @@ class Chaos:
             elif fault == "pg":
                 self.database_fault()
                 self.pg_restarts += 1
+            elif fault == "config":
+                self.config.change()
             else:
                 outage = threading.Thread(target=self._nats_outage, name="nats-outage")
                 outage.start()

@@ -106,6 +106,10 @@ def figures(
         *(ha_figures(*ha) if ha else []),
         ("nats-server outage, s", run.plan.nats_down_s),
         ("stale or duplicate webhooks resent", chaos.webhooks_resent),
+        (
+            "live configuration changes applied (refused)",
+            f"{chaos.config.applied} ({chaos.config.refused})",
+        ),
         ("cancels by cascade-core", chaos.cancels),
         *((f"manual check: {cause}", n) for cause, n in manual.items()),
         ("wall time, s", f"{wall:.0f}"),
