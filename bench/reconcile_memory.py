@@ -39,7 +39,6 @@ from activities.http import OutboundHttp
 from activities.ledger import LedgerClient
 from activities.standard_webhooks import new_secret
 from devstack.embedded import PROJECT_ROOT, database_url, free_port
-from engine.db import Pool, open_pool
 from engine.migrations import migrate
 from sandbox.stack import LEDGER_TOKEN, wait_until
 from service.reconciliation import Reconciler, RunResult
@@ -113,20 +112,19 @@ async def measured(what: Callable[[], Awaitable[Any]], trace: bool) -> tuple[Any
 
 
 async def bench(url: str, sandbox: str, page: int, sandbox_pid: int) -> None:
-    pool = await open_pool(url, max_size=2)
     outbound = OutboundHttp(30.0)
-    reconciler = Reconciler(LedgerClient(outbound, f"{sandbox}/ledger", LEDGER_TOKEN), page)
+    ledger = LedgerClient(outbound, f"{sandbox}/ledger", LEDGER_TOKEN)
+    reconciler = Reconciler(ledger, page, url)
     try:
-        await runs(reconciler, pool)
+        await runs(reconciler)
         print(f"the sandbox ledger's process: peak RSS {peak_rss_of(sandbox_pid):.0f} MiB")
         await contrast(sandbox)
         print(f"  and its peak RSS after it: {peak_rss_of(sandbox_pid):.0f} MiB")
     finally:
         await outbound.aclose()
-        await pool.close()
 
 
-async def runs(reconciler: Reconciler, pool: Pool) -> None:
+async def runs(reconciler: Reconciler) -> None:
     before = rss_mib()
     print(f"this process: RSS {before:.0f} MiB before the runs")
     for label, trace in (
@@ -134,7 +132,7 @@ async def runs(reconciler: Reconciler, pool: Pool) -> None:
         ("second run (nothing changed)", False),
         ("third run, under tracemalloc", True),
     ):
-        result, took, heap = await measured(lambda: reconciler.run(pool), trace)
+        result, took, heap = await measured(reconciler.run, trace)
         assert isinstance(result, RunResult)
         print(
             f"{label}: {result.holds:,} holds in {took:.1f} s"

@@ -92,7 +92,7 @@ async def timeline(svc: Services, ident: str) -> list[dict[str, Any]]:
 async def reconcile(svc: Services) -> list[dict[str, Any]]:
     """A reconciliation run now (after the one a worker may be running), then the
     findings left open, each with when a run first saw it (service/reconciliation.py)."""
-    await reconciler_for(svc.settings, svc.outbound).run(svc.pool, wait=True)
+    await reconciler_for(svc.settings, svc.outbound).run(wait=True)
     async with svc.pool.connection() as conn:
         return await open_findings(conn)
 

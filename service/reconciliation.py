@@ -32,12 +32,12 @@ from typing import Any
 import procrastinate
 import psycopg
 from procrastinate.exceptions import AlreadyEnqueued
+from psycopg.rows import dict_row
 
 from activities.http import OutboundHttp
 from activities.ledger import HoldPage, LedgerClient, LedgerRefused
 from activities.outcomes import AmbiguousOutcome
 from engine.contracts import ShellJob
-from engine.db import Pool
 from engine.journal import Conn
 from engine.steps import Runtime
 from service import reconciliation_sql as q
@@ -61,29 +61,33 @@ class RunResult:
 
 
 class Reconciler:
-    def __init__(self, ledger: LedgerClient, page_size: int) -> None:
+    def __init__(self, ledger: LedgerClient, page_size: int, conninfo: str) -> None:
         self._ledger = ledger
         self._page_size = page_size
+        self._conninfo = conninfo  # the database's (the lock's own connection)
 
-    async def run(self, pool: Pool, wait: bool = False) -> RunResult | None:
-        """One run; None when another is going on (`wait`: wait for it, then run)."""
-        async with pool.connection() as conn:
-            lock = q.LOCK_WAIT if wait else q.LOCK_TRY
-            row = await (await conn.execute(lock, (RECONCILE_LOCK,))).fetchone()
-            if row is None or row["locked"] is False:
-                return None
-            try:
+    async def run(self, wait: bool = False) -> RunResult | None:
+        """One run; None when another is going on (`wait`: wait for it, then run).
+        The lock is its own connection's, closed at the end however the run ends: a
+        pooled one could go back to the pool still holding it."""
+        try:
+            conn = await psycopg.AsyncConnection.connect(
+                self._conninfo, autocommit=True, row_factory=dict_row
+            )
+            async with conn:
+                lock = q.LOCK_WAIT if wait else q.LOCK_TRY
+                row = await (await conn.execute(lock, (RECONCILE_LOCK,))).fetchone()
+                if row is None or row["locked"] is False:
+                    return None
                 return await self._locked_run(conn)
-            finally:
-                # A broken connection has released the lock with its session.
-                with contextlib.suppress(psycopg.Error):
-                    await conn.execute("SELECT pg_advisory_unlock(%s)", (RECONCILE_LOCK,))
+        except psycopg.Error as exc:  # before the run began, or after it was recorded
+            raise ReconcileFailed(f"database: {type(exc).__name__}: {exc}") from exc
 
     async def job(self, runtime: Runtime, **_: object) -> None:
         """The `reconcile` job: a failed run is recorded and logged, never retried:
         the next one is due a period later anyway."""
         try:
-            result = await self.run(runtime.pool)
+            result = await self.run()
         except ReconcileFailed as exc:
             log.warning("ledger reconciliation failed: %s", exc)
             return
@@ -181,7 +185,7 @@ def enabled(settings: Settings) -> bool:
 def reconciler_for(settings: Settings, outbound: OutboundHttp) -> Reconciler:
     token = settings.ledger_token.get_secret_value()
     ledger = LedgerClient(outbound, settings.ledger_url, token)
-    return Reconciler(ledger, settings.reconcile_page_size)
+    return Reconciler(ledger, settings.reconcile_page_size, settings.database_url)
 
 
 def reconcile_jobs(settings: Settings, outbound: OutboundHttp) -> dict[str, ShellJob]:
