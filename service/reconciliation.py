@@ -121,20 +121,21 @@ class Reconciler:
         read = 0
         while True:
             page = await self._ledger.hold_page(after, self._page_size)
-            _check_order(page, done_up_to)
+            _check_page(page, done_up_to, after)
             async with conn.transaction():
                 await _store_page(conn, page, done_up_to)
             read += len(page.holds)
             if page.next is None:
                 return read
-            if not page.holds or page.next == after:
-                raise ReconcileFailed("the ledger's listing gave no holds, and a next page")
             after, done_up_to = page.next, page.holds[-1].key
 
 
-def _check_order(page: HoldPage, after_key: str | None) -> None:
-    """The deletion of a page's range is only right if the keys come in byte order
+def _check_page(page: HoldPage, after_key: str | None, cursor: str | None) -> None:
+    """A page that would not move the listing on, or whose keys are out of byte
+    order, stops the run: the deletion of a page's range is only right in byte order
     (a Python str compares by code point, which is UTF-8's byte order)."""
+    if page.next is not None and (not page.holds or page.next == cursor):
+        raise ReconcileFailed("the ledger's listing gave a next page, and no progress")
     keys = [hold.key for hold in page.holds]
     first = [after_key] if after_key is not None else []
     previous = [*first, *keys]

@@ -14,10 +14,13 @@ from typing import Any
 
 import httpx
 import psycopg
+import pytest
 from psycopg.rows import dict_row
 
+from activities.ledger import HoldPage, LedgerHold
 from sandbox.client import StackClient
 from sandbox.stack import ROOT, wait_until
+from service.reconciliation import ReconcileFailed, _check_page
 from tests.conftest import executing_at_alpha
 
 PAGE = 7  # small, so that a few dozen holds make several pages
@@ -77,6 +80,25 @@ def test_the_ledger_lists_its_holds_in_pages_in_byte_order_of_key(client: StackC
     ]
     refused = client.sandbox.get("/ledger/v1/holds", params={"limit": 0})
     assert refused.status_code == 422 and refused.json()["error"]["code"] == "invalid_request"
+
+
+def test_a_page_out_of_byte_order_or_that_does_not_move_on_stops_the_run() -> None:
+    """The run deletes what a page's key range lacks: only right in byte order."""
+
+    def page(keys: list[str], cursor: str | None) -> HoldPage:
+        holds = [LedgerHold(k, "frozen", "alpha", "EUR", "1.00", None) for k in keys]
+        return HoldPage(holds, cursor)
+
+    _check_page(page(["B", "a", "é"], "é"), None, None)  # byte order, not a locale's
+    _check_page(page([], None), "é", "é")  # the end
+    for bad, after_key, cursor in (
+        (page(["a", "B"], "B"), None, None),  # out of order
+        (page(["a"], None), "b", "b"),  # behind the previous page
+        (page([], "x"), "b", "b"),  # a next page, and nothing on this one
+        (page(["c"], "b"), "b", "b"),  # the same cursor again
+    ):
+        with pytest.raises(ReconcileFailed):
+            _check_page(bad, after_key, cursor)
 
 
 def test_a_run_pages_through_the_ledger_and_rewrites_only_what_changed(
