@@ -47,7 +47,12 @@ CREATE TABLE IF NOT EXISTS order_queues (
     -- workflows/registry.py). Columns added by a migration come last here too.
     workflow_version integer NOT NULL DEFAULT 1,
     -- the W3C trace context of its submission, parent of its steps' spans (0004)
-    traceparent      text
+    traceparent      text,
+    -- what it started with and keeps (0009; service/live_config.py): the cohort the
+    -- gate put it in before any moving back, and the configuration versions
+    cohort           text,
+    rollout_version  integer,
+    providers_version integer
 );
 CREATE INDEX IF NOT EXISTS order_queues_active ON order_queues (created_at) WHERE status = 'ACTIVE';
 -- Final outcomes not yet told to cascade-core (the sweep's notification repair).
@@ -81,6 +86,7 @@ CREATE TABLE IF NOT EXISTS order_tasks (
     last_reason      text,
     created_at       timestamptz NOT NULL DEFAULT now(),
     updated_at       timestamptz NOT NULL DEFAULT now(),
+    providers_version integer,  -- its withdrawal's (0009)
     UNIQUE (queue_id, position),
     -- Money invariants the database can hold on its own:
     CONSTRAINT committed_iff_succeeded CHECK ((status = 'SUCCEEDED') = (funds = 'COMMITTED')),
@@ -542,3 +548,42 @@ CREATE TABLE IF NOT EXISTS settle_slo_results (
     judged_at  timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS settle_slo_results_judged ON settle_slo_results (judged_at);
+
+-- Live configuration (migration 0009; service/live_config.py, docs/ops.md "Live
+-- configuration"): one row per version of the rollout and providers documents,
+-- append-only, notified on insert. Provider documents hold credentials.
+CREATE TABLE IF NOT EXISTS live_config (
+    scope       text NOT NULL,
+    name        text NOT NULL CHECK (name IN ('rollout', 'providers')),
+    version     integer NOT NULL CHECK (version >= 1),
+    body        jsonb NOT NULL,
+    changed_by  text NOT NULL,
+    reason      text NOT NULL CHECK (length(reason) > 0),
+    changed_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (scope, name, version)
+);
+
+CREATE OR REPLACE FUNCTION live_config_append_only() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'live_config is append-only (% refused): a change is a new version', TG_OP
+        USING ERRCODE = 'restrict_violation';
+END $$;
+
+DROP TRIGGER IF EXISTS live_config_no_change ON live_config;
+CREATE TRIGGER live_config_no_change BEFORE UPDATE OR DELETE ON live_config
+    FOR EACH ROW EXECUTE FUNCTION live_config_append_only();
+
+-- Every process LISTENs on `live_config` and re-reads within a second; a periodic
+-- re-read covers a notification lost with a connection (service/live_config.py).
+-- The trigger, not the writer, notifies: a change made by hand in psql is applied too.
+CREATE OR REPLACE FUNCTION live_config_notify() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('live_config', NEW.scope || ' ' || NEW.name || ' ' || NEW.version);
+    RETURN NULL;
+END $$;
+
+DROP TRIGGER IF EXISTS live_config_changed ON live_config;
+CREATE TRIGGER live_config_changed AFTER INSERT ON live_config
+    FOR EACH ROW EXECUTE FUNCTION live_config_notify();

@@ -17,6 +17,8 @@ circuit PROVIDER open|closed|auto --reason TEXT
                       force a provider's circuit (audited), or give it back to health
 keys create|list|rotate|revoke
                       cascade-core's API keys (audited; `keys create -h`)
+config show|history|rollout|provider|remove-provider
+                      the live configuration (service/config_cli.py; `config -h`)
 
 resolve and replay need a resolver, approve and reject an approver who is not the
 proposer, circuit an admin: the person whose access token
@@ -39,7 +41,7 @@ import httpx
 from devstack.embedded import database_url
 from engine import deadletters
 from engine.contracts import UnknownTask
-from service import api_keys_cli, approvals, health
+from service import api_keys_cli, approvals, config_cli, health
 from service.cli_identity import signed_in
 from service.four_eyes import FourEyesRules
 from service.models import BadRequest
@@ -138,6 +140,8 @@ async def _rows(svc: Services, args: argparse.Namespace) -> list[dict[str, Any]]
             return await replay(svc, args)
         case "keys":
             return await api_keys_cli.run(svc, args)
+        case "config":
+            return await config_cli.run(svc, args)
     raise ValueError(f"unknown command {args.command!r}")
 
 
@@ -215,6 +219,7 @@ def parser() -> argparse.ArgumentParser:
     circuit.add_argument("state", choices=["open", "closed", "auto"])
     circuit.add_argument("--reason", required=True)
     api_keys_cli.add_parser(sub)
+    config_cli.add_parser(sub)
     return p
 
 

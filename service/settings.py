@@ -62,8 +62,14 @@ class Settings(BaseSettings):
     # runs it once the last run began this long ago; 0, or no LEDGER_TOKEN: off.
     reconcile_every_s: int = Field(60, ge=0)
     reconcile_page_size: int = Field(500, ge=1, le=1000)  # holds per ledger request
+    # The rollout gate and the providers are live configuration in PostgreSQL
+    # (service/live_config.py): these files (and ROLLOUT_CASCADE_PERCENT,
+    # ROLLOUT_HEALTH_ROUTING) only seed a scope that has none yet.
     rollout_file: Path | None = None
     rollout_cascade_percent: int | None = Field(None, ge=0, le=100)
+    config_scope: str = Field("default", min_length=1, max_length=200)
+    # The safety net under LISTEN/NOTIFY: every process re-reads this often.
+    config_refresh_s: float = Field(2.0, gt=0, le=5)
     nats_url: str | None = None  # None: the JetStream bridge does not run
     outbox_batch: int = Field(200, ge=1)
     outbox_retention_s: float = Field(7 * 86400, gt=0)

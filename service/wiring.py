@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache
 
@@ -20,8 +20,8 @@ import procrastinate
 from activities.http import OutboundHttp
 from activities.ledger import LedgerClient
 from activities.notifier import CoreNotifier
-from activities.provider_adapters import WebhookTranslator, build_adapters
-from activities.provider_config import ProviderConfig
+from activities.provider_adapters import VersionedAdapters, WebhookTranslator, check_adapters
+from activities.provider_config import LimitsConfig, ProviderConfig, TimingConfig
 from activities.providers import ProviderAdapter
 from activities.withdrawal import WithdrawalActivities
 from engine.activity import Activity
@@ -36,8 +36,11 @@ from engine.rows import QueueRow, TaskRow, column
 from engine.startup import load_definitions
 from engine.steps import Runtime, RuntimeOptions
 from service.approvals import close_stale
+from service.cohort_guard import CohortGuard, follow_moved_back
 from service.health import HealthRecorder, evaluate_health, health_rules
+from service.live_config import CurrentProviders, LiveConfig
 from service.notifications import CoreOutcomes
+from service.provider_documents import ProviderSet, providers_body
 from service.reconciliation import reconcile_jobs, when_due
 from service.rollout import RolloutConfig, RolloutGate
 from service.routing import ProviderRouting
@@ -53,25 +56,34 @@ log = logging.getLogger("payment.wiring")
 @dataclass
 class Services:
     settings: Settings
-    providers: dict[str, ProviderConfig]
+    live: LiveConfig
     pool: Pool
     app: procrastinate.App
     runtime: Runtime
     http: httpx.AsyncClient
     outbound: OutboundHttp
-    adapters: dict[str, ProviderAdapter]
+    adapters: Mapping[str, ProviderAdapter]  # in force: the webhook ingest's
     inbox: WebhookInbox
-    gate: RolloutGate
 
     @property
     def engine(self) -> Engine:
         return self.runtime.engine
+
+    @property
+    def providers(self) -> Mapping[str, ProviderConfig]:
+        """The providers in force (live configuration), following changes."""
+        return CurrentProviders(self.live)
+
+    @property
+    def gate(self) -> RolloutGate:
+        return self.live.gate
 
     async def close(self, drain_s: float = 10.0) -> None:
         """Finish (or leave to the sweep) the steps in hand, then close."""
         runner = self.runtime.jobs.runner
         if runner is not None and (left := await runner.drain(drain_s)):
             log.warning("%d in-process steps left unfinished; the sweep will resume them", left)
+        await self.live.close()
         await self.app.close_async()
         await self.http.aclose()
         await self.outbound.aclose()
@@ -90,13 +102,13 @@ async def open_services(
     Jobs keep the pool's long wait: a short outage should delay them, not fail them.
     `inline_steps`: how many activities this process runs at once right after the
     transitions it commits (engine/inline.py); 0: every step is a job."""
-    providers = settings.providers()
     steps = settings.inline_steps if inline_steps is None else inline_steps
-    outbound = OutboundHttp(settings.ledger_timeout_s)  # the steps' calls
-    adapters = build_adapters(providers, outbound)  # each provider's `adapter`, by name
-    inbox = WebhookInbox(WebhookTranslator(adapters))  # stored rows: read by their adapter
-    shell_jobs = {"webhook": inbox.job(), **reconcile_jobs(settings, outbound)}
     pool = await _open_pool(settings, pool_size + steps, serving_requests)
+    live = await _open_live_config(settings, pool)
+    outbound = OutboundHttp(settings.ledger_timeout_s)  # the steps' calls
+    adapters = VersionedAdapters(functools.partial(_settings_at, live), outbound)
+    inbox = WebhookInbox(WebhookTranslator(adapters.current()))  # read with the newest
+    shell_jobs = {"webhook": inbox.job(), **reconcile_jobs(settings, outbound)}
     app = _build_app(settings, 2 if serving_requests else pool_size, shell_jobs)
     await app.open_async()
     http = httpx.AsyncClient(timeout=settings.ledger_timeout_s)  # ops and tools
@@ -106,39 +118,69 @@ async def open_services(
         pool,
         _activities(settings, outbound, adapters),
         app=app,
-        hooks=_engine_hooks(settings, providers),
+        hooks=_engine_hooks(settings, live),
         runner=_runner(settings, steps),
         notice=_outcome_notice(settings, outbound),
         options=_runtime_options(settings),
         periodic_checks=when_due(
             _periodic_checks(
-                providers, definitions.storage(), settle_target_s(settings, providers)
+                live,
+                definitions.storage(),
+                functools.partial(settle_target_s, settings, CurrentProviders(live)),
+                CohortGuard(live, settings.guard_every_s),
             ),
             app,
             settings,
         ),
         shell_jobs=shell_jobs,
     )
-    gate = RolloutGate(
-        RolloutConfig.from_file(
-            settings.rollout_file, settings.rollout_cascade_percent, settings.rollout_health_routing
-        )
+    live.start()
+    return Services(settings, live, pool, app, runtime, http, outbound, adapters.current(), inbox)
+
+
+async def _open_live_config(settings: Settings, pool: Pool) -> LiveConfig:
+    """The configuration in force; the files seed a scope that has none. A bad
+    file stops the process here, before it can seed anything."""
+    seed = settings.providers()
+    check_adapters(seed)
+    rollout = RolloutConfig.from_file(
+        settings.rollout_file, settings.rollout_cascade_percent, settings.rollout_health_routing
     )
-    return Services(settings, providers, pool, app, runtime, http, outbound, adapters, inbox, gate)
+    live = LiveConfig(pool, settings.database_url, settings.config_scope, settings.config_refresh_s)
+    await live.open(rollout, ProviderSet(0, seed), str(settings.providers_file))
+    follow_moved_back(live)  # every process exports cohort_moved_back
+    if providers_body(seed) != providers_body(live.providers):
+        # The database wins: a deploy must not undo a change made in an incident.
+        log.warning(
+            "%s differs from the live providers (version %d), which are in force;"
+            " change them with `service.ops config provider` or the ops API",
+            settings.providers_file,
+            live.providers.version,
+        )
+    return live
+
+
+def _settings_at(
+    live: LiveConfig, version: int | None
+) -> tuple[Hashable, Mapping[str, ProviderConfig]]:
+    """A version's providers, keyed by the credentials they are read with."""
+    found = live.providers_at(version)
+    return (found.version, live.providers.version), found.providers
 
 
 def _periodic_checks(
-    providers: dict[str, ProviderConfig], storage: Storage, settle_s: float
+    live: LiveConfig, storage: Storage, settle_s: Callable[[], float], guard: CohortGuard
 ) -> Callable[[Conn], Awaitable[None]]:
     """The workers' `checks` job (every HEALTH_EVERY_S): the providers' circuits, the
     four-eyes proposals that expired or whose task moved on (service/approvals.py),
-    and the withdrawals past their settle deadline (service/settle_slo.py)."""
-    health = functools.partial(evaluate_health, health_rules(providers))
+    the withdrawals past their settle deadline (service/settle_slo.py), and the
+    cascade cohorts against single-shot (service/cohort_guard.py, every GUARD_EVERY_S)."""
 
     async def checks(conn: Conn) -> None:
-        await health(conn)
+        await evaluate_health(health_rules(live.providers.providers), conn)
         await close_stale(conn, storage)
-        await count_overdue(conn, settle_s)
+        await count_overdue(conn, settle_s())
+        await guard(conn)
 
     return checks
 
@@ -176,43 +218,68 @@ def _runner(settings: Settings, steps: int) -> InlineRunner | None:
     return InlineRunner(steps, steps * 256, settings.sweep_grace_s / 4) if steps > 0 else None
 
 
-def _engine_hooks(settings: Settings, providers: dict[str, ProviderConfig]) -> EngineHooks:
-    @cache
-    def timing(provider: str) -> Timing:
-        config = providers.get(provider)
-        return config.timing.to_timing() if config else Timing()
-
+def _engine_hooks(settings: Settings, live: LiveConfig) -> EngineHooks:
     def timing_of(row: TaskRow) -> Timing:
-        return timing(str(column(row, "provider")))
+        version = column(row, "providers_version")
+        config = live.provider_at(
+            version if isinstance(version, int) else None, str(column(row, "provider"))
+        )
+        return _timing(config.timing) if config else Timing()
 
     routing = ProviderRouting(
-        {name: config.limits for name, config in providers.items()},
-        settings.health_max_wait_s,
-        probe_retry_s=settings.health_every_s,
+        _CurrentLimits(live), settings.health_max_wait_s, probe_retry_s=settings.health_every_s
     )
-    settle = SettleRecorder(settle_target_s(settings, providers))  # outcomes, cohorts, the SLO
+    settle = SettleRecorder(functools.partial(settle_target_s, settings, CurrentProviders(live)))
     return EngineHooks(
         context_for=timing_of,
         admission=routing,
-        listener=_listeners(HealthRecorder(), settle.on_transition),
+        listener=_Listeners((HealthRecorder(), settle.on_transition)),
         on_finish=settle.on_finish,
     )
 
 
-def _listeners(*listeners: TransitionListener) -> TransitionListener:
-    """The engine takes one listener: these, in order, in the transition's transaction."""
+@dataclass(frozen=True)
+class _Listeners:
+    """Several transition listeners as the engine's one, told in order."""
 
-    async def every(
-        conn: Conn, queue: QueueRow, task: TaskRow, event: Event, from_status: str, to_status: str
+    each: tuple[TransitionListener, ...]
+
+    async def __call__(
+        self,
+        conn: Conn,
+        queue: QueueRow,
+        task: TaskRow,
+        event: Event,
+        from_status: str,
+        to_status: str,
     ) -> None:
-        for listener in listeners:
+        for listener in self.each:
             await listener(conn, queue, task, event, from_status, to_status)
 
-    return every
+
+@cache
+def _timing(config: TimingConfig) -> Timing:
+    return config.to_timing()
+
+
+class _CurrentLimits(Mapping[str, LimitsConfig]):
+    """Each provider's limits in force: a limit is a live control, never a snapshot."""
+
+    def __init__(self, live: LiveConfig) -> None:
+        self._providers = CurrentProviders(live)
+
+    def __getitem__(self, name: str) -> LimitsConfig:
+        return self._providers[name].limits
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._providers)
+
+    def __len__(self) -> int:
+        return len(self._providers)
 
 
 def _activities(
-    settings: Settings, outbound: OutboundHttp, adapters: dict[str, ProviderAdapter]
+    settings: Settings, outbound: OutboundHttp, adapters: VersionedAdapters
 ) -> dict[str, Activity]:
     token = settings.ledger_token.get_secret_value()
     ledger = LedgerClient(outbound, settings.ledger_url, token)
