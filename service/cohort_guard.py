@@ -2,9 +2,9 @@
 back, automatically, for its new withdrawals (issue 22; docs/design.md "The
 cohort guard", docs/ops.md "Alert: PaymentCohortMovedBack").
 
-Every GUARD_EVERY_S, from the workers' periodic checks and in one worker at a time
-(an advisory lock), it counts each watched cohort's settled withdrawals in its
-window against control's (service/cohort_stats.py has the rule). A cohort found
+Every GUARD_EVERY_S, from the workers' periodic checks, it counts each watched
+cohort's settled withdrawals in its window against control's
+(service/cohort_stats.py has the rule). A cohort found
 worse is moved back to its guard's `fallback`: one audited change of the live
 rollout configuration (service/live_config.py), actor `guard:cohort`, the figures
 in its reason. It changes the configuration only: a withdrawal in flight keeps
@@ -34,7 +34,6 @@ from service.rollout import CASCADE_COHORTS, CONTROL, GuardSettings, Policy, Rol
 
 log = logging.getLogger("payment.cohort_guard")
 ACTOR = "guard:cohort"
-_LOCK = 7_303_022  # one guard at a time, across workers (pg_try_advisory_lock)
 
 MOVES = Counter(
     "cohort_guard_moves_total",
@@ -213,7 +212,10 @@ async def _move_back(
 
 class CohortGuard:
     """The workers' periodic check: `check_cohorts` at most every `every_s` in this
-    process, and in one process at a time (others skip that tick)."""
+    process. No lock: the `checks` job runs in one worker at a time, and should two
+    guards judge at once, the rollout's versions let one move in (the other's
+    change meets the primary key, or finds the cohort moved back: service/config_store.py).
+    Each move commits on its own, as a person's change does."""
 
     def __init__(self, store: RolloutStore, every_s: float) -> None:
         self.store, self.every_s = store, every_s
@@ -224,16 +226,7 @@ class CohortGuard:
         if self._last is not None and now - self._last < self.every_s:
             return []
         self._last = now
-        # A session lock, not a transaction's: each move commits on its own, as a
-        # person's change does, before this process's live configuration moves on.
-        lock = await conn.execute("SELECT pg_try_advisory_lock(%s) AS mine", (_LOCK,))
-        row = await lock.fetchone()
-        if not (row and row["mine"]):
-            return []  # another worker is at it
-        try:
-            moves = await check_cohorts(conn, self.store)
-        finally:
-            await conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK,))
+        moves = await check_cohorts(conn, self.store)
         for move in moves:  # committed: count them
             MOVES.labels(move.cohort, move.findings[0].what).inc()
         return moves

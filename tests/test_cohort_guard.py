@@ -5,6 +5,7 @@ reads them."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -23,6 +24,7 @@ from engine.migrations import migrate
 from service.cohort_guard import (
     ACTOR,
     CohortGuard,
+    Move,
     NotMovedBack,
     check_cohorts,
     export_moved_back,
@@ -189,14 +191,27 @@ async def test_the_guard_runs_at_most_every_every_s(conn: Conn) -> None:
     assert store.changes == []
 
 
-async def test_one_worker_at_a_time_runs_the_guard(url: str, conn: Conn) -> None:
+async def test_two_guards_at_once_move_a_cohort_back_once(url: str, conn: Conn) -> None:
+    """Two workers' guards judging at the same moment, each with its own live
+    configuration and connection: one version moves the cohort back."""
     await add(conn, CASCADE, 20, "FAILED")
     await add(conn, SINGLE, 20)
-    store = FakeStore(RolloutConfig(guard=SMALL))
-    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as other:
-        await other.execute("SELECT pg_advisory_lock(7303022)")  # another worker's guard
-        assert await CohortGuard(store, every_s=0.0)(conn) == []
-    assert [m.cohort for m in await CohortGuard(store, every_s=0.0)(conn)] == [CASCADE]
+    pool = await open_pool(url, max_size=3)
+    lives = [LiveConfig(pool, url, "default") for _ in range(2)]
+    try:
+        for live in lives:
+            await live.open(RolloutConfig(guard=SMALL), ProviderSet(0, _providers()), "test")
+
+        async def judge(live: LiveConfig) -> list[Move]:
+            async with pool.connection() as c:
+                return await CohortGuard(live, every_s=0.0)(c)
+
+        moves = await asyncio.gather(*(judge(live) for live in lives))
+        assert sorted(len(m) for m in moves) == [0, 1]
+        rows = await conn.execute("SELECT changed_by FROM live_config WHERE name = 'rollout'")
+        assert [r["changed_by"] for r in await rows.fetchall()] == ["seed:test", ACTOR]
+    finally:
+        await pool.close()
 
 
 async def test_a_restore_is_audited_and_starts_a_fresh_window(url: str, conn: Conn) -> None:
