@@ -17,7 +17,7 @@ circuit PROVIDER open|closed|auto --reason TEXT
                       force a provider's circuit (audited), or give it back to health
 keys create|list|rotate|revoke
                       cascade-core's API keys (audited; `keys create -h`)
-config show|history|rollout|provider|remove-provider
+config show|history|rollout|provider|remove-provider|restore
                       the live configuration (service/config_cli.py; `config -h`)
 
 resolve and replay need a resolver, approve and reject an approver who is not the
