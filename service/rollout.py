@@ -50,7 +50,8 @@ class _Strict(BaseModel):
 class GuardSettings(_Strict):
     """The cohort guard's rule (service/cohort_guard.py): a cascade cohort
     significantly worse than its control over `window_s`, with at least
-    `min_sample` finished withdrawals in each, is moved back to `fallback`."""
+    `min_sample` settled withdrawals (final, or waiting in a manual check) in each, is
+    moved back to `fallback`."""
 
     enabled: bool = True
     window_s: float = Field(3600.0, gt=0)
