@@ -249,7 +249,7 @@ class Chaos:
                 if proc.pid not in self._killed:
                     self.unexpected_exits += 1
                 self.stack.start_worker(wait=False)
-            time.sleep(0.2)  # noqa: polling the processes, not synchronising
+            time.sleep(0.2)  # polling the processes, not synchronising
 
     def _resend_webhooks(self) -> None:
         """Stale 'pending' or duplicate webhooks for orders the providers hold."""

@@ -42,6 +42,7 @@ from service.rollout import RolloutConfig, RolloutGate
 
 log = logging.getLogger("payment.live_config")
 CHANNEL = "live_config"
+LISTENER_NAME = "payment-live-config"
 # Per process: that every process applied a change shows on each one's /metrics.
 IN_FORCE = Gauge(
     "live_config_version", "The live configuration version this process applies", ["document"]
@@ -191,7 +192,10 @@ class LiveConfig:
                 await asyncio.sleep(self.refresh_s)  # a backoff, not a synchronisation
 
     async def _listen(self) -> None:
-        conn = await psycopg.AsyncConnection.connect(self._url, autocommit=True)
+        # Named, so that pg_stat_activity tells it from the pool's connections.
+        conn = await psycopg.AsyncConnection.connect(
+            self._url, autocommit=True, application_name=LISTENER_NAME
+        )
         async with conn:
             conn.row_factory = psycopg.rows.dict_row  # type: ignore[assignment]
             await conn.execute(f"LISTEN {CHANNEL}")

@@ -121,7 +121,7 @@ def test_withdrawals_in_flight_finish_after_a_database_crash_and_no_worker_exits
     client = with_workers
     in_flight = [client.submit(["alpha"]).json()["id"] for _ in range(8)]
     own_postgres.crash()  # mid-flight: freezes, creates, webhooks and commits are cut off
-    time.sleep(3)  # noqa: the outage itself, not synchronisation
+    time.sleep(3)  # the outage itself, not synchronisation
     own_postgres.start()
     wait_until(lambda: client.api.get("/readyz").status_code == 200, 30, "the API")
     after = [client.submit(["alpha"]).json()["id"] for _ in range(4)]
