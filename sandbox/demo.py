@@ -9,8 +9,8 @@ gated by the rollout gate), one through the plain cascade (merchant `modern`)
 and one through the health-aware cascade (merchant `health`), which skips a
 provider whose circuit is open. When every withdrawal is final or waiting for a
 person, it prints a table per policy and the case study's figures beside its
-own, reconciles the ledger, and writes an HTML report (and, with --json, the
-figures for a program).
+own, reconciles the ledger, says what the cohort guard did (sandbox/demo_guard.py)
+and writes an HTML report (and, with --json, the figures for a program).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from psycopg.conninfo import make_conninfo
 
 from devstack.embedded import PROJECT_ROOT, data_dir, database_url, start_embedded_nats
 from engine.migrations import migrate
-from sandbox import demo_report, scenarios
+from sandbox import demo_guard, demo_report, scenarios
 from sandbox.client import StackClient, expected_ledger_ops
 from sandbox.scenarios import eligible_cascade, market_env, market_specs
 from sandbox.stack import Stack
@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         nats_url=nats_url,
         market_seed=int(market.get("market_seed", 1)),
         worker_concurrency=16,
-        extra_env={"ROLLOUT_FILE": str(rollout), **market_env(market)},
+        extra_env={"ROLLOUT_FILE": str(rollout), **market_env(market), **scenario.demo_env()},
     )
     try:
         stack.start()
@@ -162,6 +162,7 @@ def measure(
     print(f"\nledger reconciliation: {verdict}")
     print("\nthe case study's figures beside this run's:")
     print(demo_report.comparison_table(stats))
+    print("\n" + demo_guard.summary(url, compression))
     write_reports(args, scenario, stats, durations, compression, drift, total, started)
     return 0 if drift == 0 and settled >= total else 1
 

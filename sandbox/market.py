@@ -31,7 +31,9 @@ outage_start_s = 5         # optional: from then (market clock: from its first o
 outage_end_s = 65          # ... to then, the provider is having a bad hour:
 outage_mode = "fail_late"  # "timeout": create calls hang until the caller gives up;
                            # "fail_late": orders are taken, then fail after ...
-outage_fail_after_ms = 4000  # ... this long (the latency a blind cascade pays)
+outage_fail_after_ms = 4000  # ... this long (the latency a blind cascade pays);
+                           # "never_answers": orders are taken and never answered
+                           # (no webhook; a status check says pending)
 ```
 """
 
@@ -42,7 +44,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-OUTAGE_MODES = frozenset({"timeout", "fail_late"})
+OUTAGE_MODES = frozenset({"timeout", "fail_late", "never_answers"})
 
 
 class MarketError(ValueError):

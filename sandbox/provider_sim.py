@@ -176,7 +176,7 @@ class Simulator:
         self, provider: ProviderConfig, reference: str, amount: str, currency: str
     ) -> CreateAnswer:
         """A bad hour (sandbox/market.py): hang until the caller gives up, or take the
-        order and fail it late."""
+        order and fail it late, or take it and never answer."""
         assert provider.market is not None
         if provider.market.outage_mode == "timeout":
             await asyncio.sleep(provider.hang_ms / 1000)
@@ -186,6 +186,8 @@ class Simulator:
         )
         self.orders[(provider.name, reference)] = order
         self.load[provider.name].opened()
+        if provider.market.outage_mode == "never_answers":
+            return CreateAnswer(201, order.to_json())  # pending for good: no webhook
         after_s = provider.market.outage_fail_after_ms / 1000
         self._spawn(self._settle(provider, order, "failed", after_s))
         return CreateAnswer(201, order.to_json())

@@ -11,6 +11,7 @@ in that scenario:
 [demo]
 description = "..."        # one line, printed at the start and in the report
 fault = "..."              # what goes wrong in this market, if anything
+guard_every_s = 1          # GUARD_EVERY_S for the demo's workers: how often the guard judges
 [demo.rollout]             # merged over the demo's rollout file (service/rollout.py's
 cascade_percent = 100      # RolloutConfig: [demo.rollout.guard] for the cohort guard)
 ```
@@ -48,6 +49,9 @@ class DemoOptions:
     description: str = ""
     fault: str = ""
     rollout: dict[str, Any] = field(default_factory=dict)
+    # The demo's workers' GUARD_EVERY_S; None: the service's default (30 s). Here, not
+    # in the market's settings (market_env), because the soak runs on these markets too.
+    guard_every_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,11 @@ class Scenario:
         """The demo's rollout file: its merchants (one per policy, the triples'
         comparison) with the scenario's rollout settings over them."""
         return to_toml(rollout_document(merchants, self.demo.rollout))
+
+    def demo_env(self) -> dict[str, str]:
+        """payment-service settings of the demo's processes that the [demo] table sets."""
+        every = self.demo.guard_every_s
+        return {} if every is None else {"GUARD_EVERY_S": str(every)}
 
 
 def names() -> list[str]:
@@ -99,6 +108,9 @@ def _demo_options(raw: Any) -> DemoOptions:
         raise ScenarioError("[demo]: description and fault are strings")
     if not isinstance(raw.get("rollout", {}), dict):
         raise ScenarioError("[demo.rollout] must be a table")
+    every = raw.get("guard_every_s", 1)
+    if isinstance(every, bool) or not isinstance(every, int | float) or every <= 0:
+        raise ScenarioError("[demo]: guard_every_s must be a positive number of seconds")
     return DemoOptions(**raw)
 
 

@@ -13,8 +13,11 @@ import pytest
 
 from sandbox import demo, scenarios
 from sandbox.calibrate import predict
+from sandbox.config import ProviderConfig, SandboxConfig
 from sandbox.demo import MERCHANTS
 from sandbox.market import MarketError, MarketModel, draw, parse_market, parse_market_file
+from sandbox.provider_sim import Simulator
+from service.rollout import GuardSettings, RolloutConfig
 
 
 def test_approval_swings_within_bounds() -> None:
@@ -60,6 +63,18 @@ def test_bad_market_tables_are_refused(raw: object) -> None:
         parse_market(raw, "providers.x")
 
 
+async def test_a_never_answers_outage_takes_orders_and_leaves_them_pending() -> None:
+    """The regression scenario's fault: accepted, then silence (no webhook is ever
+    scheduled, and the order stays pending for a status check)."""
+    model = MarketModel(outage_start_s=0, outage_end_s=60, outage_mode="never_answers")
+    provider = ProviderConfig("payfast", "k", "s", behaviour="market", market=model)
+    sim = Simulator(SandboxConfig("http://127.0.0.1:9/hooks", "t", 1, {"payfast": provider}))
+    answer = await sim.create(provider, "ref-1", "10.00", "EUR")
+    assert answer.status_code == 201 and answer.body["status"] == "pending"
+    assert sim.orders[("payfast", "ref-1")].status == "pending"
+    assert not sim.tasks  # nothing will ever answer it
+
+
 # The demo's scenarios (config/markets/*.toml, sandbox/scenarios.py): each file a
 # valid market, found by name, and the default one calibrated to the case study.
 
@@ -74,7 +89,7 @@ def test_each_scenario_file_is_a_valid_market(name: str) -> None:
 
 
 def test_the_scenarios_the_demo_documents_are_there() -> None:
-    assert {"default", "outage"} <= set(scenarios.names())
+    assert {"default", "outage", "regression"} <= set(scenarios.names())
     assert scenarios.DEFAULT_SCENARIO == "default"
 
 
@@ -103,6 +118,32 @@ def test_the_outage_scenario_is_the_default_market_plus_the_outage() -> None:
     assert {**outage, "demo": None} == {**default, "demo": None}
 
 
+def test_the_regression_scenario_is_the_default_market_plus_payfasts_silence() -> None:
+    """Only payfast's fault (orders taken, never answered, all run long) and the
+    [demo] table differ; payfast is one single-shot rarely reaches (not the cheapest)."""
+    default, regression = (scenarios.load(scenarios.resolve(n)) for n in ("default", "regression"))
+    payfast = regression.market["providers"]["payfast"]["market"]
+    fault = {k: payfast.pop(k) for k in list(payfast) if k.startswith("outage_")}
+    assert fault == {"outage_start_s": 0, "outage_end_s": 3600, "outage_mode": "never_answers"}
+    assert {**regression.market, "demo": None} == {**default.market, "demo": None}
+    fees = {n: p["market"]["fee_bps"] for n, p in default.market["providers"].items()}
+    assert fees["payfast"] > min(fees.values())
+    assert regression.demo.fault and not default.demo.fault
+
+
+def test_every_scenario_is_guarded_alike() -> None:
+    """The cohort guard's settings, and how often it judges, are the default demo's
+    in every scenario: a regression is found by the rule a healthy market passes."""
+    loaded = [scenarios.load(scenarios.resolve(n)) for n in scenarios.names()]
+    guarded = {(s.demo.guard_every_s, str(s.demo.rollout.get("guard"))) for s in loaded}
+    assert len(guarded) == 1, guarded
+    default = scenarios.load(scenarios.resolve("default"))
+    assert default.demo_env() == {"GUARD_EVERY_S": "1"}
+    rollout = RolloutConfig.model_validate(tomllib.loads(default.rollout_toml(MERCHANTS)))
+    assert (rollout.guard.window_s, rollout.guard.min_sample) == (60, 30)
+    assert rollout.guard.z == GuardSettings().z  # the service's own test, scaled in size only
+
+
 def test_the_default_market_reproduces_the_case_study_at_the_documented_seeds() -> None:
     """The figures the README shows (seeds 7, 42, 101), predicted from the market's
     draws (sandbox/calibrate.py; the demo measures the same), and on average."""
@@ -121,6 +162,7 @@ def test_the_default_market_reproduces_the_case_study_at_the_documented_seeds() 
     [
         ({"demo": {"nope": 1}}, r"\[demo\]: unknown keys"),
         ({"demo": {"rollout": {"cascade_percent": 150}}}, "cascade_percent"),
+        ({"demo": {"guard_every_s": 0}}, "guard_every_s"),
         ({"health": {"window_s": -1}}, "window_s"),
         ({"colour": "blue"}, "unknown top-level keys"),
         ({"providers": {"x": {"eligibility": 2, "market": {}}}}, "eligibility"),
