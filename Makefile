@@ -57,7 +57,8 @@ lock: ## requirements.lock from pyproject.toml (hashes, every platform, Python 3
 		--python-version 3.11 -o requirements.lock
 
 # Which market of config/markets/ the demo runs: default (the case study's table),
-# outage (the cheapest provider's bad hour). `python -m sandbox.demo --help` for more.
+# outage (the cheapest provider's bad hour), regression (a fault only the cascades
+# meet: the cohort guard moves them back). `python -m sandbox.demo --help` for more.
 SCENARIO ?= default
 demo: setup ## start everything embedded, run a batch of withdrawals, print outcomes (SCENARIO=name)
 	$(PY) -m sandbox.demo --scenario $(SCENARIO)
