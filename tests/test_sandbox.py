@@ -29,6 +29,7 @@ from starlette.routing import Route
 from activities.standard_webhooks import WebhookRejected, new_secret, verify
 from sandbox.app import build_app
 from sandbox.config import BEHAVIOURS, SandboxConfig, load_config
+from tests.conftest import fresh_database
 
 TOKEN = "ledger-test-token"
 DELAY_MS = 50
@@ -130,6 +131,15 @@ def write_config(path: Path, webhook_url: str) -> SandboxConfig:
             ]
     path.write_text("\n".join(lines) + "\n")
     return load_config(path)
+
+
+@pytest.fixture(scope="module")
+def database_url() -> Iterator[str]:
+    """The sandbox's own database: its ledger resets must not wipe the ledger of the
+    session stack, which shares the tests' database (a later scenario's money check
+    would find every hold gone)."""
+    with fresh_database("_sandbox") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
