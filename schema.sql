@@ -239,6 +239,25 @@ BEGIN
 END $$;
 SELECT order_task_events_add_months(3);
 
+-- The archive's catalog (0016; service/archive.py, docs/ops.md "Retention and the
+-- archive"): one row per partition of the audit trail that left the hot tables.
+-- 'detached': no longer attached (its table is still there, its archive may be missing
+-- or partial: the next run writes it); 'archived': its files written, read back against
+-- their checksums, and the table dropped. `manifest_sha256` ties the row to the
+-- manifest, and the manifest to each file.
+CREATE TABLE IF NOT EXISTS event_archives (
+    partition       text PRIMARY KEY,
+    lower           timestamptz,  -- NULL: from the start of time
+    upper           timestamptz NOT NULL,
+    state           text NOT NULL DEFAULT 'detached' CHECK (state IN ('detached', 'archived')),
+    path            text,
+    events          bigint,
+    withdrawals     bigint,
+    manifest_sha256 text,
+    detached_at     timestamptz NOT NULL DEFAULT now(),
+    archived_at     timestamptz
+);
+
 -- Transactional outbox, relayed to NATS JetStream. event_id is the Nats-Msg-Id:
 -- random and stored with the row, never the id sequence, which a failover that
 -- lost commits can rewind (0005, docs/ha.md).

@@ -190,9 +190,12 @@ def build_app(
         ("timer", "timers", timer_job),
         ("notify", "notifications", notify_job),
     ]
-    jobs += [(name, job.queue, _shell_job(name, job)) for name, job in (shell_jobs or {}).items()]
+    shells = shell_jobs or {}
+    jobs += [(name, job.queue, _shell_job(name, job)) for name, job in shells.items()]
     for name, queue, function in jobs:
-        app.task(name=name, queue=queue, retry=retry, pass_context=True)(function)
+        task = app.task(name=name, queue=queue, retry=retry, pass_context=True)(function)
+        if name in shells and (cron := shells[name].cron) is not None:
+            app.periodic(cron=cron, periodic_id=name)(task)
     maintenance = app.task(
         name="maintenance", queue="maintenance", queueing_lock="maintenance", pass_context=True
     )(maintenance_job)

@@ -131,6 +131,15 @@ class Settings(BaseSettings):
     four_eyes_positive: bool = True
     four_eyes_above: Thresholds = ()
     four_eyes_ttl_s: int = Field(86400, ge=60)
+    # The audit trail over time (service/history.py, service/archive.py; docs/ops.md
+    # "Retention and the archive"): month partitions made this many months ahead; a
+    # month leaves the hot tables retention_days after its end, once every withdrawal
+    # submitted in it may, into ARCHIVE_DIR (shared by every worker host). None: no
+    # archiving, every month stays. archive_block: withdrawals per block of the files.
+    partitions_ahead: int = Field(3, ge=1, le=24)
+    retention_days: int = Field(90, ge=1)
+    archive_dir: Path | None = None
+    archive_block: int = Field(2000, ge=1)
 
     @field_validator("api_tokens", mode="before")
     @classmethod
