@@ -23,7 +23,11 @@ BEGIN
             ' failed): DROP INDEX CONCURRENTLY order_task_events_legacy_pkey, build it again,'
             ' then migrate again';
     END IF;
+    -- Not CREATE INDEX IF NOT EXISTS: that takes its SHARE lock before it finds the index,
+    -- and holds it to the end of the transaction, so writes would wait for VALIDATE.
+    IF key IS NULL THEN
+        CREATE UNIQUE INDEX order_task_events_legacy_pkey
+            ON order_task_events (id, queue_created_at);
+    END IF;
 END $$;
-CREATE UNIQUE INDEX IF NOT EXISTS order_task_events_legacy_pkey
-    ON order_task_events (id, queue_created_at);
 ALTER TABLE order_task_events VALIDATE CONSTRAINT order_task_events_before_partitioning;
