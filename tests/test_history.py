@@ -31,9 +31,7 @@ NO_PARTITION = datetime(2200, 1, 1, tzinfo=UTC)
 
 @pytest.fixture
 def url() -> Iterator[str]:
-    with migrated_database("_hist") as url:
-        with psycopg.connect(url, autocommit=True) as conn:
-            add_months(conn, 24)  # two years on
+    with migrated_database("_hist") as url:  # the first partition, three months on
         yield url
 
 
@@ -104,8 +102,8 @@ async def test_every_partition_refuses_update_delete_and_truncate(url: str) -> N
 
 async def test_a_partition_made_later_is_append_only_too(url: str) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
-        made = add_months(conn, 30)
-    assert made  # the months after the fixture's two years
+        made = add_months(conn, 5)
+    assert len(made) == 2  # the migration made three months ahead
     year, month = (int(part) for part in made[-1].rsplit("_", 2)[1:])
     await withdrawal(url, datetime(year, month, 2, tzinfo=UTC))
     assert made[-1] in _populated(url)
