@@ -107,25 +107,12 @@ CREATE INDEX IF NOT EXISTS order_tasks_open ON order_tasks (status)
 CREATE INDEX IF NOT EXISTS order_tasks_in_flight ON order_tasks (provider)
     WHERE status IN ('CREATING', 'EXECUTING', 'NEGATIVE_EVAL', 'RECHECKING');
 
--- The append-only audit trail. task_id is NULL for queue-level events.
-CREATE TABLE IF NOT EXISTS order_task_events (
-    id          bigserial PRIMARY KEY,
-    queue_id    uuid NOT NULL REFERENCES order_queues (id),
-    task_id     uuid REFERENCES order_tasks (id),
-    from_state  text,
-    to_state    text,
-    event_type  text NOT NULL,
-    payload     jsonb NOT NULL DEFAULT '{}',
-    actor       text NOT NULL,
-    trace_id    text,
-    occurred_at timestamptz NOT NULL DEFAULT clock_timestamp()
-);
-CREATE INDEX IF NOT EXISTS order_task_events_queue ON order_task_events (queue_id, id);
-CREATE INDEX IF NOT EXISTS order_task_events_task ON order_task_events (task_id, id);
--- A withdrawal's entries into a manual check, for the cohort guard (0012).
-CREATE INDEX IF NOT EXISTS order_task_events_manual ON order_task_events (queue_id)
-    WHERE to_state = 'MANUAL_CHECK';
-
+-- The append-only audit trail, partitioned by month of its withdrawal's submission
+-- (queue_created_at: order_queues.created_at, written with each row; 0013-0015), so that
+-- a withdrawal's whole history is in one partition and leaves the hot tables with it
+-- (service/archive.py, docs/ops.md "Retention and the archive"). task_id is NULL for
+-- queue-level events. 'infinity': a row whose writer did not key it
+-- (order_task_events_keyed below).
 CREATE OR REPLACE FUNCTION order_task_events_append_only() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -133,12 +120,143 @@ BEGIN
         USING ERRCODE = 'insufficient_privilege';
 END $$;
 
+-- UTC month `plus` months after the one `at` falls in: partition bounds.
+CREATE OR REPLACE FUNCTION order_task_events_month(at timestamptz, plus integer)
+RETURNS timestamptz LANGUAGE sql IMMUTABLE AS $$
+    SELECT (date_trunc('month', at AT TIME ZONE 'UTC') + make_interval(months => plus))
+        AT TIME ZONE 'UTC'
+$$;
+
+CREATE TABLE IF NOT EXISTS order_task_events (
+    id          bigserial,
+    queue_id    uuid NOT NULL,
+    task_id     uuid,
+    from_state  text,
+    to_state    text,
+    event_type  text NOT NULL,
+    payload     jsonb NOT NULL DEFAULT '{}',
+    actor       text NOT NULL,
+    trace_id    text,
+    occurred_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    queue_created_at timestamptz NOT NULL DEFAULT 'infinity',
+    CONSTRAINT order_task_events_pkey PRIMARY KEY (id, queue_created_at),
+    CONSTRAINT order_task_events_queue_id_fkey FOREIGN KEY (queue_id)
+        REFERENCES order_queues (id),
+    CONSTRAINT order_task_events_task_id_fkey FOREIGN KEY (task_id) REFERENCES order_tasks (id)
+) PARTITION BY RANGE (queue_created_at);
+CREATE INDEX IF NOT EXISTS order_task_events_queue ON order_task_events (queue_id, id);
+CREATE INDEX IF NOT EXISTS order_task_events_task ON order_task_events (task_id, id);
+-- A withdrawal's entries into a manual check, for the cohort guard (0012).
+CREATE INDEX IF NOT EXISTS order_task_events_manual ON order_task_events (queue_id)
+    WHERE to_state = 'MANUAL_CHECK';
+
+-- Row triggers are cloned onto every partition, present and future, so UPDATE and DELETE
+-- are refused however a partition is named. A TRUNCATE trigger is the table's own: each
+-- partition gets one when it is made. Retention detaches whole partitions (never a row).
 DROP TRIGGER IF EXISTS order_task_events_no_change ON order_task_events;
 CREATE TRIGGER order_task_events_no_change BEFORE UPDATE OR DELETE ON order_task_events
     FOR EACH ROW EXECUTE FUNCTION order_task_events_append_only();
 DROP TRIGGER IF EXISTS order_task_events_no_truncate ON order_task_events;
 CREATE TRIGGER order_task_events_no_truncate BEFORE TRUNCATE ON order_task_events
     FOR EACH STATEMENT EXECUTE FUNCTION order_task_events_append_only();
+
+-- The first partition: on an installation that had the table before 0015, that table
+-- (every row of it '-infinity'); either way, the withdrawals submitted up to the end of
+-- the month partitioning began in.
+DO $$ BEGIN
+    EXECUTE format('CREATE TABLE IF NOT EXISTS order_task_events_legacy PARTITION OF'
+        ' order_task_events FOR VALUES FROM (MINVALUE) TO (%L)', order_task_events_month(now(), 1));
+END $$;
+DROP TRIGGER IF EXISTS order_task_events_no_truncate ON order_task_events_legacy;
+CREATE TRIGGER order_task_events_no_truncate BEFORE TRUNCATE ON order_task_events_legacy
+    FOR EACH STATEMENT EXECUTE FUNCTION order_task_events_append_only();
+
+-- So that an insert never fails: a month with no partition (late events of a withdrawal
+-- whose month was archived; partitions not made in time) lands here.
+CREATE TABLE IF NOT EXISTS order_task_events_default PARTITION OF order_task_events DEFAULT;
+DROP TRIGGER IF EXISTS order_task_events_no_truncate ON order_task_events_default;
+CREATE TRIGGER order_task_events_no_truncate BEFORE TRUNCATE ON order_task_events_default
+    FOR EACH STATEMENT EXECUTE FUNCTION order_task_events_append_only();
+
+-- A row its writer did not key (a process of the release before 0015, during the rolling
+-- deploy) is routed to the default partition; it is keyed from its withdrawal and
+-- inserted again, so it lies with the rest of that withdrawal's history. Rows keyed by
+-- their writer are left alone. Only that partition has the trigger.
+CREATE OR REPLACE FUNCTION order_task_events_keyed() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    submitted timestamptz;
+BEGIN
+    IF NEW.queue_created_at <> 'infinity' THEN
+        RETURN NEW;
+    END IF;
+    SELECT created_at INTO submitted FROM order_queues WHERE id = NEW.queue_id;
+    IF submitted IS NULL THEN
+        RETURN NEW;  -- no such withdrawal: the foreign key refuses the row
+    END IF;
+    NEW.queue_created_at := submitted;
+    INSERT INTO order_task_events SELECT NEW.*;
+    RETURN NULL;
+END $$;
+DROP TRIGGER IF EXISTS order_task_events_keyed ON order_task_events_default;
+CREATE TRIGGER order_task_events_keyed BEFORE INSERT ON order_task_events_default
+    FOR EACH ROW EXECUTE FUNCTION order_task_events_keyed();
+
+-- The audit trail's partitions and their ranges (lower NULL: from the start of time).
+CREATE OR REPLACE VIEW v_event_partitions AS
+SELECT c.relname::text AS name, b.bound = 'DEFAULT' AS is_default,
+       nullif(btrim(m.parts[1], ''''), 'MINVALUE')::timestamptz AS lower,
+       btrim(m.parts[2], '''')::timestamptz AS upper,
+       pg_total_relation_size(c.oid) AS bytes
+FROM pg_inherits i
+JOIN pg_class c ON c.oid = i.inhrelid
+CROSS JOIN LATERAL pg_get_expr(c.relpartbound, c.oid) AS b(bound)
+LEFT JOIN LATERAL regexp_match(b.bound, 'FROM \((.*)\) TO \((.*)\)') AS m(parts) ON true
+WHERE i.inhparent = 'order_task_events'::regclass;
+
+-- Month partitions from the end of the last one to `ahead` months after this one; the
+-- names of those it made. The workers' periodic checks call it (service/history.py).
+-- Each new partition gets the parent's indexes, foreign keys and row triggers, and here
+-- its TRUNCATE trigger.
+CREATE OR REPLACE FUNCTION order_task_events_add_months(ahead integer) RETURNS SETOF text
+LANGUAGE plpgsql AS $$
+DECLARE
+    start timestamptz;
+    stop timestamptz := order_task_events_month(now(), ahead + 1);
+    name text;
+BEGIN
+    SELECT max(upper) INTO start FROM v_event_partitions;
+    start := coalesce(start, order_task_events_month(now(), 0));
+    WHILE start < stop LOOP
+        name := 'order_task_events_' || to_char(start AT TIME ZONE 'UTC', 'YYYY_MM');
+        EXECUTE format('CREATE TABLE %I PARTITION OF order_task_events'
+            ' FOR VALUES FROM (%L) TO (%L)', name, start, order_task_events_month(start, 1));
+        EXECUTE format('CREATE TRIGGER order_task_events_no_truncate BEFORE TRUNCATE ON %I'
+            ' FOR EACH STATEMENT EXECUTE FUNCTION order_task_events_append_only()', name);
+        RETURN NEXT name;
+        start := order_task_events_month(start, 1);
+    END LOOP;
+END $$;
+SELECT order_task_events_add_months(3);
+
+-- The archive's catalog (0016; service/archive.py, docs/ops.md "Retention and the
+-- archive"): one row per partition of the audit trail that left the hot tables.
+-- 'detached': no longer attached (its table is still there, its archive may be missing
+-- or partial: the next run writes it); 'archived': its files written, read back against
+-- their checksums, and the table dropped. `manifest_sha256` ties the row to the
+-- manifest, and the manifest to each file.
+CREATE TABLE IF NOT EXISTS event_archives (
+    partition       text PRIMARY KEY,
+    lower           timestamptz,  -- NULL: from the start of time
+    upper           timestamptz NOT NULL,
+    state           text NOT NULL DEFAULT 'detached' CHECK (state IN ('detached', 'archived')),
+    path            text,
+    events          bigint,
+    withdrawals     bigint,
+    manifest_sha256 text,
+    detached_at     timestamptz NOT NULL DEFAULT now(),
+    archived_at     timestamptz
+);
 
 -- Transactional outbox, relayed to NATS JetStream. event_id is the Nats-Msg-Id:
 -- random and stored with the row, never the id sequence, which a failover that

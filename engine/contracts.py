@@ -100,6 +100,9 @@ class ShellJob:
     queue: str
     run: Callable[..., Awaitable[object]]  # (runtime, **arguments)
     task_of: Callable[[Conn, JsonObject], Awaitable[str | None]] | None = None
+    # Periodic too: deferred at each tick of this cron (one worker runs it), with a
+    # `timestamp` argument.
+    cron: str | None = None
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,9 @@ these jobs carry the rest:
 - `notify(queue_id)`: a final outcome not yet told (the shell's OutcomeNotice).
 - the shell's own jobs (`ShellJob`; the withdrawal service's `webhook(inbox_id)`
   applies a stored provider webhook: service/webhook_inbox.py).
-- `maintenance` (periodic): put the jobs of dead workers back in the queue, and
-  sweep for tasks that wait for nothing (engine/sweep.py).
+- `maintenance` (periodic): put the jobs of dead workers back in the queue, sweep
+  for tasks that wait for nothing (engine/sweep.py), and purge finished jobs
+  (engine/job_purge.py).
 - `checks` (periodic, more often): the shell's own periodic work, in one worker
   at a time (the withdrawal service moves provider circuits: service/health.py).
 
@@ -34,6 +35,7 @@ from psycopg_pool import AsyncConnectionPool
 from engine import deadletters, logs
 from engine.contracts import ShellJob
 from engine.db import RECONNECT_WINDOW_S, check_idle_connection
+from engine.job_purge import purge_jobs
 from engine.journal import Conn
 from engine.retry import CappedBackoff
 from engine.rows import JsonObject
@@ -133,8 +135,9 @@ def _shell_job(name: str, shell: ShellJob) -> Callable[..., Awaitable[None]]:
 
 async def maintenance_job(context: procrastinate.JobContext, timestamp: int) -> None:
     """Periodic, in one worker at a time: the jobs of dead workers go back in the
-    queue, then the sweep (engine/sweep.py). One job, so that an idle deployment
-    pays for one periodic hand-off, not two."""
+    queue, then the sweep (engine/sweep.py), then finished jobs are purged
+    (engine/job_purge.py). One job, so that an idle deployment pays for one periodic
+    hand-off, not three."""
     runtime = _runtime(context)
     manager = context.app.job_manager
     stalled_s = runtime.options.stalled_after_s
@@ -143,6 +146,8 @@ async def maintenance_job(context: procrastinate.JobContext, timestamp: int) -> 
         await manager.retry_job(job)
     async with runtime.pool.connection() as conn:
         await sweep(conn, runtime.engine, runtime.options.sweep_grace_s, runtime.notice)
+        if purged := await purge_jobs(conn):
+            log.info("purged %d finished jobs", purged)
 
 
 async def checks_job(context: procrastinate.JobContext, timestamp: int) -> None:
@@ -185,9 +190,12 @@ def build_app(
         ("timer", "timers", timer_job),
         ("notify", "notifications", notify_job),
     ]
-    jobs += [(name, job.queue, _shell_job(name, job)) for name, job in (shell_jobs or {}).items()]
+    shells = shell_jobs or {}
+    jobs += [(name, job.queue, _shell_job(name, job)) for name, job in shells.items()]
     for name, queue, function in jobs:
-        app.task(name=name, queue=queue, retry=retry, pass_context=True)(function)
+        task = app.task(name=name, queue=queue, retry=retry, pass_context=True)(function)
+        if name in shells and (cron := shells[name].cron) is not None:
+            app.periodic(cron=cron, periodic_id=name)(task)
     maintenance = app.task(
         name="maintenance", queue="maintenance", queueing_lock="maintenance", pass_context=True
     )(maintenance_job)

@@ -32,6 +32,20 @@ WITH audit AS (
 INSERT INTO outbox (subject, queue_id, task_id, payload, trace_id)
 VALUES (%(subject)s, %(queue_id)s, %(task_id)s, %(body)s, %(trace_id)s)
 """
+# The same, for an audit table partitioned by its queue's submission: the key is read
+# from the queue row, which the transition has locked (no other writer can be changing
+# it; created_at never changes anyway), so the index lookup is all it costs.
+_KEYED_AUDIT_AND_OUTBOX = """
+WITH audit AS (
+    INSERT INTO {audit}
+        (queue_id, task_id, from_state, to_state, event_type, payload, actor, trace_id,
+         {audit_partition_key})
+    VALUES (%(queue_id)s, %(task_id)s, %(from)s, %(to)s, %(event)s, %(payload)s, %(actor)s,
+            %(trace_id)s, (SELECT created_at FROM {queues} WHERE id = %(queue_id)s))
+)
+INSERT INTO outbox (subject, queue_id, task_id, payload, trace_id)
+VALUES (%(subject)s, %(queue_id)s, %(task_id)s, %(body)s, %(trace_id)s)
+"""
 
 
 @dataclass(frozen=True)
@@ -70,7 +84,9 @@ async def journal(conn: Conn, storage: Storage, queue: QueueRow, entry: Entry) -
         "subject": f"{storage.subject_prefix}.{entry.subject}",
         "body": Jsonb(body),
     }
-    await conn.execute(statement(_AUDIT_AND_OUTBOX, storage), params)
+    keyed = storage.audit_partition_key is not None
+    template = _KEYED_AUDIT_AND_OUTBOX if keyed else _AUDIT_AND_OUTBOX
+    await conn.execute(statement(template, storage), params)
 
 
 def event_payload(event: Event) -> JsonObject:

@@ -217,7 +217,11 @@ def _apply(conn: Conn, migration: Migration, baseline: bool) -> None:
                     conn.execute(migration.sql)
                 _record(conn, migration, "baseline" if baseline else "applied")
             break
-        except psycopg.errors.LockNotAvailable:
+        except psycopg.errors.RaiseException as exc:  # the migration's own refusal
+            raise RuntimeError(f"{migration.label}: {exc.diag.message_primary}") from None
+        except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected):
+            # a migration that locks several tables may meet a transaction that locks them
+            # in another order: whichever PostgreSQL chose to fail, it is tried again
             if attempt == LOCK_ATTEMPTS:
                 raise RuntimeError(
                     f"{migration.label} waited {LOCK_TIMEOUT} for a table lock {LOCK_ATTEMPTS}"

@@ -7,7 +7,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from engine import metrics
-from service import reconciliation_metrics, withdrawal_metrics
+from service import history_metrics, reconciliation_metrics, withdrawal_metrics
 from service.api import services
 from service.health import STATE_VALUE
 
@@ -36,6 +36,7 @@ async def metrics_endpoint(request: Request) -> Response:
         circuits = await (await conn.execute(_CIRCUITS)).fetchall()
         withdrawals = await (await conn.execute(_WITHDRAWALS)).fetchall()
         await reconciliation_metrics.export(conn, services(request).settings)
+        await history_metrics.export(conn, services(request).settings)
     assert gauges is not None
     metrics.DLQ_SIZE.set(gauges["dlq"])
     metrics.OUTBOX_BACKLOG.set(gauges["backlog"])

@@ -19,6 +19,9 @@ keys create|list|rotate|revoke
                       cascade-core's API keys (audited; `keys create -h`)
 config show|history|rollout|provider|remove-provider|restore
                       the live configuration (service/config_cli.py; `config -h`)
+archive show ORDER|status|run
+                      an archived withdrawal's timeline, the audit trail's partitions
+                      (service/archive_cli.py; `archive -h`)
 
 resolve and replay need a resolver, approve and reject an approver who is not the
 proposer, circuit an admin: the person whose access token
@@ -41,7 +44,7 @@ import httpx
 from devstack.embedded import database_url
 from engine import deadletters
 from engine.contracts import UnknownTask
-from service import api_keys_cli, approvals, config_cli, health
+from service import api_keys_cli, approvals, archive_cli, config_cli, health
 from service.cli_identity import signed_in
 from service.four_eyes import FourEyesRules
 from service.models import BadRequest
@@ -142,6 +145,8 @@ async def _rows(svc: Services, args: argparse.Namespace) -> list[dict[str, Any]]
             return await api_keys_cli.run(svc, args)
         case "config":
             return await config_cli.run(svc, args)
+        case "archive":
+            return await archive_cli.run(svc, args)
     raise ValueError(f"unknown command {args.command!r}")
 
 
@@ -220,6 +225,7 @@ def parser() -> argparse.ArgumentParser:
     circuit.add_argument("--reason", required=True)
     api_keys_cli.add_parser(sub)
     config_cli.add_parser(sub)
+    archive_cli.add_parser(sub)
     return p
 
 

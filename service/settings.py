@@ -71,7 +71,9 @@ class Settings(BaseSettings):
     # The safety net under LISTEN/NOTIFY: every process re-reads this often.
     config_refresh_s: float = Field(2.0, gt=0, le=5)
     nats_url: str | None = None  # None: the JetStream bridge does not run
-    outbox_batch: int = Field(200, ge=1)
+    # Rows the relay reads at a time: fewer, larger batches cost less per event
+    # (bench/relay_rate.py: 2000 the fastest of 500, 1000 and 2000; docs/capacity.md).
+    outbox_batch: int = Field(2000, ge=1)
     outbox_retention_s: float = Field(7 * 86400, gt=0)
     outbox_relay_pause_s: float = Field(0.0, ge=0)  # test knob: pause between publishes
     core_callback_url: str | None = None  # None: outcome callbacks are off
@@ -131,6 +133,15 @@ class Settings(BaseSettings):
     four_eyes_positive: bool = True
     four_eyes_above: Thresholds = ()
     four_eyes_ttl_s: int = Field(86400, ge=60)
+    # The audit trail over time (service/history.py, service/archive.py; docs/ops.md
+    # "Retention and the archive"): month partitions made this many months ahead; a
+    # month leaves the hot tables retention_days after its end, once every withdrawal
+    # submitted in it may, into ARCHIVE_DIR (shared by every worker host). None: no
+    # archiving, every month stays. archive_block: withdrawals per block of the files.
+    partitions_ahead: int = Field(3, ge=1, le=24)
+    retention_days: int = Field(90, ge=1)
+    archive_dir: Path | None = None
+    archive_block: int = Field(2000, ge=1)
 
     @field_validator("api_tokens", mode="before")
     @classmethod

@@ -36,6 +36,7 @@ from engine.rows import QueueRow, TaskRow, column
 from engine.startup import load_definitions
 from engine.steps import Runtime, RuntimeOptions
 from service.approvals import close_stale
+from service.archive import history_jobs
 from service.cohort_guard import CohortGuard, follow_moved_back
 from service.health import HealthRecorder, evaluate_health, health_rules
 from service.live_config import CurrentProviders, LiveConfig
@@ -108,7 +109,8 @@ async def open_services(
     outbound = OutboundHttp(settings.ledger_timeout_s)  # the steps' calls
     adapters = VersionedAdapters(functools.partial(_settings_at, live), outbound)
     inbox = WebhookInbox(WebhookTranslator(adapters.current()))  # read with the newest
-    shell_jobs = {"webhook": inbox.job(), **reconcile_jobs(settings, outbound)}
+    shell_jobs = {"webhook": inbox.job(), **history_jobs(settings)}
+    shell_jobs |= reconcile_jobs(settings, outbound)
     app = _build_app(settings, 2 if serving_requests else pool_size, shell_jobs)
     await app.open_async()
     http = httpx.AsyncClient(timeout=settings.ledger_timeout_s)  # ops and tools

@@ -161,15 +161,21 @@ class Storage:
     # and tasks it never does (a person has them).
     swept_also: str = "false"
     swept_never: str = "false"
+    # The audit table's partition key: a column the journal fills with the queue's
+    # `created_at`, so that a queue's whole history lies in one partition (None: an
+    # audit table without it).
+    audit_partition_key: str | None = None
 
     def __post_init__(self) -> None:
-        names = (self.queues, self.tasks, self.audit, self.key, *self.span_columns)
+        partition_key = (self.audit_partition_key,) if self.audit_partition_key else ()
+        names = (self.queues, self.tasks, self.audit, self.key, *self.span_columns, *partition_key)
         if not all(n.isidentifier() for n in names):
             raise ValueError("storage names must be SQL identifiers")
 
     def names(self) -> dict[str, str]:
         """What engine SQL templates are formatted with."""
-        return {"queues": self.queues, "tasks": self.tasks, "audit": self.audit, "key": self.key}
+        names = {"queues": self.queues, "tasks": self.tasks, "audit": self.audit, "key": self.key}
+        return names | {"audit_partition_key": self.audit_partition_key or ""}
 
 
 class WorkflowDefinition(Protocol):

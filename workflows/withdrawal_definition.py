@@ -47,6 +47,7 @@ STORAGE = Storage(
     span_columns=("provider",),
     swept_also="(t.status = 'PENDING' AND t.target IS NOT NULL)",
     swept_never="(t.status = 'MANUAL_CHECK' AND t.target IS NULL)",
+    audit_partition_key="queue_created_at",  # by month of submission (migration 0015)
 )
 
 # `timing` comes from configuration and `provider` is fixed at submission: neither
