@@ -5,15 +5,16 @@ each, what a happy-path withdrawal over one provider writes (counted on a real
 stack; eight with a second provider that gets cancelled, twelve when the first
 declines), interleaved as concurrent withdrawals write them, bodies of a real
 event's size. One real OutboxRelay (`--batch`: the service's `OUTBOX_BATCH`
-default unless given) runs against a nats-server of its own (the embedded
-binary, a fresh JetStream store: the check needs a stream holding this run's
-events only) on a database of its own (`payment_bench_relay`). Timed from the
-commit of the backlog (one COPY; the relay already listening) to the last row
-marked published, with the CPU that the relay's process, PostgreSQL and
-nats-server spent meanwhile. Then the stream is read back with a consumer: every
-event exactly once, and each withdrawal's events in outbox order (exit 1 if not).
-The relay is the whole service's event stream (one publisher at a time), so
-events/s divided by seven is the withdrawals/s it supports.
+default unless given), under uvloop as in worker.py, runs against a
+nats-server of its own (the embedded binary, a fresh JetStream store: the check
+needs a stream holding this run's events only) on a database of its own
+(`payment_bench_relay`). Timed from the commit of the backlog (one COPY; the
+relay already listening) to the last row marked published, with the CPU that
+the relay's process, PostgreSQL and nats-server spent meanwhile. Then the
+stream is read back with a consumer: every event exactly once, and each
+withdrawal's events in outbox order (exit 1 if not). The relay is the whole
+service's event stream (one publisher at a time), so events/s divided by seven
+is the withdrawals/s it supports.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import NamedTuple
 
 import nats as nats_client
 import psutil
+import uvloop
 from benchlib import sql
 from benchlib.measure import cpu_s, server_cpu_s
 from nats.js.errors import NotFoundError
@@ -174,7 +176,8 @@ def main() -> None:
     try:
         url = make_conninfo(admin, dbname=DB)
         migrate(url)
-        ok = asyncio.run(run(url, Nats(nats_url, nats_proc.pid), args.count, args.batch, args.seed))
+        # uvloop, as worker.py runs the relay
+        ok = uvloop.run(run(url, Nats(nats_url, nats_proc.pid), args.count, args.batch, args.seed))
     finally:
         nats_proc.terminate()
         sql(admin, f'DROP DATABASE IF EXISTS "{DB}" WITH (FORCE)')
