@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import multiprocessing
 import os
 import re
@@ -95,11 +96,12 @@ TABLES = (
 # ---------------------------------------------------------------------------- the fill
 
 
-def build_full(args: argparse.Namespace, admin: str) -> str:
+def build_full(args: argparse.Namespace, admin: str) -> tuple[str, bool]:
+    """The full database's URL, and whether this run filled it."""
     url = make_conninfo(admin, dbname=FULL)
     if args.reuse and _filled(url):
         print(f"reusing {FULL} (--reuse): filled by an earlier run", flush=True)
-        return url
+        return url, False
     now = datetime.now(UTC)
     since = vf.first_month(now, args.months)
     url = fresh(FULL, admin=admin)
@@ -131,7 +133,7 @@ def build_full(args: argparse.Namespace, admin: str) -> str:
         "INSERT INTO bench_volume_fill VALUES (%s, %s, %s, %s, %s, %s)",
         params=(args.withdrawals, args.seed, since, now, fill_s, vacuum_s),
     )
-    return url
+    return url, True
 
 
 def _filled(url: str) -> bool:
@@ -154,9 +156,12 @@ def retire_legacy(url: str, since: datetime) -> None:
         shutil.rmtree(archive, ignore_errors=True)
 
 
-def fill_report(url: str, empty_bytes: int) -> dict[str, Any]:
+def fill_report(url: str, empty_bytes: int, reused: bool) -> dict[str, Any]:
     marker = sql(url, "SELECT withdrawals, first_month, fill_s, vacuum_s FROM bench_volume_fill")
     withdrawals, since, fill_s, vacuum_s = marker[0]
+    if reused:
+        print("\n(reused: the rows and sizes below are the database's now, with earlier runs'")
+        print(" load in it and the months they archived gone)")
     counts = {t: int(sql(url, f"SELECT count(*) FROM {t}")[0][0]) for t in TABLES}
     sizes = {
         t: int(sql(url, "SELECT pg_total_relation_size(%s)", params=(t,))[0][0])
@@ -173,7 +178,7 @@ def fill_report(url: str, empty_bytes: int) -> dict[str, Any]:
         f" {counts['order_task_events'] / fill_s:,.0f} audit rows/s);"
         f" VACUUM ANALYZE {vacuum_s:.0f} s"
     )
-    print(f"  {'table':<22}{'rows':>14}{'per withdrawal':>16}{'MB (with indexes)':>20}")
+    print(f"  {'table':<22}{'rows':>14}{'per withdrawal':>16}{'MiB (with indexes)':>20}")
     for t in TABLES:
         print(
             f"  {t:<22}{counts[t]:>14,}{counts[t] / withdrawals:>16.2f}{sizes[t] / 2**20:>20,.0f}"
@@ -184,7 +189,7 @@ def fill_report(url: str, empty_bytes: int) -> dict[str, Any]:
         f" {per_million / 2**30:.2f} GiB per million withdrawals"
     )
     for p in sorted(partitions_sizes(url)):
-        print(f"    {p[0]:<28}{p[1] / 2**20:>10,.0f} MB")
+        print(f"    {p[0]:<28}{p[1] / 2**20:>10,.0f} MiB")
     return {
         "withdrawals": withdrawals,
         "events": counts["order_task_events"],
@@ -204,14 +209,18 @@ def partitions_sizes(url: str) -> list[tuple[str, int]]:
 @dataclass
 class Load:
     """Submissions at a steady rate from 8 clients until stopped: each one's wall time
-    at submission and its HTTP round trip."""
+    at submission, its HTTP round trip and its answer's status."""
 
     api_url: str
     prefix: str
     rate: float
-    sent: list[tuple[float, float]] = field(default_factory=list)
+    sent: list[tuple[float, float, int]] = field(default_factory=list)  # appends are atomic
     stop: threading.Event = field(default_factory=threading.Event)
-    errors: int = 0  # answers other than 201: nothing was stored
+
+    @property
+    def errors(self) -> int:
+        """Answers other than 201: nothing was stored."""
+        return sum(status != 201 for _, _, status in self.sent)
 
     def run(self, seconds: float | None = None, clients: int = 8) -> None:
         started = time.monotonic()
@@ -233,8 +242,7 @@ class Load:
                 }
                 at, begun = time.time(), time.perf_counter()
                 answer = http.post("/v1/withdrawals", json=body)
-                self.sent.append((at, time.perf_counter() - begun))
-                self.errors += answer.status_code != 201
+                self.sent.append((at, time.perf_counter() - begun, answer.status_code))
                 i += clients
 
         with ThreadPoolExecutor(clients) as pool:
@@ -330,9 +338,11 @@ class LockSampler(threading.Thread):
         return max(inside, default=(0.0, "none seen"))
 
     def held(self, start: float, end: float) -> float:
-        """Seconds the parent was seen held exclusively in [start, end] (sampled)."""
-        seen = [t for t in self.exclusive if start <= t <= end]
-        return (max(seen) - min(seen) + SAMPLE_S) if seen else 0.0
+        """Seconds the parent was seen held exclusively in [start, end]: each sample that
+        saw it counts until the next one (a lone one, one period)."""
+        seen = sorted(t for t in self.exclusive if start <= t <= end)
+        gaps = [b - a for a, b in itertools.pairwise(seen)]
+        return sum(g if g < 3 * SAMPLE_S else SAMPLE_S for g in gaps) + SAMPLE_S * bool(seen)
 
 
 ARCHIVER = "bench-volume-archiver"
@@ -530,7 +540,7 @@ def steady(
         return len(load.sent)
     lat = [s for _, s in latencies(url, prefix, since)]
     out["lat"] += lat
-    out["http"] += [d for _, d in load.sent]
+    out["http"] += [d for _, d, _ in load.sent]
     out["rounds"].append((len(load.sent), len(lat), load.errors, unfinished, p(lat, 0.95)))
     out.setdefault("loadavg", []).append(os.getloadavg()[0])
     return len(load.sent)
@@ -585,7 +595,7 @@ def retention(url: str, stack: Stack, prefix: str, args: argparse.Namespace) -> 
         child.join(timeout=60)
     unfinished = settle(url, prefix, len(load.sent) - load.errors, since)
     lat = latencies(url, prefix, since)
-    first = min(at for at, _ in load.sent) + 2  # the load's first seconds: its own warm-up
+    first = min(at for at, _, _ in load.sent) + 2  # the load's first seconds: its own warm-up
     before = [s for at, s in lat if first <= at < started]
     during = [s for at, s in lat if started <= at <= ended]
     events, files_s, size = archived(url, month, directory)
@@ -738,15 +748,15 @@ def report(empty: dict[str, Any], full: dict[str, Any], fill: dict[str, Any]) ->
     )
     row(
         "  CPU: the archiver's process / its PostgreSQL backend, s",
-        f"{empty['cpu_s']:.1f} / {empty['backend_cpu_s']:.1f}",
-        f"{full['cpu_s']:.1f} / {full['backend_cpu_s']:.1f}",
+        f"{_fmt(empty['cpu_s'])} / {_fmt(empty['backend_cpu_s'])}",
+        f"{_fmt(full['cpu_s'])} / {_fmt(full['backend_cpu_s'])}",
     )
     row(
         "retention with the stack stopped (when under load failed), s",
         empty["quiet_s"],
         full["quiet_s"],
     )
-    row("  archive size, MB", empty["archive_bytes"] / 2**20, full["archive_bytes"] / 2**20)
+    row("  archive size, MiB", empty["archive_bytes"] / 2**20, full["archive_bytes"] / 2**20)
     for side in (empty, full):
         side["b99"] = f"{side['before99']:.0f} (n={side['before_n']})"
         side["d99"] = f"{side['during99']:.0f} (n={side['during_n']})"
@@ -786,10 +796,8 @@ def report(empty: dict[str, Any], full: dict[str, Any], fill: dict[str, Any]) ->
         print(f"retention on the {name} database, each archiver run: {side['runs']}")
         if "quiet_runs" in side:
             print(f"  then with the stack stopped: {side['quiet_runs']}")
-        if side["waiting"] or not side["archived"]:
-            print(
-                f"retention on the {name} database archived {side['archived']}: {side['waiting']}"
-            )
+        if side["waiting"]:
+            print(f"retention on the {name} database: the month waits: {side['waiting']}")
     return verdict(empty, full, slow)
 
 
@@ -862,13 +870,13 @@ def main() -> None:
     nats_proc, nats_url = start_embedded_nats(store=Path(tempfile.mkdtemp()) / "nats")
     started = time.monotonic()
     try:
-        full_url = build_full(args, admin)
+        full_url, filled_now = build_full(args, admin)
         empty_url = fresh(EMPTY, admin=admin)
         since = vf.first_month(datetime.now(UTC), args.months)
         vf.shape_partitions(empty_url, since)
         retire_legacy(empty_url, since)
         empty_bytes = int(sql(empty_url, "SELECT pg_database_size(current_database())")[0][0])
-        fill = fill_report(full_url, empty_bytes)
+        fill = fill_report(full_url, empty_bytes, args.reuse and not filled_now)
         sides = run_both({"empty": empty_url, "full": full_url}, nats_url, args)
         empty, full = sides["empty"], sides["full"]
         report(empty, full, fill)
