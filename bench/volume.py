@@ -865,12 +865,18 @@ def main() -> None:
     parser.add_argument("--after-s", type=float, default=5.0, help="load after retention")
     parser.add_argument("--keep", action="store_true", help="keep the full database")
     parser.add_argument("--reuse", action="store_true", help="use the database --keep left")
+    parser.add_argument(
+        "--fill-only", action="store_true", help="fill (or check) the kept database and stop"
+    )
     args = parser.parse_args()
     admin = database_url(keep_running=True)
     nats_proc, nats_url = start_embedded_nats(store=Path(tempfile.mkdtemp()) / "nats")
     started = time.monotonic()
     try:
         full_url, filled_now = build_full(args, admin)
+        if args.fill_only:
+            args.keep = True
+            return
         empty_url = fresh(EMPTY, admin=admin)
         since = vf.first_month(datetime.now(UTC), args.months)
         vf.shape_partitions(empty_url, since)
