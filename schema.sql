@@ -106,6 +106,19 @@ CREATE INDEX IF NOT EXISTS order_tasks_open ON order_tasks (status)
 -- The concurrency limit's count: tasks that may have an order open at a provider.
 CREATE INDEX IF NOT EXISTS order_tasks_in_flight ON order_tasks (provider)
     WHERE status IN ('CREATING', 'EXECUTING', 'NEGATIVE_EVAL', 'RECHECKING');
+-- The sweep's scan (engine/sweep.py): exactly its predicate, from the definitions'
+-- live statuses and the storage's swept_also/swept_never (tests/test_status_sets.py).
+CREATE INDEX IF NOT EXISTS order_tasks_swept ON order_tasks (updated_at)
+    WHERE (status IN ('CREATING', 'EXECUTING', 'MANUAL_CHECK', 'NEGATIVE_EVAL', 'RECHECKING')
+           OR (status = 'PENDING' AND target IS NOT NULL))
+      AND NOT (status = 'MANUAL_CHECK' AND target IS NULL);
+-- "A provider is down": a provider's tasks not yet final, by status.
+CREATE INDEX IF NOT EXISTS order_tasks_unfinished ON order_tasks (provider)
+    WHERE status NOT IN ('CANCELLED', 'FAILED', 'SKIPPED', 'SUCCEEDED');
+-- "A provider is down": a provider's finished attempts of the last hours
+-- (provider_success_hourly).
+CREATE INDEX IF NOT EXISTS order_tasks_finished ON order_tasks (provider, updated_at)
+    WHERE status IN ('FAILED', 'SKIPPED', 'SUCCEEDED');
 
 -- The append-only audit trail, partitioned by month of its withdrawal's submission
 -- (queue_created_at: order_queues.created_at, written with each row; 0013-0015), so that
@@ -139,16 +152,19 @@ CREATE TABLE IF NOT EXISTS order_task_events (
     trace_id    text,
     occurred_at timestamptz NOT NULL DEFAULT clock_timestamp(),
     queue_created_at timestamptz NOT NULL DEFAULT 'infinity',
-    CONSTRAINT order_task_events_pkey PRIMARY KEY (id, queue_created_at),
-    CONSTRAINT order_task_events_queue_id_fkey FOREIGN KEY (queue_id)
-        REFERENCES order_queues (id),
-    CONSTRAINT order_task_events_task_id_fkey FOREIGN KEY (task_id) REFERENCES order_tasks (id)
+    -- No foreign keys (0017): the journal writes each row in its transition's
+    -- transaction, for the queue and task rows it holds locked, and those are never
+    -- deleted; keys would tie retention's detach and drop to locks on both tables.
+    CONSTRAINT order_task_events_pkey PRIMARY KEY (id, queue_created_at)
 ) PARTITION BY RANGE (queue_created_at);
 CREATE INDEX IF NOT EXISTS order_task_events_queue ON order_task_events (queue_id, id);
 CREATE INDEX IF NOT EXISTS order_task_events_task ON order_task_events (task_id, id);
 -- A withdrawal's entries into a manual check, for the cohort guard (0012).
 CREATE INDEX IF NOT EXISTS order_task_events_manual ON order_task_events (queue_id)
     WHERE to_state = 'MANUAL_CHECK';
+-- What people did at break-glass (PaymentBreakGlassSignIn's runbook; 0017).
+CREATE INDEX IF NOT EXISTS order_task_events_break_glass ON order_task_events (id)
+    WHERE actor LIKE '%at break-glass)';
 
 -- Row triggers are cloned onto every partition, present and future, so UPDATE and DELETE
 -- are refused however a partition is named. A TRUNCATE trigger is the table's own: each
@@ -297,6 +313,9 @@ CREATE TABLE IF NOT EXISTS webhook_inbox (
     outcome      text,
     UNIQUE (provider, webhook_id)
 );
+-- Webhooks refused (wrong_provider, provider_conflict, ...): the rare ones, newest first.
+CREATE INDEX IF NOT EXISTS webhook_inbox_refused ON webhook_inbox (outcome, id)
+    WHERE outcome NOT IN ('applied', 'ignored');
 
 -- Durable timers. Kept out of procrastinate_jobs on purpose: its fetch query
 -- scans every not-yet-due job, so 15-minute timers parked there would slow
@@ -384,6 +403,26 @@ FROM order_tasks t
 WHERE t.status IN ('SUCCEEDED', 'FAILED', 'SKIPPED')
 GROUP BY 1, 2;
 
+-- A provider's finished attempts per hour over the last `hours` (24 by default): what
+-- v_provider_success_hourly says, for a window an index reaches (the view reads every
+-- finished task there ever was). Inlined by the planner: the arguments are constants
+-- to it.
+CREATE OR REPLACE FUNCTION provider_success_hourly(provider text, hours integer DEFAULT 24)
+RETURNS TABLE (hour timestamptz, attempts bigint, succeeded bigint, failed bigint,
+               skipped bigint, success_rate numeric)
+LANGUAGE sql STABLE AS $$
+    SELECT date_trunc('hour', t.updated_at) AS hour, count(*),
+           count(*) FILTER (WHERE t.status = 'SUCCEEDED'),
+           count(*) FILTER (WHERE t.status = 'FAILED'),
+           count(*) FILTER (WHERE t.status = 'SKIPPED'),
+           round(count(*) FILTER (WHERE t.status = 'SUCCEEDED')::numeric / count(*), 4)
+    FROM order_tasks t
+    WHERE t.provider = provider_success_hourly.provider
+      AND t.status IN ('FAILED', 'SKIPPED', 'SUCCEEDED')
+      AND t.updated_at > date_trunc('hour', now()) - make_interval(hours => hours - 1)
+    GROUP BY 1 ORDER BY 1 DESC
+$$;
+
 -- Dead letters not yet replayed, with the withdrawal they belong to.
 CREATE OR REPLACE VIEW v_dead_letters AS
 SELECT d.id AS dead_letter_id, q.order_id, d.queue_id, d.task_id, t.status::text AS task_status,
@@ -406,35 +445,39 @@ CREATE TABLE IF NOT EXISTS ledger_holds (
 -- Continuous reconciliation pages the ledger's holds in byte order of key and
 -- deletes the ones gone range by range (0010).
 CREATE INDEX IF NOT EXISTS ledger_holds_key_bytes ON ledger_holds (key COLLATE "C");
+-- A hold the service does not know, by the ledger's order id (v_ledger_drift).
+CREATE INDEX IF NOT EXISTS ledger_holds_order ON ledger_holds (order_id);
 
 -- Where our books and the ledger's disagree. A task with a ledger call in flight
 -- (activity_token set) may legitimately be ahead or behind, so it is left out.
 CREATE OR REPLACE VIEW v_ledger_drift AS
-WITH ours AS (
-    -- every task: one whose ledger call is in flight (activity_token set) may
-    -- legitimately differ for a moment, so it is skipped below, never called unknown
-    SELECT t.id::text AS key, q.order_id, t.queue_id, t.status::text AS task_status,
-           t.funds::text AS funds, t.activity_token IS NOT NULL AS in_flight, t.updated_at
-    FROM order_tasks t JOIN order_queues q ON q.id = t.queue_id
-)
-SELECT coalesce(o.key, l.key) AS key, coalesce(o.order_id, l.order_id) AS order_id,
-       o.queue_id, o.task_status, o.funds,
-       l.status AS ledger_status,
-       CASE WHEN o.key IS NULL THEN 'hold unknown to payment-service'
-            ELSE 'funds ' || o.funds || ' but ledger ' || coalesce(l.status, 'has no hold') END
+SELECT o.id::text AS key, q.order_id, o.queue_id, o.status::text AS task_status,
+       o.funds::text AS funds, l.status AS ledger_status,
+       'funds ' || o.funds::text || ' but ledger ' || coalesce(l.status, 'has no hold')
            AS drift,
-       CASE WHEN o.key IS NULL THEN 'unknown_hold'
-            WHEN l.key IS NULL THEN 'missing_hold'
-            ELSE 'status_mismatch' END AS kind,
+       CASE WHEN l.key IS NULL THEN 'missing_hold' ELSE 'status_mismatch' END AS kind,
        -- a task that moved after a reconciliation run began is not judged by it (0010)
        o.updated_at AS task_updated_at
-FROM ours o FULL JOIN ledger_holds l ON l.key = o.key
-WHERE (o.key IS NULL AND l.status <> 'void')
-   OR (o.key IS NOT NULL AND NOT o.in_flight AND NOT (
+FROM order_tasks o
+JOIN order_queues q ON q.id = o.queue_id
+LEFT JOIN ledger_holds l ON l.key = o.id::text
+-- a task whose ledger call is in flight (activity_token set) may legitimately differ
+-- for a moment: skipped, never called unknown. No hold reads as 'void' (the view
+-- before let NULL make the whole test unknown: a task FROZEN or COMMITTED whose hold
+-- the ledger lacks was never shown).
+WHERE o.activity_token IS NULL AND NOT (
         (o.funds = 'NONE' AND coalesce(l.status, 'void') = 'void')
-     OR (o.funds = 'FROZEN' AND l.status = 'frozen')
-     OR (o.funds = 'COMMITTED' AND l.status = 'committed')
-     OR (o.funds = 'RELEASED' AND l.status IN ('released', 'void'))));
+     OR (o.funds = 'FROZEN' AND coalesce(l.status, 'void') = 'frozen')
+     OR (o.funds = 'COMMITTED' AND coalesce(l.status, 'void') = 'committed')
+     OR (o.funds = 'RELEASED' AND coalesce(l.status, 'void') IN ('released', 'void')))
+UNION ALL
+SELECT l.key, l.order_id, NULL::uuid, NULL::text, NULL::text, l.status,
+       'hold unknown to payment-service', 'unknown_hold', NULL::timestamptz
+FROM ledger_holds l
+WHERE l.status <> 'void' AND NOT EXISTS (
+    SELECT 1 FROM order_tasks t
+    WHERE t.id = CASE WHEN l.key ~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
+                      THEN l.key::uuid END);
 
 -- Each disagreement a run saw, from the first run that saw it to the first later run
 -- that saw it agree (resolved_at). `key` is the hold's (the task id); the other

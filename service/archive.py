@@ -2,19 +2,30 @@
 
 A month of the audit trail leaves the hot tables whole, once RETENTION_DAYS have
 passed since its end and every withdrawal submitted in it may leave
-(service/history.py): the partition is detached, written to ARCHIVE_DIR as compressed
-CSV with a manifest (service/archive_files.py), checked, and dropped. A month that
-must wait is reported, with why and for which withdrawals, and judged again next run.
+(service/history.py): the partition is detached (service/archive_detach.py), its
+archive, compressed CSV with a manifest (service/archive_files.py), is put in
+ARCHIVE_DIR and checked, and the table is dropped. A month that must wait is
+reported, with why and for which withdrawals, and judged again next run.
+
+Writing a month's archive reads the whole month: minutes for a big one. So it is
+written ahead, while the month is still attached, once it is within PREPARE_AHEAD of
+its due date and nothing keeps it (`<month>.prepared`). At the due date retention
+then only detaches, counts the detached table's rows, and keeps the prepared archive
+if it holds exactly that many (the audit trail is append-only: the same count is the
+same rows; a final withdrawal's queue and task rows change only with an audit row);
+otherwise it writes the archive again from the detached table.
 
 Steps, each one safe to repeat after a crash: `event_archives` (migration 0016)
 records a partition once it is detached ('detached': its table still exists, the
 files may be missing or partial) and once the verified files replaced it
-('archived'). A run first finishes what an earlier one left detached.
+('archived'). A run first finishes what an earlier one left detached. A prepared
+archive is only a head start: checked before it is used, written again if stale.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shutil
 from collections.abc import Callable
@@ -29,6 +40,7 @@ from psycopg import sql
 from engine.contracts import ShellJob
 from engine.steps import Runtime
 from service import archive_files as files
+from service.archive_detach import Busy, detach, detached_range, left_detached, row_count
 from service.history import Blocker, Partition, add_months, blockers, partitions
 from service.settings import Settings
 
@@ -36,6 +48,8 @@ log = logging.getLogger("payment.archive")
 
 ARCHIVE_LOCK = 7_303_023  # one archiver at a time, in any process (its session's lock)
 TABLE_DIR = "order_task_events"
+PREPARE_AHEAD = timedelta(days=7)  # a month's archive is written this long before it is due
+PREPARED = ".prepared"  # the suffix of an archive written ahead
 
 
 @dataclass
@@ -43,6 +57,7 @@ class Report:
     archived: list[str] = field(default_factory=list)
     blocked: dict[str, list[Blocker]] = field(default_factory=dict)
     busy: list[str] = field(default_factory=list)  # the detach waited too long for its locks
+    prepared: list[str] = field(default_factory=list)  # written ahead of their due date
 
 
 class Archiver:
@@ -53,12 +68,14 @@ class Archiver:
         retention: timedelta,
         block: int = 2000,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        prepare_ahead: timedelta = PREPARE_AHEAD,
     ) -> None:
         self._conninfo = conninfo
         self._directory = directory / TABLE_DIR
         self._retention = retention
         self._block = block
         self._clock = clock  # tests move it on, rather than waiting months
+        self._prepare_ahead = prepare_ahead
 
     def run(self) -> Report | None:
         """Archive every month due; None when another archiver is running. Its own
@@ -69,50 +86,63 @@ class Archiver:
                 return None
             self._directory.mkdir(parents=True, exist_ok=True)
             report = Report()
-            for name in _left_detached(conn):
+            for name in left_detached(conn):
                 self._write_and_drop(conn, name, report)
             for partition in self.due(conn):
                 self._archive(conn, partition, report)
+            for partition in self.due(conn, ahead=self._prepare_ahead):
+                self._prepare(conn, partition, report)
             return report
 
-    def due(self, conn: psycopg.Connection[Any]) -> list[Partition]:
+    def due(
+        self, conn: psycopg.Connection[Any], ahead: timedelta = timedelta(0)
+    ) -> list[Partition]:
         """The partitions whose every withdrawal was submitted more than the retention
-        period ago, oldest first (never the default one)."""
-        cutoff = self._clock() - self._retention
+        period ago (`ahead`: that will have been, `ahead` from now), oldest first
+        (never the default one)."""
+        cutoff = self._clock() + ahead - self._retention
         return [p for p in partitions(conn) if p.upper is not None and p.upper <= cutoff]
 
     def _archive(self, conn: psycopg.Connection[Any], partition: Partition, report: Report) -> None:
-        found = blockers(conn, partition)
-        if not found:
-            try:
-                found = _detach(conn, partition)
-            except psycopg.errors.LockNotAvailable:
-                log.warning("archive: %s: the audit trail was busy; next run", partition.name)
-                report.busy.append(partition.name)
-                return
+        try:
+            found = detach(conn, partition)
+        except Busy:
+            log.warning("archive: %s: the audit trail was busy; next run", partition.name)
+            report.busy.append(partition.name)
+            return
         if found:
             report.blocked[partition.name] = found
-            for b in found:
-                log.warning(
-                    "archive: %s waits: %d withdrawal(s) with %s (e.g. %s)",
-                    partition.name,
-                    b.withdrawals,
-                    b.reason,
-                    ", ".join(b.examples),
-                )
+            _log_blockers(partition.name, found)
             return
         self._write_and_drop(conn, partition.name, report)
 
+    def _prepare(self, conn: psycopg.Connection[Any], partition: Partition, report: Report) -> None:
+        """Write the archive of a month soon due, from the attached partition, unless a
+        verified one is there already or a withdrawal keeps the month (then at its due
+        date the blockers are reported)."""
+        ahead = self._directory / (partition.name + PREPARED)
+        with contextlib.suppress(FileNotFoundError, files.Corrupt):
+            files.verify(ahead)
+            return
+        if blockers(conn, partition):
+            return
+        shutil.rmtree(ahead, ignore_errors=True)  # stale or corrupt: written again
+        self._write(conn, partition.name, partition.lower, partition.upper, None, ahead)
+        log.info("archive: %s written ahead of its due date, in %s", partition.name, ahead)
+        report.prepared.append(partition.name)
+
     def _write_and_drop(self, conn: psycopg.Connection[Any], name: str, report: Report) -> None:
-        """Write the detached partition's archive unless a verified one is there (a run
-        that died after the rename), then drop the table with the catalog's record."""
+        """Put the detached partition's archive in place, unless a verified one is there
+        (a run that died after the rename): the one written ahead if it holds every row,
+        else one written now. Then drop the table with the catalog's record."""
         final = self._directory / name
-        lower, upper, events = _detached(conn, name)
+        lower, upper = detached_range(conn, name)
+        events = row_count(conn, name)
         try:
             manifest = _verified(final, events)
             sha = files.sha256_of(final / "manifest.json")
         except FileNotFoundError:
-            sha, manifest = self._write(conn, name, lower, upper, events, final)
+            sha, manifest = self._put_in_place(conn, name, lower, upper, events, final)
         except files.Corrupt as exc:  # the table is still there: the truth to write again
             aside = final.with_name(f"{name}.corrupt-{self._clock():%Y%m%dT%H%M%S}")
             log.error("archive: %s (kept as %s); written again", exc, aside)
@@ -130,7 +160,7 @@ class Archiver:
         )
         report.archived.append(name)
 
-    def _write(
+    def _put_in_place(
         self,
         conn: psycopg.Connection[Any],
         name: str,
@@ -139,12 +169,38 @@ class Archiver:
         events: int,
         final: Path,
     ) -> tuple[str, files.Manifest]:
+        """The archive written ahead, moved to its name, if it holds exactly `events`
+        rows; else written now from the detached table."""
+        ahead = final.with_name(name + PREPARED)
+        try:
+            manifest = _verified(ahead, events)
+        except (FileNotFoundError, files.Corrupt) as exc:
+            if ahead.exists():
+                log.warning("archive: %s: the archive written ahead is not used: %s", name, exc)
+                shutil.rmtree(ahead)
+            return self._write(conn, name, lower, upper, events, final)
+        ahead.rename(final)
+        files.sync_dir(final.parent)
+        return files.sha256_of(final / "manifest.json"), manifest
+
+    def _write(
+        self,
+        conn: psycopg.Connection[Any],
+        name: str,
+        lower: datetime | None,
+        upper: datetime | None,
+        events: int | None,
+        final: Path,
+    ) -> tuple[str, files.Manifest]:
+        """Write the archive of partition `name` to `final` (through a `.partial`
+        directory and one rename); `events`: the rows it must hold (None: as read)."""
+        assert upper is not None  # the default partition is never archived
         partial = final.with_name(final.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)  # a run that died while writing it
         partial.mkdir()
         conn.execute("SET timezone = 'UTC'")  # the files read the same wherever they are read
         withdrawals, sums = files.write(conn, name, partial, self._block)
-        if sums["events"].rows != events:
+        if events is not None and sums["events"].rows != events:
             raise files.Corrupt(f"{name}: wrote {sums['events'].rows} of {events} rows")
         manifest = files.Manifest(
             name,
@@ -159,16 +215,6 @@ class Archiver:
         return sha, manifest
 
 
-# Detaching takes ACCESS EXCLUSIVE on the audit trail (not CONCURRENTLY: PostgreSQL
-# allows that only without a default partition): every writer queues behind it, so it
-# waits at most this long, then the next run tries again.
-DETACH_LOCK_TIMEOUT = "2s"
-# First stop what could still make a final withdrawal stay: a dead letter (its writer
-# journals, so it would wait for the detach, then commit unseen) and a reconciliation
-# finding. SHARE waits for those in flight, and holds off new ones for the moment the
-# transaction lasts. Then the blockers are asked again, in the same snapshot.
-_STOP_BLOCKERS = "LOCK TABLE dead_letters, ledger_findings IN SHARE MODE"
-_RECORD = "INSERT INTO event_archives (partition, lower, upper) VALUES (%s, %s, %s)"
 _ARCHIVED = """
 UPDATE event_archives SET state = 'archived', path = %s, events = %s, withdrawals = %s,
        manifest_sha256 = %s, archived_at = now()
@@ -176,27 +222,15 @@ WHERE partition = %s
 """
 
 
-def _detach(conn: psycopg.Connection[Any], partition: Partition) -> list[Blocker]:
-    """Detach the partition and record it, unless something keeps it now: then nothing
-    changed, and what keeps it is returned."""
-    detach = sql.SQL("ALTER TABLE order_task_events DETACH PARTITION {}")
-    try:
-        with conn.transaction():
-            conn.execute(f"SET LOCAL lock_timeout = '{DETACH_LOCK_TIMEOUT}'")
-            conn.execute(_STOP_BLOCKERS)
-            conn.execute(detach.format(sql.Identifier(partition.name)))
-            if found := blockers(conn, partition):
-                raise _KeptBack(found)  # rolls the detach back
-            conn.execute(_RECORD, (partition.name, partition.lower, partition.upper))
-    except _KeptBack as kept:
-        return kept.found
-    return []
-
-
-class _KeptBack(Exception):
-    def __init__(self, found: list[Blocker]) -> None:
-        super().__init__(found)
-        self.found = found
+def _log_blockers(name: str, found: list[Blocker]) -> None:
+    for b in found:
+        log.warning(
+            "archive: %s waits: %d withdrawal(s) with %s (e.g. %s)",
+            name,
+            b.withdrawals,
+            b.reason,
+            ", ".join(b.examples),
+        )
 
 
 def _verified(directory: Path, events: int) -> files.Manifest:
@@ -204,22 +238,6 @@ def _verified(directory: Path, events: int) -> files.Manifest:
     if manifest.files["events"].rows != events:
         raise files.Corrupt(f"{directory}: {manifest.files['events'].rows} rows, table {events}")
     return manifest
-
-
-def _left_detached(conn: psycopg.Connection[Any]) -> list[str]:
-    rows = conn.execute("SELECT partition FROM event_archives WHERE state = 'detached'")
-    return [str(r[0]) for r in rows.fetchall()]
-
-
-def _detached(conn: psycopg.Connection[Any], name: str) -> tuple[datetime | None, datetime, int]:
-    row = conn.execute(
-        "SELECT lower, upper FROM event_archives WHERE partition = %s", (name,)
-    ).fetchone()
-    assert row is not None
-    table = sql.Identifier(name)
-    count = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(table)).fetchone()
-    assert count is not None
-    return row[0], row[1], int(count[0])
 
 
 JOB = "history"

@@ -37,25 +37,22 @@ from psycopg import sql
 FILES = ("events", "queues", "tasks")
 FORMAT = 1
 
-# Each file's rows for the withdrawals (after, upto] of the partition; the partition's
-# (queue_id, id) index gives both the range and its order. The partition is detached:
-# nothing writes it any more, and the hot rows of queues and tasks a block copies belong
-# to final withdrawals, so every block is read as it stays.
+# Each file's rows for one block of withdrawals: the partition's through its (queue_id,
+# id) index, which gives both the range and the order; the queue and task rows through
+# their keys, the block's ids in hand (a join or IN (subquery) let the planner read the
+# whole table, once per block). The partition may still be attached (an archive written
+# ahead, service/archive.py): the reader is one snapshot, and the archive is used only
+# if the detached table holds exactly as many rows. The queue and task rows copied
+# belong to final withdrawals, which change only with an audit row.
 _BLOCK_ROWS = {
     "events": "SELECT * FROM {table} WHERE queue_id > %(after)s AND queue_id <= %(upto)s"
     " ORDER BY queue_id, id",
-    "queues": "SELECT * FROM order_queues WHERE id IN (SELECT queue_id FROM {table}"
-    " WHERE queue_id > %(after)s AND queue_id <= %(upto)s) ORDER BY id",
-    "tasks": "SELECT * FROM order_tasks WHERE queue_id IN (SELECT queue_id FROM {table}"
-    " WHERE queue_id > %(after)s AND queue_id <= %(upto)s) ORDER BY queue_id, position",
+    "queues": "SELECT * FROM order_queues WHERE id = ANY(%(ids)s) ORDER BY id",
+    "tasks": "SELECT * FROM order_tasks WHERE queue_id = ANY(%(ids)s) ORDER BY queue_id, position",
 }
 _TABLES = {"queues": "order_queues", "tasks": "order_tasks"}
 # The next block: up to `block` withdrawals after `after` (an index-only walk).
-_NEXT_BLOCK = """
-SELECT queue_id AS upto FROM (
-    SELECT DISTINCT queue_id FROM {table} WHERE queue_id > %s ORDER BY queue_id LIMIT %s) b
-ORDER BY queue_id DESC LIMIT 1
-"""
+_NEXT_BLOCK = "SELECT DISTINCT queue_id FROM {table} WHERE queue_id > %s ORDER BY queue_id LIMIT %s"
 _COLUMNS = """
 SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute
 WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum
@@ -112,7 +109,7 @@ class _Member:
 
 
 def _copy_block(
-    cur: psycopg.Cursor[Any], query: sql.Composed, bounds: dict[str, UUID], into: _Member
+    cur: psycopg.Cursor[Any], query: sql.Composed, bounds: dict[str, Any], into: _Member
 ) -> tuple[int, int, int]:
     """COPY one block's rows into a gzip member of its own: (offset, length, rows)."""
     start, packer = into.offset, zlib.compressobj(6, zlib.DEFLATED, 31)  # 31: gzip framing
@@ -127,12 +124,13 @@ def _copy_block(
 
 def _blocks(
     cur: psycopg.Cursor[Any], table: sql.Identifier, block: int
-) -> Iterator[tuple[UUID, UUID]]:
+) -> Iterator[tuple[UUID, list[UUID]]]:
+    """Each block's `after` and its withdrawals' ids, in order."""
     after = NIL
     query = sql.SQL(_NEXT_BLOCK).format(table=table)
-    while (row := cur.execute(query, (after, block)).fetchone()) and row[0] is not None:
-        yield after, row[0]
-        after = row[0]
+    while ids := [row[0] for row in cur.execute(query, (after, block)).fetchall()]:
+        yield after, ids
+        after = ids[-1]
 
 
 def write(
@@ -150,12 +148,10 @@ def write(
     )
     withdrawals = 0
     with conn.cursor() as cur:
-        for after, upto in _blocks(cur, name, block):
-            spots = [
-                _copy_block(cur, queries[f], {"after": after, "upto": upto}, members[f])
-                for f in FILES
-            ]
-            lines.writerow([after, upto, *(n for spot in spots for n in spot)])
+        for after, ids in _blocks(cur, name, block):
+            bounds = {"after": after, "upto": ids[-1], "ids": ids}
+            spots = [_copy_block(cur, queries[f], bounds, members[f]) for f in FILES]
+            lines.writerow([after, ids[-1], *(n for spot in spots for n in spot)])
             withdrawals += spots[FILES.index("queues")][2]
     sums = {f: m.close() for f, m in members.items()}
     raw = index.getvalue().encode()
@@ -182,13 +178,13 @@ def seal(into: Path, manifest: Manifest, final: Path) -> str:
     (a crash before leaves a `.partial` directory, done again). Its sha256."""
     raw = manifest.to_json()
     _write_synced(into / "manifest.json", raw)
-    _sync_dir(into)
+    sync_dir(into)
     into.rename(final)
-    _sync_dir(final.parent)
+    sync_dir(final.parent)
     return hashlib.sha256(raw).hexdigest()
 
 
-def _sync_dir(path: Path) -> None:
+def sync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

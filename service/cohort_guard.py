@@ -110,7 +110,8 @@ def follow_moved_back(live: LiveConfig) -> None:
 # key (one row per configuration change), then the window's withdrawals through
 # order_queues_created (0012), each with two index probes: its live task
 # (order_tasks_one_live) and its manual-check events (order_task_events_manual,
-# 0012, only ever those rows). An hour at 10 withdrawals a second: 36,000 rows.
+# 0012, only ever those rows, and only in its month's partition and the first one).
+# An hour at 10 withdrawals a second: 36,000 rows.
 _WINDOW = """
 WITH arms AS (
     SELECT a.cohort,
@@ -127,7 +128,8 @@ WITH arms AS (
 ), settled AS (
     SELECT q.policy, q.created_at, q.status = 'COMPLETED' AS succeeded,
            w.waiting OR EXISTS (SELECT 1 FROM order_task_events e
-                                WHERE e.queue_id = q.id AND e.to_state = 'MANUAL_CHECK')
+                                WHERE e.queue_id = q.id AND e.to_state = 'MANUAL_CHECK'
+                                  AND e.queue_created_at IN (q.created_at, '-infinity'))
                AS manual
     FROM order_queues q
     CROSS JOIN LATERAL (SELECT EXISTS (SELECT 1 FROM order_tasks t

@@ -67,8 +67,8 @@ class Blocker:
 
 # Why withdrawals submitted in [lower, upper) may not leave yet: each reason, how many,
 # and a few order ids. Each branch starts from a small set held by a partial index
-# (live withdrawals, tasks with a person, pending proposals, open dead letters, open
-# findings), never from the month's withdrawals, so it costs the same for a month of a
+# (live withdrawals, untold outcomes, tasks with a person, pending proposals, open dead
+# letters, open findings), never from the month's withdrawals, so it costs the same for a month of a
 # billion rows. A final withdrawal stays final, and a manual check or a proposal needs
 # a live one; a dead letter or a finding can still come to a final one: `archive.py`
 # asks again under locks that stop both.
@@ -76,6 +76,12 @@ _BLOCKERS = """
 WITH blocked (reason, order_id) AS (
     SELECT 'not final', q.order_id FROM order_queues q
     WHERE q.status = 'ACTIVE' AND q.created_at >= %(lower)s AND q.created_at < %(upper)s
+  UNION ALL
+    -- cascade-core has not heard the outcome yet: the notification is still retried
+    -- (and its core_notified_at is the one change a final queue row may still see)
+    SELECT 'outcome not yet told to cascade-core', q.order_id FROM order_queues q
+    WHERE q.core_notified_at IS NULL AND q.status <> 'ACTIVE'
+      AND q.created_at >= %(lower)s AND q.created_at < %(upper)s
   UNION ALL
     SELECT 'manual check open', q.order_id
     FROM order_tasks t JOIN order_queues q ON q.id = t.queue_id

@@ -32,7 +32,7 @@ SETTLE_MARGIN_S = 300.0
 # an earlier manual check settled it); `judged` is NULL then, and nothing counts.
 _SETTLE = """
 WITH q AS (
-    SELECT id, policy, extract(epoch FROM now() - created_at)::float8 AS age_s
+    SELECT id, policy, created_at, extract(epoch FROM now() - created_at)::float8 AS age_s
     FROM order_queues WHERE id = %(id)s
 ), judged AS (
     INSERT INTO settle_slo_results (queue_id, policy, result)
@@ -42,7 +42,8 @@ WITH q AS (
 )
 SELECT q.policy, q.age_s, (SELECT result FROM judged) AS judged,
        (SELECT count(DISTINCT e.task_id) FROM order_task_events e
-        WHERE e.queue_id = q.id AND e.event_type = 'start') AS attempts
+        WHERE e.queue_id = q.id AND e.event_type = 'start'
+          AND e.queue_created_at IN (q.created_at, '-infinity')) AS attempts
 FROM q
 """
 # Bounded, oldest first. A withdrawal settling meanwhile conflicts on the key:

@@ -202,14 +202,21 @@ def _task_view(task: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# A withdrawal's audit rows: in its month's partition, or the first one's rows from
+# before partitioning ('-infinity', migration 0013). Said, so that PostgreSQL probes
+# those two partitions rather than every month's index.
+_EVENTS = """
+SELECT id, task_id, from_state, to_state, event_type, payload, actor, trace_id, occurred_at
+FROM order_task_events
+WHERE queue_id = %(id)s
+  AND queue_created_at = ANY(ARRAY[(SELECT created_at FROM order_queues WHERE id = %(id)s),
+                                   '-infinity'])
+ORDER BY id
+"""
+
+
 async def events_view(conn: Conn, queue_id: str) -> list[dict[str, Any]]:
-    rows = await (
-        await conn.execute(
-            "SELECT id, task_id, from_state, to_state, event_type, payload, actor, trace_id,"
-            " occurred_at FROM order_task_events WHERE queue_id = %s ORDER BY id",
-            (queue_id,),
-        )
-    ).fetchall()
+    rows = await (await conn.execute(_EVENTS, {"id": queue_id})).fetchall()
     return [
         {
             **r,

@@ -34,8 +34,9 @@ def migrated_database(suffix: str) -> Iterator[str]:
 
 _QUEUE = """
 INSERT INTO order_queues (id, order_id, request_hash, merchant_id, amount_minor, currency,
-                          status, created_at, finished_at)
-VALUES (%s, %s, 'h', 'merchant-1', %s, 'EUR', %s, %s, CASE WHEN %s <> 'ACTIVE' THEN %s END)
+                          status, created_at, finished_at, core_notified_at)
+VALUES (%s, %s, 'h', 'merchant-1', %s, 'EUR', %s, %s, CASE WHEN %s <> 'ACTIVE' THEN %s END,
+        CASE WHEN %s <> 'ACTIVE' THEN %s END)
 """
 _TASK = """
 INSERT INTO order_tasks (id, queue_id, position, provider, status, funds, provider_ref)
@@ -62,7 +63,8 @@ async def withdrawal(
     async with await psycopg.AsyncConnection.connect(url, row_factory=dict_row) as conn:
         amount = rng.randint(100, 1_000_000)
         await conn.execute(
-            _QUEUE, (queue_id, order_id, amount, status, created_at, status, created_at)
+            _QUEUE,
+            (queue_id, order_id, amount, status, created_at, *(status, created_at) * 2),
         )
         queue: dict[str, Any] | None = await (
             await conn.execute("SELECT * FROM order_queues WHERE id = %s", (queue_id,))

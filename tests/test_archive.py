@@ -4,6 +4,8 @@ row; a month with a withdrawal that must stay waits, and says why."""
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 import zlib
 from collections.abc import Iterator
@@ -15,6 +17,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
+from service import archive_detach
 from service import archive_files as files
 from service.archive import TABLE_DIR, Archiver
 from service.archive_cli import load, show
@@ -176,11 +179,21 @@ async def _drift(url: str) -> dict[str, Any]:
     return queue
 
 
+async def _untold(url: str) -> dict[str, Any]:
+    queue = await withdrawal(url, month(8))
+    with psycopg.connect(url) as conn:  # cascade-core has not heard the outcome yet
+        conn.execute(
+            "UPDATE order_queues SET core_notified_at = NULL WHERE id = %s", (queue["id"],)
+        )
+    return queue
+
+
 KEPT = {
     "not final": _not_final,
     "manual check open": _manual_check,
     "dead letter not replayed": _dead_letter,
     "reconciliation drift open": _drift,
+    "outcome not yet told to cascade-core": _untold,
 }
 
 
@@ -191,7 +204,7 @@ async def test_a_month_with_a_withdrawal_that_must_stay_waits_and_says_why(
     # a final, clean withdrawal beside each: its month waits for its neighbour
     for queue in kept.values():
         await withdrawal(url, queue["created_at"] + timedelta(hours=1))
-    clean = await withdrawal(url, month(8))
+    clean = await withdrawal(url, month(9))
 
     report = archiver(url, tmp_path).run()
 
@@ -209,7 +222,7 @@ async def test_a_month_with_a_withdrawal_that_must_stay_waits_and_says_why(
     assert waiting == expected
     for queue in kept.values():
         assert timeline_rows(url, queue["id"])  # still hot, every row
-    assert partition(8) in report.archived
+    assert partition(9) in report.archived
     assert timeline_rows(url, clean["id"]) == []
 
     # Closed, the dead letter no longer keeps its month: the next run takes it.
@@ -254,3 +267,90 @@ async def test_a_corrupted_archive_is_refused(url: str, tmp_path: Path) -> None:
         files.verify(events.parent)
     with pytest.raises((OSError, EOFError, zlib.error)):  # each block's own CRC and length
         show(Settings(database_url=url, archive_dir=tmp_path), queue["id"])
+
+
+def due(n: int) -> datetime:
+    """The moment the n-th month falls due: RETENTION after its end."""
+    return month(n + 1).replace(day=1, hour=0, minute=0, second=0, microsecond=0) + RETENTION
+
+
+async def test_an_archive_written_ahead_is_what_retention_keeps(url: str, tmp_path: Path) -> None:
+    queues = [await withdrawal(url, month(2) + timedelta(hours=i)) for i in range(3)]
+    before = {q["id"]: timeline_rows(url, q["id"]) for q in queues}
+
+    ahead = archiver(url, tmp_path, at=due(2) - timedelta(days=3)).run()
+
+    assert ahead is not None and partition(2) in ahead.prepared
+    assert partition(2) not in ahead.archived and all(before[q] for q in before)  # still hot
+    written = tmp_path / TABLE_DIR / f"{partition(2)}.prepared"
+    sha = files.sha256_of(written / "manifest.json")
+
+    report = archiver(url, tmp_path, at=due(2) + timedelta(hours=1)).run()
+
+    assert report is not None and partition(2) in report.archived
+    final = tmp_path / TABLE_DIR / partition(2)
+    assert not written.exists() and files.sha256_of(final / "manifest.json") == sha  # kept
+    for queue in queues:
+        assert archived_rows(url, tmp_path, queue["id"])["events"] == before[queue["id"]]
+
+
+async def test_an_archive_written_ahead_that_misses_a_row_is_written_again(
+    url: str, tmp_path: Path
+) -> None:
+    queue = await withdrawal(url, month(3))
+    assert archiver(url, tmp_path, at=due(3) - timedelta(days=1)).run() is not None
+    written = files.verify(tmp_path / TABLE_DIR / f"{partition(3)}.prepared")
+    with psycopg.connect(url) as conn:  # a late row after the archive was written
+        conn.execute(
+            "INSERT INTO order_task_events (queue_id, event_type, actor, queue_created_at)"
+            " VALUES (%s, 'late_webhook', 'provider', %s)",
+            (queue["id"], queue["created_at"]),
+        )
+    rows = timeline_rows(url, queue["id"])
+
+    report = archiver(url, tmp_path, at=due(3) + timedelta(hours=1)).run()
+
+    assert report is not None and partition(3) in report.archived
+    manifest = files.verify(tmp_path / TABLE_DIR / partition(3))
+    assert manifest.files["events"].rows == written.files["events"].rows + 1
+    assert archived_rows(url, tmp_path, queue["id"])["events"] == rows
+
+
+async def test_retention_gives_way_to_a_writer_and_keeps_writers_waiting_briefly(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A transition holding the audit trail (its row written, not yet committed) is
+    never aborted for retention: the detach gives up, and writers queued behind its
+    lock request wait at most LOCK_TIMEOUT each time."""
+    monkeypatch.setattr(archive_detach, "ATTEMPTS", 2)
+    monkeypatch.setattr(archive_detach, "PAUSE_S", 0.1)
+    queue = await withdrawal(url, month(4))
+    current = await withdrawal(url, datetime.now(UTC), "ACTIVE")
+    insert = (
+        "INSERT INTO order_task_events (queue_id, event_type, actor, queue_created_at)"
+        " VALUES (%s, 'heartbeat', 'worker', %s)"
+    )
+    waited: list[float] = []
+
+    def second_writer() -> None:  # arrives while the detach waits for its lock
+        with psycopg.connect(url, autocommit=True) as conn:
+            started = time.monotonic()
+            conn.execute(insert, (current["id"], current["created_at"]))
+            waited.append(time.monotonic() - started)
+
+    with psycopg.connect(url) as transition:
+        transition.execute(
+            "UPDATE order_queues SET updated_at = now() WHERE id = %s", (current["id"],)
+        )
+        transition.execute(insert, (current["id"], current["created_at"]))
+        writer = threading.Timer(0.1, second_writer)
+        writer.start()
+        report = archiver(url, tmp_path, at=due(4) + timedelta(hours=1)).run()
+        writer.join()
+        transition.commit()  # not aborted: no deadlock, no cancel
+
+    assert report is not None and partition(4) in report.busy and not report.archived
+    assert waited and waited[0] < 1.0, waited
+    assert timeline_rows(url, queue["id"])  # nothing changed
+    again = archiver(url, tmp_path, at=due(4) + timedelta(hours=1)).run()
+    assert again is not None and partition(4) in again.archived

@@ -129,6 +129,14 @@ def test_provider_success_rates_per_hour(client: StackClient, migrated_url: str)
     client.wait_final(client.submit(["alpha", "beta"]).json()["id"])
     after = alpha()
     assert {k: after[k] - before[k] for k in after} == {"a": 2, "s": 1, "k": 1}
+    # the runbook's function says the same for the hours it covers (every row of this
+    # session's stack is from the last 24)
+    window = query(
+        migrated_url,
+        "SELECT sum(attempts)::int AS a, sum(succeeded)::int AS s, sum(skipped)::int AS k"
+        " FROM provider_success_hourly('alpha', 24)",
+    )
+    assert window == [after]
 
 
 def test_reconcile_reports_zero_drift_then_finds_planted_drift(

@@ -70,3 +70,30 @@ def test_the_queries_are_built_from_the_constants() -> None:
     built = sweep._waiting_query(DEFINITIONS.storage(), DEFINITIONS.live_statuses())
     assert sql_literals(LIVE) in built
     assert "FROM order_tasks t JOIN order_queues q" in built  # the storage's names
+
+
+def test_the_sweep_index_is_exactly_the_sweeps_predicate(migrated_url: str) -> None:
+    """The planner can use a partial index only when the query's WHERE implies its
+    predicate: with sequential scans priced out, a mismatch still shows a Seq Scan."""
+    built = sweep._waiting_query(DEFINITIONS.storage(), DEFINITIONS.live_statuses())
+    with psycopg.connect(migrated_url) as conn:
+        conn.execute("SET enable_seqscan = off")
+        plan = "\n".join(
+            str(r[0]) for r in conn.execute("EXPLAIN " + built, (15.0, 100)).fetchall()
+        )
+    assert "order_tasks_swept on order_tasks t" in plan, plan
+
+
+@pytest.mark.parametrize(
+    ("index", "expected", "negated"),
+    [
+        ("order_tasks_unfinished", TERMINAL, True),
+        ("order_tasks_finished", TERMINAL - {S.CANCELLED}, False),
+    ],
+)
+def test_the_runbooks_indexes_cover_the_constants(
+    migrated_url: str, index: str, expected: frozenset[str], negated: bool
+) -> None:
+    predicate = index_predicate(migrated_url, index)
+    assert ("<> ALL" in predicate) is negated
+    assert statuses_in(predicate) == expected
