@@ -139,6 +139,20 @@ def audit_replay(url: str) -> Check:
     return Check("audit replay matches every task", f"{share:.1f}%", not broken)
 
 
+def audit_references(url: str) -> Check:
+    """Every audit row names a withdrawal and (if any) a task that exist, in the same
+    withdrawal: the audit trail has no foreign keys (migration 0017), the journal's
+    one transaction with the rows it locks is what keeps this."""
+    orphans = _rows(
+        url,
+        "SELECT e.id FROM order_task_events e"
+        " WHERE NOT EXISTS (SELECT 1 FROM order_queues q WHERE q.id = e.queue_id)"
+        "    OR (e.task_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM order_tasks t"
+        "        WHERE t.id = e.task_id AND t.queue_id = e.queue_id))",
+    )
+    return Check("audit rows naming a missing withdrawal or task", len(orphans), not orphans)
+
+
 def outbox_checks(url: str, nats_url: str) -> list[Check]:
     """Each event the database holds must be in the stream once, as written. An event
     whose id the stream holds with another body was dropped by JetStream as a

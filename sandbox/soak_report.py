@@ -70,6 +70,7 @@ def outside_checks(
         *checks.money_checks(client, url),
         *checks.liveness_checks(url),
         checks.audit_replay(url),
+        checks.audit_references(url),
         *checks.outbox_checks(url, run.nats_url),
         checks.Check(
             "worker exits other than the ones killed",

@@ -1,6 +1,8 @@
-"""v_ledger_drift (migration 0017): every kind of disagreement between our tasks and the
-ledger's holds as reconciliation last fetched them, found by the runbook's lookup by
-order id through an index on each side, and the same rows as a scan of the whole."""
+"""The SQL that tells an operator or the soak that our books are wrong: v_ledger_drift
+(migration 0017), every kind of disagreement between our tasks and the ledger's holds
+as reconciliation last fetched them, found by the runbook's lookup by order id through
+an index on each side; and the soak's check that every audit row names rows that exist
+(the audit trail has no foreign keys since 0017)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
+from sandbox.soak_checks import audit_references
 from tests.history_data import migrated_database, withdrawal
 
 HOLD = "INSERT INTO ledger_holds (key, status, order_id) VALUES (%s, %s, %s)"
@@ -83,3 +86,23 @@ async def test_the_lookup_by_order_id_reads_no_table_whole(url: str) -> None:
             ).fetchall()
         )
     assert "Seq Scan" not in plan, plan
+
+
+@pytest.mark.parametrize("orphan", ["withdrawal", "task"])
+async def test_the_soak_sees_an_audit_row_naming_a_missing_withdrawal_or_task(
+    url: str, orphan: str
+) -> None:
+    """The audit trail has no foreign keys (0017): the soak's outside check stands in."""
+    queue = await withdrawal(url, datetime.now(UTC))
+    assert audit_references(url).ok
+    queue_id, task_id = (
+        (uuid.uuid4(), None) if orphan == "withdrawal" else (queue["id"], uuid.uuid4())
+    )
+    with psycopg.connect(url) as conn:
+        conn.execute(
+            "INSERT INTO order_task_events (queue_id, task_id, event_type, actor,"
+            " queue_created_at) VALUES (%s, %s, 'x', 'test', %s)",
+            (queue_id, task_id, queue["created_at"]),
+        )
+    found = audit_references(url)
+    assert not found.ok and found.value == 1
