@@ -24,8 +24,9 @@ import hashlib
 import io
 import json
 import os
+import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -134,10 +135,17 @@ def _blocks(
 
 
 def write(
-    conn: psycopg.Connection[Any], table: str, into: Path, block: int
+    conn: psycopg.Connection[Any],
+    table: str,
+    into: Path,
+    block: int,
+    pace: float = 0.0,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> tuple[int, dict[str, FileSum]]:
-    """Every row of the (detached) partition `table`, with its withdrawals' queue and task
-    rows, into `into`; fsynced. The number of withdrawals, and each file's sums."""
+    """Every row of the partition `table`, with its withdrawals' queue and task rows,
+    into `into`; fsynced. The number of withdrawals, and each file's sums. `pace`: after
+    each block, rest that many times as long as the block took (1.0: half the time), so
+    that an archive with days to spare leaves the cores to live traffic."""
     name = sql.Identifier(table)
     members = {f: _Member(into / f"{f}.csv.gz") for f in FILES}
     queries = {f: sql.SQL(q).format(table=name) for f, q in _BLOCK_ROWS.items()}
@@ -149,10 +157,13 @@ def write(
     withdrawals = 0
     with conn.cursor() as cur:
         for after, ids in _blocks(cur, name, block):
+            started = time.monotonic()
             bounds = {"after": after, "upto": ids[-1], "ids": ids}
             spots = [_copy_block(cur, queries[f], bounds, members[f]) for f in FILES]
             lines.writerow([after, ids[-1], *(n for spot in spots for n in spot)])
             withdrawals += spots[FILES.index("queues")][2]
+            if pace:
+                sleep(pace * (time.monotonic() - started))
     sums = {f: m.close() for f, m in members.items()}
     raw = index.getvalue().encode()
     _write_synced(into / "blocks.csv", raw)
