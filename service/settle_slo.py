@@ -127,3 +127,10 @@ async def count_overdue(conn: Conn, target_s: float) -> int:
 
             commit_hooks.on_commit(count)
     return len(rows)
+
+
+async def roll_up(conn: Conn) -> None:
+    """The workers' periodic checks: the judgements of closed minutes counted once, into
+    settle_slo_minutes (0018), so that the month's summary reads minutes, not rows."""
+    async with conn.transaction():
+        await conn.execute("SELECT settle_slo_roll_up()")

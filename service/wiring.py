@@ -46,7 +46,7 @@ from service.reconciliation import reconcile_jobs, when_due
 from service.rollout import RolloutConfig, RolloutGate
 from service.routing import ProviderRouting
 from service.settings import Settings
-from service.settle_slo import SettleRecorder, count_overdue, settle_target_s
+from service.settle_slo import SettleRecorder, count_overdue, roll_up, settle_target_s
 from service.webhook_inbox import WebhookInbox
 from workflows.core import Event, Storage
 from workflows.withdrawal_events import Timing
@@ -175,13 +175,15 @@ def _periodic_checks(
 ) -> Callable[[Conn], Awaitable[None]]:
     """The workers' `checks` job (every HEALTH_EVERY_S): the providers' circuits, the
     four-eyes proposals that expired or whose task moved on (service/approvals.py),
-    the withdrawals past their settle deadline (service/settle_slo.py), and the
-    cascade cohorts against single-shot (service/cohort_guard.py, every GUARD_EVERY_S)."""
+    the withdrawals past their settle deadline and the closed minutes' judgements
+    (service/settle_slo.py), and the cascade cohorts against single-shot
+    (service/cohort_guard.py, every GUARD_EVERY_S)."""
 
     async def checks(conn: Conn) -> None:
         await evaluate_health(health_rules(live.providers.providers), conn)
         await close_stale(conn, storage)
         await count_overdue(conn, settle_s())
+        await roll_up(conn)
         await guard(conn)
 
     return checks
