@@ -5,9 +5,11 @@ another terminal started."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,10 +22,19 @@ from sandbox.stack import wait_until
 
 
 @pytest.fixture
-def data_dir(tmp_path: Path) -> Iterator[Path]:
-    yield tmp_path / "data"
-    for proc in leftovers(tmp_path / "data"):  # never leave a stray server behind
-        proc.kill()
+def data_dir() -> Iterator[Path]:
+    """A data directory of its own. Not under pytest's tmp_path: as root, the embedded
+    PostgreSQL runs as another user, who must traverse the path, and every pytest
+    that starts (another engineer's, too) makes /tmp/pytest-of-root private again."""
+    base = Path(tempfile.mkdtemp(prefix="payment-stack-"))
+    base.chmod(0o755)
+    try:
+        yield base / "data"
+    finally:
+        for proc in leftovers(base / "data"):  # never leave a stray server behind
+            proc.kill()
+        psutil.wait_procs(leftovers(base / "data"), timeout=10)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def env_for(data: Path) -> dict[str, str]:
@@ -32,16 +43,21 @@ def env_for(data: Path) -> dict[str, str]:
 
 
 def start_run(data: Path, log: Path) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
+    port, metrics = free_port(), free_port()  # not 8000 and 9101: another stack may hold them
     proc = subprocess.Popen(
-        [sys.executable, "-m", "service.run", "--port", str(port)],
+        [sys.executable, "-m", "service.run", "--port", str(port), "--metrics-port", str(metrics)],
         cwd=PROJECT_ROOT,
         env=env_for(data),
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
         start_new_session=True,  # a terminal's process group: Ctrl-C reaches all of it
     )
-    wait_until(lambda: healthy(port) or proc.poll() is not None, 120, "make run's API")
+    # The banner comes once the API listens: after it, the terminal has said it all.
+    wait_until(
+        lambda: (healthy(port) and "Ctrl-C stops" in log.read_text()) or proc.poll() is not None,
+        120,
+        "make run's API and banner",
+    )
     assert proc.poll() is None, log.read_text()[-2000:]
     return proc, port
 
