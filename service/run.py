@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import select
 import signal
@@ -171,14 +172,27 @@ def _report_death(name: str, child: subprocess.Popen[bytes], logs: Path) -> None
     """The real cause on the terminal: the end of the dead child's own log."""
     log = logs / f"{name}.log"
     try:
-        tail = log.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+        logged = log.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
     except OSError:
-        tail = []
+        logged = []
+    tail = [line for entry in logged for line in _readable(entry)][-LOG_TAIL_LINES:]
     lines = [f"make run: {name} exited with status {child.returncode}; the end of {log}:"]
     lines += [f"  {line}" for line in tail] or ["  (empty)"]
     lines.append("make run: stopping the rest")
     with contextlib.suppress(OSError):
         print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+def _readable(entry: str) -> list[str]:
+    """A JSON log line as a person reads it (level, logger, message; a traceback's
+    lines one by one); any other line as it is."""
+    try:
+        fields = json.loads(entry)
+        head = f"{fields['level']} {fields['logger']}: "
+        message = str(fields["message"]).rstrip("\n").splitlines() or [""]
+    except (ValueError, KeyError, TypeError):
+        return [entry]
+    return [head + message[0], *message[1:]]
 
 
 def _say(line: str) -> bool:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -21,6 +23,7 @@ import pytest
 
 from devstack.embedded import PROJECT_ROOT, free_port
 from sandbox.stack import wait_until
+from service.run import STATUS_EVERY_S
 from tests.test_lifecycle import data_dir, env_for, leftovers
 
 __all__ = ["data_dir"]  # the fixture: a data directory of its own, cleaned up
@@ -102,6 +105,7 @@ def test_make_run_piped_into_head_then_status_stop_and_a_second_run(
             return
         api = f"http://127.0.0.1:{make_env['PORT']}/healthz"
         assert httpx.get(api, timeout=5).status_code == 200
+        status_line_only_when_figures_change(log)
         kill_supervisor_and_check(make_env, data_dir, second)
         ops_leaves_nothing_running(make_env, data_dir)
     finally:
@@ -189,3 +193,30 @@ def ops_leaves_nothing_running(env: dict[str, str], data: Path) -> None:
     assert (done.returncode, done.stdout.strip()) == (0, "[]"), done.stderr
     assert "stopped after it" in done.stderr
     assert not live_pids(data)
+
+
+def status_line_only_when_figures_change(log: Path) -> None:
+    """Nothing changes on an idle stack: one status line, not one every 5 s."""
+    wait_until(lambda: "withdrawals:" in log.read_text(), 30, "the first status line")
+    deadline = time.monotonic() + 2 * STATUS_EVERY_S + 1  # two more looks at the figures
+    while time.monotonic() < deadline:
+        assert log.read_text().count("withdrawals:") == 1, log.read_text()
+        time.sleep(0.2)
+
+
+def test_a_make_run_that_cannot_start_says_why_on_the_terminal(
+    data_dir: Path, make_env: dict[str, str]
+) -> None:
+    with socket.socket() as taken:  # someone else's server on the API's port
+        taken.bind(("127.0.0.1", int(make_env["PORT"])))
+        taken.listen()
+        refused = make(make_env, "run")
+    assert refused.returncode != 0
+    assert f"port {make_env['PORT']} on 127.0.0.1 is not free" in refused.stderr, refused.stderr
+    assert not live_pids(data_dir)  # found before anything was started
+    broken = make({**make_env, "PROVIDERS_FILE": "/nonexistent/providers.toml"}, "run")
+    assert broken.returncode != 0
+    assert "exited with status" in broken.stderr, broken.stdout + broken.stderr
+    assert "No such file or directory: '/nonexistent/providers.toml'" in broken.stderr
+    assert BANNER not in broken.stdout  # no success banner before the failure
+    wait_until(lambda: not live_pids(data_dir), 30, "the rest of the stack to stop")
