@@ -63,7 +63,7 @@ SCENARIO ?= default
 demo: setup ## start everything embedded, run a batch of withdrawals, print outcomes (SCENARIO=name)
 	$(PY) -m sandbox.demo --scenario $(SCENARIO)
 
-run: setup ## API + worker(s) against DATABASE_URL / NATS_URL (embedded when unset)
+run: setup ## API + worker(s) against DATABASE_URL / NATS_URL (embedded when unset); PORT, WORKERS, WORKER_METRICS_PORT
 	$(PY) -m service.run
 
 sandbox: setup ## the simulated ledger and providers of config/sandbox.toml on :8090, the OpenID issuer on :9400

@@ -8,9 +8,12 @@ under the project-local data directory (`PAYMENT_DATA_DIR`, default `.data/`).
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -76,6 +79,30 @@ def database_url(*, keep_running: bool = False) -> str:
     return os.environ.get("DATABASE_URL") or embedded_postgres_url(keep_running=keep_running)
 
 
+def postgres_pid() -> int | None:
+    """The embedded PostgreSQL's postmaster, if it runs."""
+    try:
+        pid = int((data_dir() / "pg" / "postmaster.pid").read_text().split("\n", 1)[0])
+    except (OSError, ValueError):
+        return None
+    return pid if pid_alive(pid) else None
+
+
+def database_url_for_a_command() -> str:
+    """For a one-off command (service.ops): DATABASE_URL, else the embedded
+    PostgreSQL. Found stopped, it is started for this command only and stopped when
+    the command exits, so a command never leaves a server running without an owner."""
+    if url := os.environ.get("DATABASE_URL"):
+        return url
+    if postgres_pid() is not None:
+        return embedded_postgres_url(keep_running=True)
+    print(
+        "(the embedded PostgreSQL was not running: started for this command, stopped after it)",
+        file=sys.stderr,
+    )
+    return embedded_postgres_url(keep_running=False)
+
+
 def nats_server_binary() -> str:
     candidate = Path(sys.executable).parent / "nats-server"
     if candidate.exists():
@@ -94,9 +121,12 @@ def free_port() -> int:
 
 
 def start_embedded_nats(
-    port: int | None = None, store: Path | None = None
+    port: int | None = None, store: Path | None = None, *, stop_with_parent: bool = False
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """Start nats-server with JetStream; the caller owns (and stops) the process."""
+    """Start nats-server with JetStream; the caller owns (and stops) the process.
+    `stop_with_parent`: it gets SIGTERM when the calling thread's process dies (only
+    for a caller that starts it from its main thread: Linux ties the signal to the
+    thread that started it)."""
     port = port or free_port()
     store = store or data_dir() / "nats"
     store.mkdir(parents=True, exist_ok=True)
@@ -108,6 +138,7 @@ def start_embedded_nats(
         # Its own session: Ctrl-C in the terminal reaches the supervisor, which
         # stops nats-server last, after the processes that publish to it.
         start_new_session=True,
+        preexec_fn=die_with_parent if stop_with_parent else None,
     )
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -118,6 +149,14 @@ def start_embedded_nats(
             time.sleep(0.05)
     proc.kill()
     raise RuntimeError("nats-server did not start within 10 s")
+
+
+def die_with_parent() -> None:
+    """A `preexec_fn`: Linux sends the child SIGTERM when its parent dies, so a
+    supervisor that is killed (or dies of a bug) leaves no server holding a port."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PDEATHSIG
 
 
 def main() -> None:

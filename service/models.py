@@ -13,9 +13,10 @@ from pydantic import (
     Field,
     JsonValue,
     ValidationError,
+    ValidationInfo,
     field_validator,
-    model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from activities import strict_json
 from workflows.money import (
@@ -88,13 +89,15 @@ class WithdrawalRequest(BaseModel):
 
     order_id: str = Field(pattern=_ID)
     merchant_id: str = Field(pattern=_ID)
+    # currency before amount: fields are validated in this order, and the amount's
+    # validator needs the currency to tell how many decimals it may have.
+    currency: str = Field(json_schema_extra={"enum": _CURRENCIES})
     amount: str = Field(
         max_length=24,
         description="Strict decimal string within the currency's exponent, e.g. 10.50",
         # Described, not enforced here: parse_amount (below) is the rule.
         json_schema_extra={"pattern": amount_pattern(max(currencies_by_exponent()))},
     )
-    currency: str = Field(json_schema_extra={"enum": _CURRENCIES})
     cascade: list[str] = Field(
         min_length=1,
         max_length=32,
@@ -116,15 +119,20 @@ class WithdrawalRequest(BaseModel):
             raise ValueError("cascade lists a provider twice")
         return value
 
-    @model_validator(mode="after")
-    def _amount(self) -> WithdrawalRequest:
+    @field_validator("amount")
+    @classmethod
+    def _amount(cls, value: str, info: ValidationInfo) -> str:
+        # A field validator, so that the 422 names `amount`. Without a valid
+        # currency (its own error), the widest exponent: only the shape is judged.
+        currency = info.data.get("currency", "KWD")
         try:
-            minor = parse_amount(self.amount, self.currency)
+            minor = parse_amount(value, currency)
         except InvalidAmount as exc:
-            raise ValueError(f"amount: {exc}") from None
+            # A custom error: its message is ours alone, without "Value error, ".
+            raise PydanticCustomError("invalid_amount", str(exc)) from None
         if minor == 0:
-            raise ValueError("amount: must be greater than zero")
-        return self
+            raise PydanticCustomError("invalid_amount", "amount must be greater than zero")
+        return value
 
     @property
     def amount_minor(self) -> int:

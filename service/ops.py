@@ -41,7 +41,7 @@ from typing import Any
 
 import httpx
 
-from devstack.embedded import database_url
+from devstack.embedded import database_url_for_a_command
 from engine import deadletters
 from engine.contracts import UnknownTask
 from service import api_keys_cli, approvals, archive_cli, config_cli, health
@@ -103,7 +103,7 @@ async def reconcile(svc: Services) -> list[dict[str, Any]]:
 
 
 async def run(args: argparse.Namespace) -> int:
-    settings = Settings.from_env(database_url(keep_running=True))
+    settings = Settings.from_env(database_url_for_a_command())
     svc = await open_services(settings, pool_size=2, inline_steps=0)  # workers take the steps
     try:
         if args.command == "reconcile":
@@ -226,7 +226,22 @@ def parser() -> argparse.ArgumentParser:
     api_keys_cli.add_parser(sub)
     config_cli.add_parser(sub)
     archive_cli.add_parser(sub)
+    _global_options_anywhere(p)
     return p
+
+
+def _global_options_anywhere(parser: argparse.ArgumentParser) -> None:
+    """`--json` and `--token` after the subcommand too (`manual --json`): people type
+    them there, and argparse alone accepts them only before it. SUPPRESS: given
+    before the subcommand, a subcommand's default does not overwrite them."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                child.add_argument(
+                    "--json", action="store_true", default=argparse.SUPPRESS, help="as above"
+                )
+                child.add_argument("--token", default=argparse.SUPPRESS, help="as above")
+                _global_options_anywhere(child)
 
 
 # The environment each command needs beyond the database (which is embedded when

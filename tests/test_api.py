@@ -76,6 +76,39 @@ def test_invalid_submissions_are_422_and_say_what_is_wrong(
         assert client.api.get(f"/v1/withdrawals/{body['order_id']}").status_code == 404
 
 
+@pytest.mark.parametrize(
+    ("amount", "currency", "says"),
+    [
+        ("1e2", "EUR", "without an exponent"),
+        (1e2, "EUR", "valid string"),  # a JSON number, not a decimal string
+        (" 5 ", "EUR", "spaces"),
+        ("10.001", "EUR", "at most 2 decimals for EUR"),
+        ("1.5", "JPY", "at most 0 decimals for JPY"),
+        ("١٢٣", "EUR", "ASCII digits"),
+        ("-5", "EUR", "sign"),
+        ("0", "EUR", "greater than zero"),
+        ("1e2", "XXX", "without an exponent"),  # an unknown currency: the shape still judged
+    ],
+)
+def test_a_bad_amount_is_a_422_that_names_amount_and_says_why(
+    client: StackClient, amount: object, currency: str, says: str
+) -> None:
+    body = {
+        "order_id": f"ord-{uuid.uuid4().hex[:8]}",
+        "merchant_id": "m-1",
+        "amount": amount,
+        "currency": currency,
+        "cascade": ["alpha"],
+    }
+    response = client.api.post("/v1/withdrawals", json=body)
+    assert response.status_code == 422, response.text
+    details = response.json()["error"]["details"]
+    on_amount = [d["message"] for d in details if d["field"] == "amount"]
+    assert len(on_amount) == 1, details
+    assert says in on_amount[0], details
+    assert str(amount) not in on_amount[0]  # the input is never echoed
+
+
 def test_three_decimal_currency_is_accepted(client: StackClient) -> None:
     body = {
         "order_id": f"ord-{uuid.uuid4().hex[:8]}",

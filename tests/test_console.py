@@ -165,3 +165,35 @@ def shoot(page: Any, name: str) -> None:
     if os.environ.get("UPDATE_SCREENSHOTS"):
         SHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(Path(SHOTS / f"{name}.png")), full_page=True)
+
+
+def test_the_task_page_shows_the_answers_that_led_to_the_check_and_a_decision_in_progress(
+    client: StackClient,
+) -> None:
+    """The provider's create and status answers are on the task page beside its
+    webhooks; after a resolve, until the ledger confirms it, the pages say that the
+    decision is being carried out (not a bare MANUAL_CHECK) and refresh themselves."""
+    queue_id, task_id = in_manual_check(client)  # never_answers: accepted, then pending
+    with httpx.Client(base_url=client.stack.api_url, follow_redirects=False) as browser:
+        sign_in(browser, "ana")
+        task_page = browser.get(f"/console/tasks/{task_id}").text
+        assert "<td>create</td><td>accepted</td>" in task_page, task_page
+        assert "<td>status</td><td>pending</td>" in task_page, task_page
+        assert "Being carried out" not in task_page and "http-equiv" not in task_page
+        csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', task_page)
+        assert csrf is not None
+        client.set_ledger_faults(error_rate=1.0)  # the release waits on the ledger
+        try:
+            form = {"outcome": "negative", "reason": "no payout", "csrf": csrf.group(1)}
+            done = browser.post(f"/console/tasks/{task_id}/resolve", data=form)
+            assert done.status_code == 303, done.text
+            shown = browser.get(done.headers["location"]).text
+            assert "MANUAL_CHECK → FAILED <b>(being carried out)</b>" in shown, shown
+            assert 'http-equiv="refresh"' in shown
+            task_page = browser.get(f"/console/tasks/{task_id}").text
+            assert "Being carried out" in task_page and "Resolve as" not in task_page
+        finally:
+            client.set_ledger_faults()
+        assert client.wait_final(queue_id, timeout=90)["status"] == "FAILED"
+        shown = browser.get(f"/console/withdrawals/{queue_id}").text
+        assert "being carried out" not in shown and "http-equiv" not in shown

@@ -207,3 +207,17 @@ def test_an_ops_command_without_its_credential_names_the_variable(client: StackC
     assert done.returncode == 2
     assert "reconcile needs LEDGER_TOKEN" in done.stderr
     assert "Bearer" not in done.stderr and "Traceback" not in done.stderr
+
+
+def test_json_and_token_are_read_before_or_after_the_subcommand() -> None:
+    from service.ops import parser
+
+    for argv in (
+        ["--json", "--token", "t", "manual"],
+        ["manual", "--json", "--token", "t"],
+        ["--token", "t", "manual", "--json"],
+        ["archive", "status", "--json", "--token", "t"],
+    ):
+        args = parser().parse_args(argv)
+        assert (args.json, args.token) == (True, "t"), argv
+    assert parser().parse_args(["manual"]).json is False

@@ -5,9 +5,11 @@ another terminal started."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,10 +22,19 @@ from sandbox.stack import wait_until
 
 
 @pytest.fixture
-def data_dir(tmp_path: Path) -> Iterator[Path]:
-    yield tmp_path / "data"
-    for proc in leftovers(tmp_path / "data"):  # never leave a stray server behind
-        proc.kill()
+def data_dir() -> Iterator[Path]:
+    """A data directory of its own. Not under pytest's tmp_path: as root, the embedded
+    PostgreSQL runs as another user, who must traverse the path, and every pytest
+    that starts (another engineer's, too) makes /tmp/pytest-of-root private again."""
+    base = Path(tempfile.mkdtemp(prefix="payment-stack-"))
+    base.chmod(0o755)
+    try:
+        yield base / "data"
+    finally:
+        for proc in leftovers(base / "data"):  # never leave a stray server behind
+            proc.kill()
+        psutil.wait_procs(leftovers(base / "data"), timeout=10)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def env_for(data: Path) -> dict[str, str]:
@@ -32,16 +43,21 @@ def env_for(data: Path) -> dict[str, str]:
 
 
 def start_run(data: Path, log: Path) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
+    port, metrics = free_port(), free_port()  # not 8000 and 9101: another stack may hold them
     proc = subprocess.Popen(
-        [sys.executable, "-m", "service.run", "--port", str(port)],
+        [sys.executable, "-m", "service.run", "--port", str(port), "--metrics-port", str(metrics)],
         cwd=PROJECT_ROOT,
         env=env_for(data),
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
         start_new_session=True,  # a terminal's process group: Ctrl-C reaches all of it
     )
-    wait_until(lambda: healthy(port) or proc.poll() is not None, 120, "make run's API")
+    # The banner comes once the API listens: after it, the terminal has said it all.
+    wait_until(
+        lambda: (healthy(port) and "Ctrl-C stops" in log.read_text()) or proc.poll() is not None,
+        120,
+        "make run's API and banner",
+    )
     assert proc.poll() is None, log.read_text()[-2000:]
     return proc, port
 
@@ -109,3 +125,29 @@ def lifecycle(data: Path, command: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=90,
     )
+
+
+def test_a_record_is_believed_only_while_its_own_process_lives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`make status` cannot be fooled by a stale record: a dead pid, or a pid that the
+    system gave to another program (its start time differs), is pruned, not shown."""
+    import json
+
+    from devstack import processes
+
+    monkeypatch.setenv("PAYMENT_DATA_DIR", str(tmp_path))
+    processes.record("run", os.getpid())
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    processes.record("run.api", os.getpid())
+    procs = tmp_path / "procs"
+    (procs / "run.api.json").write_text(  # our pid, another process's start time
+        json.dumps({"role": "run.api", "pid": os.getpid(), "started": 1.0})
+    )
+    (procs / "run.nats.json").write_text(json.dumps({"pid": dead.pid, "started": 1.0}))
+    (procs / "sandbox.json").write_text("not json")
+    assert processes.live() == {"run": os.getpid()}
+    assert sorted(p.name for p in procs.iterdir()) == ["run.json"]
+    processes.forget("run")
+    assert processes.live() == {}

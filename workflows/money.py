@@ -2,7 +2,8 @@
 
 The regex only admits ASCII digits, no sign, no exponent, no whitespace and no
 more fraction digits than the currency has, so "1e2", " 5 ", "1.234" (EUR) and
-non-ASCII digits such as "١٢٣" are all rejected instead of being coerced.
+non-ASCII digits such as "١٢٣" are all rejected instead of being coerced, each
+with a message that says which of these it broke (amount_problem).
 """
 
 from __future__ import annotations
@@ -126,6 +127,9 @@ def _pattern(exp: int) -> re.Pattern[str]:
 
 
 _PATTERNS: dict[int, re.Pattern[str]] = {exp: _pattern(exp) for exp in (0, 2, 3)}
+_DIGITS = re.compile(r"[0-9]+", re.ASCII)
+_EXPONENT = re.compile(r"[+-]?[0-9.]+[eE][+-]?[0-9]+", re.ASCII)
+_EXAMPLE = {0: "500", 2: "10.50", 3: "1.250"}
 
 
 def parse_amount(value: object, currency: str) -> int:
@@ -136,13 +140,35 @@ def parse_amount(value: object, currency: str) -> int:
         raise InvalidAmount("amount must be a decimal string")
     exp = exponent(currency)
     if _PATTERNS[exp].fullmatch(value) is None:
-        raise InvalidAmount(f"amount must be a decimal string with at most {exp} decimals")
+        raise InvalidAmount(amount_problem(value, currency))
     whole, _, frac = value.partition(".")
     # Shift the decimal point textually: exact, with no float ever involved.
     minor = int(whole + frac.ljust(exp, "0"))
     if minor > MAX_MINOR:
         raise InvalidAmount("amount is too large")
     return minor
+
+
+def amount_problem(value: str, currency: str) -> str:
+    """What is wrong with an amount the pattern refused, in words a client can act
+    on. The message never repeats the input: it may be anything."""
+    exp = exponent(currency)
+    if any(c.isdigit() and not c.isascii() for c in value):
+        return "amount must be written with the ASCII digits 0-9"
+    if value != value.strip() or any(c.isspace() for c in value):
+        return "amount must not contain spaces or line breaks"
+    if _EXPONENT.fullmatch(value):
+        return "amount must be a plain decimal string such as 100, without an exponent"
+    if value[:1] in ("+", "-"):
+        return "amount must not carry a sign"
+    whole, dot, frac = value.partition(".")
+    if _DIGITS.fullmatch(whole) and (not dot or _DIGITS.fullmatch(frac)):
+        if len(whole) > 1 and whole.startswith("0"):
+            return "amount must not have leading zeros"
+        if len(frac) > exp:
+            return f"amount must have at most {exp} decimals for {currency}"
+        return "amount is too large"
+    return f"amount must be a decimal string such as {_EXAMPLE[exp]}, with at most {exp} decimals"
 
 
 def format_minor(minor: int, currency: str) -> str:
