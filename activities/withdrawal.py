@@ -19,6 +19,7 @@ from workflows.withdrawal_events import (
     FundsReleased,
     HoldFound,
     KeyVoided,
+    NoHold,
     OrderAccepted,
     OrderAmbiguous,
     OrderDeclined,
@@ -84,6 +85,7 @@ class WithdrawalActivities:
             "commit": Activity(self.commit, guarded=False),
             "release": Activity(self.release, guarded=False),
             "void": Activity(self.void),
+            "look": Activity(self.look),
         }
 
     async def freeze(self, ctx: ActivityContext) -> Event:
@@ -150,6 +152,15 @@ class WithdrawalActivities:
         if status is None:
             await self._ledger.rollback(key, ctx.headers)
         return KeyVoided()
+
+    async def look(self, ctx: ActivityContext) -> Event:
+        """Before an unstarted task is passed over (version 4): money under its key
+        means a timeline the database lost started it. Nothing is voided: the task
+        may still be tried, with this key."""
+        status = await self._ledger.hold_status(str(ctx.task["id"]), ctx.headers)
+        if status in ("frozen", "committed"):
+            return HoldFound(status)
+        return NoHold()  # nothing, or a hold released or voided: a freeze would say so
 
     async def release(self, ctx: ActivityContext) -> Event:
         await self._ledger.rollback(str(ctx.task["id"]), ctx.headers)

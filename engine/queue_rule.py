@@ -32,7 +32,8 @@ async def run(engine: Engine, conn: Conn, queue: QueueRow, origin: Origin) -> No
     status, cancel = str(queue["status"]), queue["cancel_requested"]
     decision = definition.queue_decide(status, cancel, views)
     if decision.start and definition.routed and engine.admission is not None:
-        pending = [as_task(r) for r in rows if str(r["status"]) == "PENDING"]
+        by_id = {str(r["id"]): r for r in rows}
+        pending = [as_task(by_id[task_id]) for task_id in definition.try_order(views)]
         routing = await engine.admission(conn, queue, pending)
         decision = definition.queue_decide(status, cancel, views, routing)
     await _carry_out(engine, conn, queue, decision, origin)

@@ -6,8 +6,8 @@ config/markets/NAME.toml, sandbox/scenarios.py), the API and two workers. It
 then submits a batch of withdrawals in triples with the same amount and the same
 eligible cascade: one goes through the old single-shot path (merchant `legacy`,
 gated by the rollout gate), one through the plain cascade (merchant `modern`)
-and one through the health-aware cascade (merchant `health`), which skips a
-provider whose circuit is open. When every withdrawal is final or waiting for a
+and one through the health-aware cascade (merchant `health`), which tries a
+provider whose circuit is open last. When every withdrawal is final or waiting for a
 person, it prints a table per policy and the case study's figures beside its
 own, reconciles the ledger, says what the cohort guard did (sandbox/demo_guard.py)
 and writes an HTML report (and, with --json, the figures for a program).

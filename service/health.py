@@ -26,6 +26,7 @@ from workflows.core import Event, sql_literals
 from workflows.health import Circuit, HealthRules, Tally, next_circuit
 from workflows.withdrawal_events import (
     AT_PROVIDER,
+    Defer,
     OrderAccepted,
     OrderAmbiguous,
     OrderDeclined,
@@ -71,7 +72,7 @@ class HealthRecorder:
 
 
 def _count(provider: str, event: Event) -> None:
-    if isinstance(event, Skip):
+    if isinstance(event, Skip | Defer):  # passed over, for good or for now (version 4)
         reason = event.reason
         commit_hooks.on_commit(lambda: metrics.ROUTING_SKIPS.labels(provider, reason).inc())
     elif isinstance(event, Wait):

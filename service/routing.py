@@ -80,10 +80,11 @@ class ProviderRouting:
         state = _effective(circuit)
         if state == "open":
             assert circuit is not None
-            probe_at = circuit["probe_at"] if circuit["forced"] is None else _FOREVER
+            forced = circuit["forced"] is not None
+            probe_at = _FOREVER if forced else circuit["probe_at"]
             # A probe time that passed waits for the checks job to half-open the circuit.
             soonest = now + timedelta(seconds=self.probe_retry_s)
-            return Unhealthy(max(probe_at or soonest, soonest))
+            return Unhealthy(max(probe_at or soonest, soonest), forced=forced)
         room = await self._room(conn, provider, str(task["id"]), now)
         if isinstance(room, Limited):
             return room

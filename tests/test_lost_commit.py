@@ -268,12 +268,13 @@ def audit_of(client: StackClient, queue_id: str, task_id: str) -> list[tuple[str
     return [(e["from_state"], e["to_state"], e["event_type"]) for e in events]
 
 
-def test_a_health_skip_after_a_lost_commit_resumes_the_task_the_lost_timeline_started(
+def test_a_health_deferral_after_a_lost_commit_resumes_the_task_the_lost_timeline_started(
     tmp_path: Path, nats_server: NatsServer
 ) -> None:
-    """alpha's circuit is open on B when cascade-core resubmits: the skip asks the
-    ledger first, finds A's hold, and the task runs to its end at alpha (its create
-    replayed) before beta is ever considered: one payout."""
+    """alpha's circuit is open on B when cascade-core resubmits: the deferral (version
+    4; version 3's skip did the same) asks the ledger first, finds A's hold, and the
+    task runs to its end at alpha (its create replayed) before beta is ever
+    considered: one payout."""
     with stack_with_standby(tmp_path, nats_server.url, specs("never_answers", "instant")) as (
         stack,
         url_b,
@@ -291,7 +292,7 @@ def test_a_health_skip_after_a_lost_commit_resumes_the_task_the_lost_timeline_st
         assert (alpha["last_reason"], beta["status"]) == (LOST_TIMELINE, "PENDING")
         audit = audit_of(client, queue_id, task_id)
         assert audit[:3] == [
-            ("PENDING", "PENDING", "skip"),  # alpha unhealthy: but first, the ledger
+            ("PENDING", "PENDING", "defer"),  # alpha unhealthy: but first, the ledger
             ("PENDING", "PENDING", "hold_found"),  # A's hold: resumed
             ("PENDING", "CREATING", "start"),  # whatever alpha's circuit says
         ], audit

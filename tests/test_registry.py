@@ -13,6 +13,7 @@ from workflows.withdrawal_definition import (
     WITHDRAWAL,
     WITHDRAWAL_V2,
     WITHDRAWAL_V3,
+    WITHDRAWAL_V4,
     WithdrawalDefinition,
 )
 from workflows.withdrawal_events import (
@@ -28,19 +29,21 @@ NOW = datetime(2026, 11, 26, tzinfo=UTC)
 CREATING = TaskState(status=TaskStatus.CREATING, funds=Funds.FROZEN, timing=Timing())
 
 
-def test_this_build_keeps_versions_1_and_2_and_starts_new_withdrawals_on_version_3() -> None:
-    assert DEFINITIONS.current("withdrawal") is WITHDRAWAL_V3
-    assert (WITHDRAWAL.version, WITHDRAWAL_V2.version, WITHDRAWAL_V3.version) == (1, 2, 3)
-    assert DEFINITIONS.versions() == {("withdrawal", 1), ("withdrawal", 2), ("withdrawal", 3)}
-    assert WITHDRAWAL_V2.routed and not WITHDRAWAL.routed and WITHDRAWAL_V3.routed
-    assert WITHDRAWAL_V3.asks_the_ledger and not WITHDRAWAL_V2.asks_the_ledger
+def test_this_build_keeps_versions_1_to_3_and_starts_new_withdrawals_on_version_4() -> None:
+    assert DEFINITIONS.current("withdrawal") is WITHDRAWAL_V4
+    every = (WITHDRAWAL, WITHDRAWAL_V2, WITHDRAWAL_V3, WITHDRAWAL_V4)
+    assert tuple(d.version for d in every) == (1, 2, 3, 4)
+    assert DEFINITIONS.versions() == {("withdrawal", v) for v in (1, 2, 3, 4)}
+    assert [d.routed for d in every] == [False, True, True, True]
+    assert [d.asks_the_ledger for d in every] == [False, False, True, True]
+    assert [d.defers for d in every] == [False, False, False, True]
 
 
 def test_new_workflows_start_on_the_highest_version_unless_told_otherwise() -> None:
     assert Definitions(WITHDRAWAL, NEXT).current("withdrawal") is NEXT
     pinned = Definitions(WITHDRAWAL, NEXT, current={"withdrawal": 1})
     assert pinned.current("withdrawal") is WITHDRAWAL
-    assert pinned.get("withdrawal", 4) is NEXT
+    assert pinned.get("withdrawal", NEXT.version) is NEXT
 
 
 def test_an_unknown_version_or_a_duplicate_is_refused() -> None:
@@ -53,13 +56,13 @@ def test_an_unknown_version_or_a_duplicate_is_refused() -> None:
 
 
 def test_the_next_version_differs_from_the_current_in_exactly_one_transition() -> None:
-    v1, v2 = WITHDRAWAL_V3.transitions, NEXT.transitions
+    v1, v2 = WITHDRAWAL_V4.transitions, NEXT.transitions
     assert v1.keys() == v2.keys()
     assert [pair for pair in v1 if v1[pair] is not v2[pair]] == [
         (TaskStatus.CREATING, OrderDeclined)
     ]
     declined = OrderDeclined(reason="declined")
-    skipped, _ = WITHDRAWAL_V3.decide(CREATING, declined, NOW)
+    skipped, _ = WITHDRAWAL_V4.decide(CREATING, declined, NOW)
     rechecked, _ = NEXT.decide(CREATING, declined, NOW)
     assert (skipped.status, skipped.target) == (TaskStatus.NEGATIVE_EVAL, TaskStatus.SKIPPED)
     assert (rechecked.status, rechecked.target) == (TaskStatus.NEGATIVE_EVAL, None)

@@ -1,7 +1,8 @@
 """Health- and limit-aware routing against the sandbox, on its own stack (a
 provider's circuit is shared state): circuits open and close from outcomes,
-unhealthy providers are skipped without a freeze or a call, limits hold across
-workers, and a 429 is waited out."""
+unhealthy providers are deferred without a freeze or a call and tried once every
+healthier one has failed (version 4), a withdrawal past its wait bound tries its
+unhealthy providers, limits hold across workers, and a 429 is waited out."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ FAILING = {
     "probes": 1,
     "failures": ["declined", "ambiguous", "timed_out", "failed"],
 }
+STAYS_OPEN = FAILING | {"open_s": 600.0}
 SPECS = [
     ProviderSpec("flaky", behaviour="decline", timing=FAST_TIMING, health=FAILING),
     ProviderSpec("dead", timing=FAST_TIMING, health=FAILING),
@@ -37,6 +39,11 @@ SPECS = [
     ),
     ProviderSpec("metered", timing=FAST_TIMING, limits={"rate_per_s": 2.0, "burst": 1}),
     ProviderSpec("throttler", behaviour="throttle_once", webhook_delay_ms=100, timing=FAST_TIMING),
+    # Version 4's deferral: shy recovers soon after its circuit opens, sick stays
+    # open far past the wait bound (HEALTH_MAX_WAIT_S below); nope always declines.
+    ProviderSpec("shy", behaviour="decline", timing=FAST_TIMING, health=FAILING),
+    ProviderSpec("sick", behaviour="decline", timing=FAST_TIMING, health=STAYS_OPEN),
+    ProviderSpec("nope", behaviour="decline", timing=FAST_TIMING),
 ]
 
 
@@ -76,11 +83,16 @@ def test_a_failing_provider_is_skipped_until_a_probe_finds_it_healthy(
     assert client.ledger_ops()[flaky["id"]] == ["void"]
     assert not orders_for(client, flaky["id"])  # no call
     skip = [e for e in client.events(skipped["id"]) if e.get("task_id") == flaky["id"]]
+    # Deferred (the ledger asked, nothing voided), then, once steady paid, ended
+    # through version 3's skip, which voids the key.
     assert [(e["from_state"], e["to_state"], e["event_type"]) for e in skip] == [
+        ("PENDING", "PENDING", "defer"),
+        ("PENDING", "PENDING", "no_hold"),
         ("PENDING", "PENDING", "skip"),
         ("PENDING", "SKIPPED", "key_voided"),
     ]
-    assert skip[0]["payload"]["reason"] == "provider_unhealthy"
+    assert skip[0]["payload"]["reason"] == "provider_unhealthy_deferred"
+    assert skip[2]["payload"]["reason"] == "provider_unhealthy"
     assert metric_sum(client, 'routing_skips_total{provider="flaky",reason="provider_unhealthy"}')
 
     # Alone in its cascade, a withdrawal waits for the probe instead of failing.
@@ -130,6 +142,47 @@ def test_a_withdrawal_waits_a_bounded_time_when_every_provider_is_down(
     ]
 
 
+def test_a_provider_deferred_early_pays_at_the_end_when_every_other_provider_declined(
+    client: StackClient,
+) -> None:
+    url = client.stack.database_url
+    open_circuit(client, "shy")
+    client.set_provider("shy", behaviour="instant", webhook_delay_ms=50)  # recovered
+
+    view = final(client, ["shy", "nope"])
+    assert view["status"] == "COMPLETED"
+    shy, nope = view["tasks"]
+    assert (shy["status"], nope["status"]) == ("SUCCEEDED", "SKIPPED")  # nope declined
+    events = client.events(view["id"])
+    shy_types = [e["event_type"] for e in events if e.get("task_id") == shy["id"]]
+    # Passed over (the ledger asked, the key not voided); tried once its circuit let
+    # a probe through, maybe after waiting for it.
+    assert shy_types[:2] == ["defer", "no_hold"] and "start" in shy_types, shy_types
+    starts = [e["task_id"] for e in events if e["event_type"] == "start"]
+    assert starts == [nope["id"], shy["id"]]  # the healthier provider had its turn first
+    assert len(orders_for(client, shy["id"])) == 1
+    assert client.ledger_ops()[shy["id"]] == ["freeze", "commit"]  # paid with its own key
+    assert task_reason(url, nope["id"]) == "declined"
+
+
+def test_a_lone_provider_unhealthy_past_the_wait_bound_is_tried_and_pays(
+    client: StackClient,
+) -> None:
+    url = client.stack.database_url
+    open_circuit(client, "sick")  # open for 600 s: no probe before the 4 s bound
+    client.set_provider("sick", behaviour="instant", webhook_delay_ms=50)
+
+    submitted = client.submit(["sick"]).json()["id"]
+    view = client.wait_final(submitted, timeout=30)
+    assert view["status"] == "COMPLETED"  # version 3 failed it untried
+    (task,) = view["tasks"]
+    types = [e["event_type"] for e in client.events(submitted) if e.get("task_id") == task["id"]]
+    assert types[0] == "wait" and types.index("start") > types.index("timer_fired"), types
+    assert len(orders_for(client, task["id"])) == 1
+    assert client.ledger_ops()[task["id"]] == ["freeze", "commit"]
+    assert circuit(url, "sick") == "open"  # tried as a probe, not closed by one answer
+
+
 def test_concurrency_and_rate_limits_hold_across_workers(client: StackClient) -> None:
     narrow = [client.submit(["narrow"]).json()["id"] for _ in range(10)]
     metered = [client.submit(["metered"]).json()["id"] for _ in range(8)]
@@ -161,6 +214,15 @@ def test_a_429_with_retry_after_is_waited_out_then_succeeds(client: StackClient)
 
 
 # -- helpers ----------------------------------------------------------------------
+def open_circuit(client: StackClient, provider: str) -> None:
+    """Three declines of three calls (its rule counts them as failures): open."""
+    client.set_provider(provider, behaviour="decline")
+    for _ in range(3):
+        assert final(client, [provider, "steady"])["status"] == "COMPLETED"
+    url = client.stack.database_url
+    wait_until(lambda: circuit(url, provider) == "open", 10, f"{provider}'s circuit to open")
+
+
 def final(client: StackClient, cascade: list[str], merchant: str = "m-1") -> dict[str, Any]:
     response = client.submit(cascade, merchant_id=merchant)
     assert response.status_code == 201, response.text

@@ -49,8 +49,8 @@ def test_each_withdrawal_runs_to_its_end_on_the_version_it_started_on(
     assert client.wait_final(old)["status"] == "COMPLETED"
 
     url = versions_stack.database_url
-    assert workflow_version(url, old) == 3
-    assert workflow_version(url, new) == 4
+    assert workflow_version(url, old) == 4
+    assert workflow_version(url, new) == 5
     # The one transition that differs: a decline at beta.
     assert [t["status"] for t in client.withdrawal(old)["tasks"]] == [
         "FAILED",
@@ -72,7 +72,7 @@ def test_a_version_in_use_cannot_be_retired(versions_stack: Stack) -> None:
 
     refused = start_worker(versions_stack, "tests.workflow_next:CURRENT_RETIRED")
     assert refused.returncode != 0
-    assert "withdrawal v3 (1 in flight)" in refused.stderr, refused.stderr
+    assert "withdrawal v4 (1 in flight)" in refused.stderr, refused.stderr
     assert "workflows/registry.py" in refused.stderr
 
     client.send_webhook("alpha", client.withdrawal(on_current)["tasks"][0]["id"], "succeeded")

@@ -139,6 +139,9 @@ class ToyDefinition:
     def task_view(self, row: Mapping[str, Any]) -> TaskView:
         return TaskView(str(row["id"]), row["position"], str(row["status"]))
 
+    def try_order(self, tasks: Sequence[TaskView]) -> list[str]:
+        return [t.task_id for t in sorted(tasks, key=lambda t: t.position) if t.status == "NEW"]
+
     def start_event(self) -> Event:
         return Begin()
 

@@ -20,6 +20,7 @@ from workflows.withdrawal_definition import (
     WITHDRAWAL,
     WITHDRAWAL_V2,
     WITHDRAWAL_V3,
+    WITHDRAWAL_V4,
     WithdrawalDefinition,
 )
 from workflows.withdrawal_events import BeginRecheck, OrderDeclined, TaskState, TaskStatus
@@ -33,15 +34,17 @@ def recheck_a_decline(state: TaskState, event: Event, _now: datetime) -> Decisio
 
 
 CURRENT = THIS_BUILD.current("withdrawal")
-assert CURRENT is WITHDRAWAL_V3
+assert CURRENT is WITHDRAWAL_V4
 NEXT = WithdrawalDefinition(
     version=CURRENT.version + 1,
     transitions={
-        **WITHDRAWAL_V3.transitions,
+        **WITHDRAWAL_V4.transitions,
         (TaskStatus.CREATING, OrderDeclined): recheck_a_decline,
     },
     routed=True,
     asks_the_ledger=True,
+    defers=True,
 )
-DEFINITIONS = Definitions(WITHDRAWAL, WITHDRAWAL_V2, WITHDRAWAL_V3, NEXT)  # new ones start on NEXT
+# New ones start on NEXT.
+DEFINITIONS = Definitions(WITHDRAWAL, WITHDRAWAL_V2, WITHDRAWAL_V3, WITHDRAWAL_V4, NEXT)
 CURRENT_RETIRED = Definitions(NEXT)

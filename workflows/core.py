@@ -82,6 +82,9 @@ class TaskView:
     # started, which must run before anything else.
     settling: bool = False
     resumed: bool = False
+    # Version 4 (workflows/withdrawal_deferral.py): passed over for an unhealthy
+    # provider, to be tried after every healthier one.
+    passed_over: bool = False
 
 
 @dataclass(frozen=True)
@@ -114,9 +117,11 @@ class Admit:
 
 @dataclass(frozen=True)
 class Unhealthy:
-    """Its provider's circuit is open; it may be tried again from `probe_at`."""
+    """Its provider's circuit is open; it may be tried again from `probe_at`.
+    `forced`: a person forced it open, and no routing rule overrides a person."""
 
     probe_at: datetime
+    forced: bool = False
 
 
 @dataclass(frozen=True)
@@ -218,6 +223,12 @@ class WorkflowDefinition(Protocol):
 
     def task_view(self, row: Mapping[str, Any]) -> TaskView:
         """What the queue rule sees of a task row."""
+        ...
+
+    def try_order(self, tasks: Sequence[TaskView]) -> list[str]:
+        """The pending tasks' ids in the order the queue rule would try them; the
+        shell gives its verdicts in this order (it reserves a slot for the first
+        task it admits, which must be the one the rule starts)."""
         ...
 
 

@@ -15,7 +15,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from workflows.core import Storage, WorkflowDefinition
-from workflows.withdrawal_definition import WITHDRAWAL, WITHDRAWAL_V2, WITHDRAWAL_V3
+from workflows.withdrawal_definition import (
+    WITHDRAWAL,
+    WITHDRAWAL_V2,
+    WITHDRAWAL_V3,
+    WITHDRAWAL_V4,
+)
 
 
 class UnknownDefinition(LookupError):
@@ -65,5 +70,5 @@ class Definitions:
         return frozenset().union(*(d.live_statuses for d in self._by_key.values()))
 
 
-# Version 1 stays while withdrawals started before version 2 are in flight.
-DEFINITIONS = Definitions(WITHDRAWAL, WITHDRAWAL_V2, WITHDRAWAL_V3)
+# Version 1 stays while withdrawals started before version 2 are in flight, and so on.
+DEFINITIONS = Definitions(WITHDRAWAL, WITHDRAWAL_V2, WITHDRAWAL_V3, WITHDRAWAL_V4)

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from workflows import withdrawal
+from workflows import withdrawal_deferral as deferral
 from workflows import withdrawal_timelines as timelines
 from workflows.core import Command, Event, QueueDecision, Routing, Storage, TaskView
 from workflows.routing import route
@@ -22,6 +23,7 @@ from workflows.withdrawal_events import (
     LIVE,
     TERMINAL,
     Cancel,
+    Defer,
     Funds,
     QueueStatus,
     Skip,
@@ -94,12 +96,16 @@ class WithdrawalDefinition:
         *,
         routed: bool = False,
         asks_the_ledger: bool = False,
+        defers: bool = False,
     ) -> None:
-        """`asks_the_ledger`: version 3's queue rule (workflows/withdrawal_timelines.py)."""
+        """`asks_the_ledger`: version 3's queue rule (workflows/withdrawal_timelines.py);
+        `defers`: version 4's, which defers an unhealthy provider instead of skipping
+        it (workflows/withdrawal_deferral.py)."""
         self.version = version
         self.transitions = transitions
         self.routed = routed
         self.asks_the_ledger = asks_the_ledger
+        self.defers = defers
 
     def decide(
         self, state: TaskState, event: Event, now: datetime
@@ -131,6 +137,8 @@ class WithdrawalDefinition:
         tasks: Sequence[TaskView],
         routing: Routing | None = None,
     ) -> QueueDecision:
+        if self.defers:
+            return deferral.queue_decide(queue_status, cancel_requested, tasks, routing)
         plain = queue_decide(
             queue_status, cancel_requested, tasks, routing if self.routed else None
         )
@@ -156,7 +164,8 @@ class WithdrawalDefinition:
 
     @staticmethod
     def skip_event(reason: str) -> Event:
-        return Skip(reason)
+        """Version 4's rule passes a task over as DEFERRED: it is not skipped."""
+        return Defer(reason) if reason == deferral.DEFERRED else Skip(reason)
 
     @staticmethod
     def hold_event(until: datetime, reason: str) -> Event:
@@ -171,7 +180,14 @@ class WithdrawalDefinition:
             str(row["status"]),
             settling=unstarted and row.get("target") is not None,
             resumed=unstarted and bool(row.get("order_submitted")),
+            passed_over=unstarted and row.get("last_reason") == deferral.DEFERRED,
         )
+
+    def try_order(self, tasks: Sequence[TaskView]) -> list[str]:
+        if self.defers:
+            return [t.task_id for t in deferral.try_order(tasks)]
+        pending = (t for t in tasks if t.status == TaskStatus.PENDING)
+        return [t.task_id for t in sorted(pending, key=lambda t: t.position)]
 
 
 WITHDRAWAL = WithdrawalDefinition(1, V1_TRANSITIONS)
@@ -180,3 +196,8 @@ WITHDRAWAL_V2 = WithdrawalDefinition(2, V2_TRANSITIONS, routed=True)
 # Version 3 asks the ledger before it believes what a lost commit may have taken
 # with it (a failover that lost commits; docs/ha.md).
 WITHDRAWAL_V3 = WithdrawalDefinition(3, timelines.V3_TRANSITIONS, routed=True, asks_the_ledger=True)
+# Version 4 defers a provider skipped for health to the end of the cascade, and tries
+# what is left once the wait bound has passed, instead of failing untried (issue 25).
+WITHDRAWAL_V4 = WithdrawalDefinition(
+    4, deferral.V4_TRANSITIONS, routed=True, asks_the_ledger=True, defers=True
+)

@@ -120,6 +120,15 @@ class Skip(Event):
 
 
 @dataclass(frozen=True)
+class Defer(Event):
+    """Routing passes this task over for now (version 4): once the ledger says no
+    timeline started it, it stays PENDING and is tried after every healthier
+    provider (workflows/withdrawal_deferral.py)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
 class Wait(Event):
     """Routing holds this task until its provider's limit (or a probe) allows it."""
 
@@ -160,6 +169,12 @@ class HoldFound(Event):
     key: a timeline the database lost started it. It must run to its own end."""
 
     status: str
+
+
+@dataclass(frozen=True)
+class NoHold(Event):
+    """The ledger holds no money under an unstarted task's key: no timeline started
+    it, so the queue may pass it over (version 4); the key stays usable."""
 
 
 @dataclass(frozen=True)
