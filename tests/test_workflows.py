@@ -44,6 +44,7 @@ from workflows.withdrawal_events import (
     TERMINAL,
     BeginRecheck,
     Cancel,
+    Defer,
     Funds,
     FundsCommitted,
     FundsFrozen,
@@ -52,6 +53,7 @@ from workflows.withdrawal_events import (
     HoldFound,
     KeyVoided,
     ManualResolved,
+    NoHold,
     NothingToRelease,
     OrderAccepted,
     OrderAmbiguous,
@@ -175,11 +177,13 @@ EXAMPLE_EVENTS: dict[type[Event], Event] = {
     ManualResolved: ManualResolved(positive=True, operator="alice", reason="bank statement"),
     # Version 2's events (workflows/withdrawal_routing.py): illegal in this table.
     Skip: Skip("provider_unhealthy"),
+    Defer: Defer("provider_unhealthy_deferred"),
     Wait: Wait(WEBHOOK_DUE, "rate_limit"),
     OrderThrottled: OrderThrottled(2.0),
     # Version 3's (workflows/withdrawal_timelines.py): illegal in this table too.
     KeyVoided: KeyVoided(),
     HoldFound: HoldFound("frozen"),
+    NoHold: NoHold(),
 }
 CANCEL = EXAMPLE_EVENTS[Cancel]
 OBSERVATIONS: list[Event] = [
