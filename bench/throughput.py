@@ -162,12 +162,15 @@ def run_config(target: Target, workers: int, args: argparse.Namespace) -> dict[s
         row["CPU ms per withdrawal, workers"] = (
             1000 * (after.worker_cpu - before.worker_cpu) / args.count
         )
-        row["PostgreSQL CPU ms per withdrawal"] = (
+        row["PostgreSQL CPU ms per withdrawal, backends"] = (
             1000 * (after.server_cpu - before.server_cpu) / args.count
+        )
+        row["PostgreSQL shared writers CPU ms (anyone's)"] = (
+            1000 * (after.shared_cpu - before.shared_cpu) / args.count
         )
         row["own CPU ms per withdrawal (Python + PostgreSQL)"] = sum(
             row[f"{k} ms per withdrawal{w}"]
-            for k, w in (("CPU", ", API"), ("CPU", ", workers"), ("PostgreSQL CPU", ""))
+            for k, w in (("CPU", ", API"), ("CPU", ", workers"), ("PostgreSQL CPU", ", backends"))
         )
         row["worker RSS MB before -> after"] = f"{rss_before:.0f} -> {measure.rss_mb(ws):.0f}"
         if workers == 2:
@@ -229,7 +232,7 @@ def report(
     names = list(results)
     keys = list(dict.fromkeys(k for r in results.values() for k in r))
     heads = [f"/ {b.split(',')[0]}" for b in ratio_of[1]]
-    print(f"\n{'figure':<46}" + "".join(f"{n:>21}" for n in [*names, *heads]))
+    print(f"\n{'figure':<48}" + "".join(f"{n:>21}" for n in [*names, *heads]))
     for key in keys:
         cells = [_fmt(results[n].get(key, "")) for n in names]
         a = results.get(ratio_of[0], {}).get(key)
@@ -237,7 +240,7 @@ def report(
             b = results.get(base, {}).get(key)
             ok = isinstance(a, float) and isinstance(b, float) and b
             cells.append(f"{a / b:.2f}" if ok else "")  # type: ignore[operator]
-        print(f"{key:<46}" + "".join(f"{c:>21}" for c in cells))
+        print(f"{key:<48}" + "".join(f"{c:>21}" for c in cells))
 
 
 def _fmt(value: Any) -> str:
