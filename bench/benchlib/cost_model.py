@@ -7,18 +7,28 @@ code that called it, so the JSON of an HTTP body counts as HTTP and the JSON
 of an audit row as the engine. A sample that reaches the outermost frame
 undecided is the event loop's own (uvloop, selectors, task switching).
 
+py-spy runs with `--gil` (samples of the thread that holds the GIL): on a
+loaded machine a process preempted inside a send() to PostgreSQL or in the
+loop's poll shows as busy there without using the CPU.
+
 PostgreSQL: each statement goes to the first class whose pattern it matches,
-in the order of STATEMENT_CLASSES; execution time stands for CPU (the server
-reads no disk here), and commits (WAL flush) are a class of their own.
+in the order of STATEMENT_CLASSES. Execution time includes waits: the backends'
+wait events are sampled (`WaitSampler`), and the time spent waiting for row
+locks (the transition's lock statement, behind another transaction of the same
+withdrawal) is taken off the transitions before the server's measured CPU is
+shared out in proportion to the rest.
 """
 
 from __future__ import annotations
 
 import collections
 import re
+import threading
+import time
 from pathlib import Path
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 # (kind, fragments of a file's path); the first frame, innermost out, that matches decides.
 PYTHON_KINDS = (
@@ -35,6 +45,7 @@ PYTHON_KINDS = (
             "opentelemetry/",
         ),
     ),
+    ("relay: outbox to NATS", ("/nats/", "/activities/outbox_relay.py", "/relay_publish.py")),
     ("psycopg (the engine's statements)", ("/psycopg/", "/psycopg_pool/", "/psycopg_binary/")),
     (
         "HTTP: inbound, outbound, JSON, signatures",
@@ -124,19 +135,61 @@ def statements(url: str) -> list[tuple[str, int, float]]:
     return [(str(q), int(c), float(t)) for q, c, t in rows]
 
 
-def print_sql(rows: list[tuple[str, int, float]], withdrawals: int, server_ms: float) -> None:
+class WaitSampler:
+    """Samples what the backends of a database wait on, every `every` seconds, from
+    the server's `postgres` database (not to count in the one measured)."""
+
+    def __init__(self, url: str, every: float = 0.01) -> None:
+        self.url, self.every = make_conninfo(url, dbname="postgres"), every
+        self.database = conninfo_to_dict(url)["dbname"]
+        self.waits: collections.Counter[str] = collections.Counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> WaitSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            while not self._stop.is_set():
+                for kind, event in conn.execute(
+                    "SELECT wait_event_type, wait_event FROM pg_stat_activity"
+                    " WHERE datname = %s AND state = 'active' AND wait_event IS NOT NULL",
+                    (self.database,),
+                ).fetchall():
+                    self.waits[f"{kind}:{event}"] += 1
+                time.sleep(self.every)
+
+    def ms(self, prefix: str) -> float:
+        return 1000 * self.every * sum(n for k, n in self.waits.items() if k.startswith(prefix))
+
+
+def print_sql(
+    rows: list[tuple[str, int, float]], withdrawals: int, server_ms: float, lock_ms: float
+) -> None:
     """Per class: calls and execution ms per withdrawal, and the measured server CPU
-    shared out in proportion (`server_ms`: the backends' CPU per withdrawal)."""
+    shared out in proportion (`server_ms`: the backends' CPU per withdrawal) once
+    `lock_ms` (row-lock waits, all) is taken off the transitions."""
     calls: collections.Counter[str] = collections.Counter()
     ms: dict[str, float] = collections.defaultdict(float)
     for query, n, total in rows:
         calls[statement_class(query)] += n
         ms[statement_class(query)] += total
-    whole = sum(ms.values()) or 1.0
+    working = dict(ms)
+    working["transitions"] = max(0.0, working.get("transitions", 0.0) - lock_ms)
+    whole = sum(working.values()) or 1.0
     print(f"\n== PostgreSQL per withdrawal ({withdrawals}): {server_ms:.2f} ms of server CPU")
+    print(
+        f"   row-lock waits {lock_ms / withdrawals:.2f} ms per withdrawal (taken off transitions)"
+    )
     print(f"   {'class':<22}{'calls':>8}{'exec ms':>9}{'share':>8}{'CPU ms':>8}")
     for name, total in sorted(ms.items(), key=lambda kv: -kv[1]):
-        share = total / whole
+        share = working[name] / whole
         print(
             f"   {name:<22}{calls[name] / withdrawals:8.1f}{total / withdrawals:9.3f}"
             f"{100 * share:7.1f}%{share * server_ms:8.2f}"

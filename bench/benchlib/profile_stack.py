@@ -52,6 +52,7 @@ def record(py_spy: str, pid: int, seconds: float, out: Path) -> subprocess.Popen
             str(out),
             "--nonblocking",
             "--full-filenames",
+            "--gil",
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -118,11 +119,12 @@ def profile(stack: Stack, work: Path, args: argparse.Namespace) -> None:
         "API": record(args.py_spy, api, window, work / "api.txt"),
         "worker": record(args.py_spy, worker, window, work / "worker.txt"),
     }
-    sent = load.steady(
-        load.submitter(stack.api_url, API_TOKEN, "prof", "instant"), args.rate, args.seconds
-    )
-    for spy in spies.values():
-        spy.wait(timeout=60)
+    with cost_model.WaitSampler(stack.database_url) as waits:
+        sent = load.steady(
+            load.submitter(stack.api_url, API_TOKEN, "prof", "instant"), args.rate, args.seconds
+        )
+        for spy in spies.values():
+            spy.wait(timeout=60)
     after = measure.Snapshot.take(stack.database_url, DATABASE, [api], [worker])
     for name in spies:
         summarise(name, work / f"{name.lower()}.txt", args.top)
@@ -133,8 +135,15 @@ def profile(stack: Stack, work: Path, args: argparse.Namespace) -> None:
     server_ms = 1000 * (after.server_cpu - before.server_cpu) / sent
     commits = (after.commits - before.commits) / sent
     print(f"\n{sent} withdrawals; commits per withdrawal {commits:.1f} (idle not subtracted)")
+    print(
+        "backends' waits, ms per withdrawal:",
+        ", ".join(f"{k} {10 * n / sent:.2f}" for k, n in waits.waits.most_common(8)),
+    )
     if with_sql:
-        cost_model.print_sql(cost_model.statements(stack.database_url), sent, server_ms)
+        rows = cost_model.statements(stack.database_url)
+        begins = sum(n for q, n, _ in rows if q.strip().upper() == "BEGIN")
+        print(f"explicit transactions (BEGIN) per withdrawal {begins / sent:.1f}")
+        cost_model.print_sql(rows, sent, server_ms, waits.ms("Lock"))
     else:
         print(f"PostgreSQL CPU {server_ms:.2f} ms per withdrawal; no pg_stat_statements here")
 
