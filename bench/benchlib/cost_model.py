@@ -83,7 +83,7 @@ LOOP = "event loop and the rest"
 STATEMENT_CLASSES = (
     ("commit (WAL flush)", r"^\s*(commit|begin)"),
     ("relay", r"(from|update|delete from)\s+outbox\b"),
-    ("outbox", r"insert into outbox\b"),
+    ("outbox + audit", r"insert into outbox\b"),  # one statement writes both rows
     ("audit", r"order_task_events"),
     ("timers", r"\btimers\b"),
     ("outcomes", r"provider_outcomes|settle_slo_results|provider_circuit"),
