@@ -1,13 +1,16 @@
-"""Engine cost: the service against a bare procrastinate state machine, same server, same run.
+"""Engine cost: the service against bare procrastinate state machines, same server, same run.
 
 Starts the real stack (API, workers, sandbox ledger in its own database, an
 instant provider, nats-server) on a fresh database of `DATABASE_URL`'s server
-(the embedded PostgreSQL when unset), and the baseline of benchlib/baseline.py
-on another, then prints for each: burst throughput with 1 and 2 workers,
-commits and jobs per withdrawal (the server's own counters, idle traffic
-subtracted), Python CPU per withdrawal by process, idle commits per second per
-worker, submit -> SUCCEEDED latency at steady rates, webhook ingest, worker
-memory. The last column is service / baseline. Options: --help.
+(the embedded PostgreSQL when unset), then two baselines on others: `base-io`
+(benchlib/baseline_io.py: the same HTTP calls, webhook and notification, over
+the same sandbox) and `base-noio` (benchlib/baseline.py: the steps alone). For
+each: burst throughput with 1 and 2 workers, commits and jobs per withdrawal
+(the server's own counters, idle traffic subtracted), Python CPU per withdrawal
+by process, their sum with PostgreSQL's (own CPU: sandbox and load generator
+excluded), idle commits per second per worker, submit -> SUCCEEDED latency at
+steady rates, webhook ingest, worker memory. The last two columns are service /
+each baseline, 2 workers. Options: --help.
 
 `--ha`: the service on one PostgreSQL against the service on a three-node Patroni
 cluster in synchronous mode (sandbox/ha_cluster.py), in the same run, 2 workers:
@@ -17,21 +20,17 @@ what synchronous replication costs (the last column is HA / single node).
 from __future__ import annotations
 
 import argparse
-import asyncio
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Protocol
 
-import procrastinate
 import psutil
 import psycopg
-from benchlib import baseline, load, measure, pct, sql
+from benchlib import load, measure, pct
 from benchlib.servicestack import SERVICE_DEFAULTS, fresh, make_key
+from benchlib.targets import Baseline, BaselineIO
 from psycopg.conninfo import conninfo_to_dict
-from psycopg_pool import AsyncConnectionPool
 
 from devstack.embedded import database_url, free_port, start_embedded_nats
 from sandbox.stack import API_TOKEN, ProviderSpec, Stack, wait_until
@@ -133,64 +132,6 @@ class Service:
         return api, [p.pid for p in self.stack.worker_procs]
 
 
-class Baseline:
-    name, database = "baseline", "bench_baseline"
-    done_query = "SELECT count(*) FROM base_tasks WHERE state = 'SUCCEEDED'"
-    latency_query = (
-        "SELECT extract(epoch FROM done_at - created_at) FROM base_tasks"
-        " WHERE done_at IS NOT NULL AND created_at >= (SELECT at FROM base_marks"
-        " WHERE name = '{prefix}')"
-    )
-
-    def start(self, workers: int) -> None:
-        self.url = fresh(self.database, schema=False)
-        with psycopg.connect(self.url, autocommit=True) as conn:
-            conn.execute(procrastinate.schema.SchemaManager.get_schema())
-            conn.execute(baseline.SCHEMA)
-            conn.execute("CREATE TABLE base_marks (name text, at timestamptz)")
-        root = Path(__file__).resolve().parent.parent
-        self.procs = [
-            subprocess.Popen(
-                [sys.executable, str(root / "bench/benchlib/baseline.py"), self.url, "8"]
-            )
-            for _ in range(workers)
-        ]
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            proc.terminate()
-            proc.wait(timeout=30)
-
-    async def _send(self, count: int, rate: float | None) -> None:
-        app = baseline.build_app(self.url)
-        pool: baseline.Pool = AsyncConnectionPool(self.url, open=False, max_size=16)
-        await pool.open()
-        async with app.open_async():
-            slots, begin = asyncio.Semaphore(16), time.monotonic()
-
-            async def one(i: int) -> None:
-                if rate:
-                    await asyncio.sleep(max(0.0, begin + i / rate - time.monotonic()))
-                async with slots:
-                    await baseline.submit(pool, app)
-
-            await asyncio.gather(*(one(i) for i in range(count)))
-        await pool.close()
-
-    def burst(self, prefix: str, count: int) -> None:
-        asyncio.run(self._send(count, None))
-
-    def steady(self, prefix: str, rate: float, seconds: float) -> int:
-        sql(self.url, "INSERT INTO base_marks VALUES (%s, now())", params=(prefix,))
-        asyncio.run(self._send(int(rate * seconds), rate))
-        return int(rate * seconds)
-
-    def pids(self) -> tuple[list[int], list[int]]:
-        import os
-
-        return [os.getpid()], [p.pid for p in self.procs]  # the submitter stands for the API
-
-
 def wait_done(target: Target, count: int, timeout: float) -> None:
     wait_until(lambda: finished(target.url, target.done_query) >= count, timeout, "the load", 0.2)
 
@@ -221,8 +162,15 @@ def run_config(target: Target, workers: int, args: argparse.Namespace) -> dict[s
         row["CPU ms per withdrawal, workers"] = (
             1000 * (after.worker_cpu - before.worker_cpu) / args.count
         )
-        row["PostgreSQL CPU ms per withdrawal"] = (
+        row["PostgreSQL CPU ms per withdrawal, backends"] = (
             1000 * (after.server_cpu - before.server_cpu) / args.count
+        )
+        row["PostgreSQL shared writers CPU ms (anyone's)"] = (
+            1000 * (after.shared_cpu - before.shared_cpu) / args.count
+        )
+        row["own CPU ms per withdrawal (Python + PostgreSQL)"] = sum(
+            row[f"{k} ms per withdrawal{w}"]
+            for k, w in (("CPU", ", API"), ("CPU", ", workers"), ("PostgreSQL CPU", ", backends"))
         )
         row["worker RSS MB before -> after"] = f"{rss_before:.0f} -> {measure.rss_mb(ws):.0f}"
         if workers == 2:
@@ -274,19 +222,25 @@ def webhooks(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+RATIOS = ("service, 2 workers", ("base-io, 2 workers", "base-noio, 2 workers"))
+
+
 def report(
-    results: dict[str, dict[str, Any]],
-    ratio_of: tuple[str, str] = ("service, 2 workers", "baseline, 2 workers"),
+    results: dict[str, dict[str, Any]], ratio_of: tuple[str, tuple[str, ...]] = RATIOS
 ) -> None:
+    """One column per configuration, then `ratio_of[0]` / each of `ratio_of[1]`."""
     names = list(results)
     keys = list(dict.fromkeys(k for r in results.values() for k in r))
-    print(f"\n{'figure':<46}" + "".join(f"{n:>20}" for n in names) + f"{'ratio (2 workers)':>20}")
+    heads = [f"/ {b.split(',')[0]}" for b in ratio_of[1]]
+    print(f"\n{'figure':<48}" + "".join(f"{n:>21}" for n in [*names, *heads]))
     for key in keys:
-        cells = [results[n].get(key, "") for n in names]
-        svc, base = results.get(ratio_of[0], {}), results.get(ratio_of[1], {})
-        a, b = svc.get(key), base.get(key)
-        ratio = f"{a / b:.2f}" if isinstance(a, float) and isinstance(b, float) and b else ""
-        print(f"{key:<46}" + "".join(f"{_fmt(c):>20}" for c in cells) + f"{ratio:>20}")
+        cells = [_fmt(results[n].get(key, "")) for n in names]
+        a = results.get(ratio_of[0], {}).get(key)
+        for base in ratio_of[1]:
+            b = results.get(base, {}).get(key)
+            ok = isinstance(a, float) and isinstance(b, float) and b
+            cells.append(f"{a / b:.2f}" if ok else "")  # type: ignore[operator]
+        print(f"{key:<48}" + "".join(f"{c:>21}" for c in cells))
 
 
 def _fmt(value: Any) -> str:
@@ -308,7 +262,9 @@ def main() -> None:
     parser.add_argument(
         "--api-key", action="store_true", help="submit with an API key, not the bootstrap token"
     )
-    parser.add_argument("--only", choices=["service", "baseline"], help="run one side only")
+    parser.add_argument(
+        "--only", choices=["service", "base-io", "base-noio"], help="run one side only"
+    )
     parser.add_argument(
         "--ha", action="store_true", help="single node against a Patroni cluster (sync), 2 workers"
     )
@@ -322,7 +278,7 @@ def main() -> None:
     results: dict[str, dict[str, Any]] = {}
     try:
         service = Service(nats_url, args.api_processes, api_key=args.api_key)
-        targets: list[Target] = [service, Baseline()]
+        targets: list[Target] = [service, BaselineIO(), Baseline()]
         for target in [t for t in targets if args.only in (None, t.name)]:
             for workers in [int(w) for w in args.workers.split(",")]:
                 print(f"... {target.name} with {workers} worker(s)", flush=True)
@@ -360,7 +316,7 @@ def ha_main(args: argparse.Namespace) -> None:
     finally:
         nats_proc.terminate()
         cluster.stop()
-    report(results, ratio_of=("HA sync, 2 workers", "single node, 2 workers"))
+    report(results, ratio_of=("HA sync, 2 workers", ("single node, 2 workers",)))
 
 
 if __name__ == "__main__":

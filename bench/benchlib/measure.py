@@ -43,18 +43,29 @@ def cpu_s(pids: list[int]) -> float:
 _SHARED = ("walwriter", "checkpointer", "background writer", "autovacuum")
 
 
-def server_cpu_s(database: str) -> float:
-    """CPU of the PostgreSQL backends serving `database`, plus the server's shared
-    writers (they write for the sandbox's ledger database too: an upper bound).
-    Backends that exited meanwhile are not counted (pools keep theirs)."""
+def server_cpu_s(database: str, shared: bool = True) -> float:
+    """CPU of the PostgreSQL backends serving `database`, plus (`shared`) the server's
+    shared writers (they write for every database, the sandbox's ledger's and other
+    people's too: an upper bound). Backends that exited meanwhile are not counted
+    (pools keep theirs)."""
     total = 0.0
     for proc in psutil.process_iter(["name", "cmdline", "cpu_times"]):
         title = " ".join(proc.info["cmdline"] or [])
         if not title.startswith("postgres:"):
             continue
-        if f" {database} " in title or any(name in title for name in _SHARED):
+        if f" {database} " in title or (shared and any(name in title for name in _SHARED)):
             times = proc.info["cpu_times"]
             total += times.user + times.system
+    return total
+
+
+def shared_cpu_s() -> float:
+    """CPU of the server's WAL, checkpoint and vacuum processes (for every database)."""
+    total = 0.0
+    for proc in psutil.process_iter(["cmdline", "cpu_times"]):
+        title = " ".join(proc.info["cmdline"] or [])
+        if title.startswith("postgres:") and any(name in title for name in _SHARED):
+            total += proc.info["cpu_times"].user + proc.info["cpu_times"].system
     return total
 
 
@@ -69,7 +80,8 @@ class Snapshot:
     jobs: int
     api_cpu: float
     worker_cpu: float
-    server_cpu: float
+    server_cpu: float  # the database's backends only
+    shared_cpu: float  # the server's WAL, checkpoint and vacuum processes, anyone's
 
     @classmethod
     def take(cls, url: str, database: str, api: list[int], workers: list[int]) -> Snapshot:
@@ -79,7 +91,8 @@ class Snapshot:
             job_sequence(url),
             cpu_s(api),
             cpu_s(workers),
-            server_cpu_s(database),
+            server_cpu_s(database, shared=False),
+            shared_cpu_s(),
         )
 
 
