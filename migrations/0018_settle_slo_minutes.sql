@@ -70,10 +70,14 @@ RETURNS TABLE (policy text, result text, judgements bigint) LANGUAGE sql STABLE 
         SELECT m.policy, m.result, m.judgements FROM settle_slo_minutes m, bounds b
         WHERE m.minute > b.since AND m.minute < b.up_to
         UNION ALL
+        -- two ranges of the judged_at index, each bounded on both sides
         SELECT r.policy, r.result, count(*) FROM settle_slo_results r, bounds b
         WHERE r.judged_at > b.since
-          AND (r.judged_at >= b.up_to
-               OR r.judged_at < date_trunc('minute', b.since) + interval '1 minute')
+          AND r.judged_at < least(date_trunc('minute', b.since) + interval '1 minute', b.up_to)
+        GROUP BY 1, 2
+        UNION ALL
+        SELECT r.policy, r.result, count(*) FROM settle_slo_results r, bounds b
+        WHERE r.judged_at > b.since AND r.judged_at >= b.up_to
         GROUP BY 1, 2
     )
     SELECT p.policy, p.result, sum(p.judgements)::bigint FROM parts p

@@ -21,7 +21,7 @@ import pytest
 from nats.js.api import StreamConfig
 from nats.js.errors import NotFoundError
 
-from activities.outbox_relay import DEDUP_WINDOW_S, STREAM, SUBJECTS, OutboxRelay
+from activities.outbox_relay import _PRUNE, DEDUP_WINDOW_S, STREAM, SUBJECTS, OutboxRelay, prune
 from activities.relay_publish import Event, Publisher
 from engine.db import open_pool
 from engine.migrations import migrate
@@ -199,3 +199,34 @@ async def others_marked(url: str, withdrawal: object) -> bool:
             (withdrawal,),
         ).fetchone()
     return row == (0,)
+
+
+async def test_the_prune_takes_old_published_rows_by_key_and_leaves_the_rest(url: str) -> None:
+    """Oldest ids first, in batches, never reading the whole table: an old row held
+    back (unpublished) and the young ones stay; every old published row goes, though
+    they are more than a batch."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO outbox (subject, payload, published_at)"
+            " SELECT 'orders.test', '{}', CASE"
+            "   WHEN i = 5 THEN NULL"  # held back: never published
+            "   WHEN i <= 2500 THEN now() - interval '8 days'"
+            "   ELSE now() - interval '1 day' END"
+            " FROM generate_series(1, 3000) AS i"
+        )
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        deleted = await prune(conn, 7 * 86400, batch=400)
+        await conn.execute("SET enable_seqscan = off")
+        plan = "\n".join(
+            str(row[0])
+            for row in await (
+                await conn.execute("EXPLAIN " + _PRUNE, {"batch": 400, "keep_s": 60.0})
+            ).fetchall()
+        )
+    assert deleted == 2499
+    with psycopg.connect(url) as conn:
+        left = conn.execute(
+            "SELECT count(*), count(*) FILTER (WHERE published_at IS NULL) FROM outbox"
+        ).fetchone()
+    assert left == (501, 1)
+    assert "Index Scan using outbox_pkey on outbox" in plan and "Seq Scan" not in plan, plan
