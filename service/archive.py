@@ -27,8 +27,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -55,6 +58,11 @@ PREPARE_AHEAD = timedelta(days=7)  # a month's archive is written this long befo
 # steady 40/s on 2 cores, pushed the service past its capacity: its backlog's p99 was
 # minutes (bench/volume.py). A month is written in 4x its bare time, hours at most.
 AHEAD_PACE = 3.0
+# ... and its thread runs at this much lower CPU priority (nice), so that when a block
+# runs the scheduler still gives the service's own threads the cores first. Linux keeps
+# a nice value per thread; the archive is written in a thread of its own, which ends
+# with it (a pooled thread would keep the value, and unprivileged it cannot be undone).
+AHEAD_NICENESS = 10
 PREPARED = ".prepared"  # the suffix of an archive written ahead
 
 
@@ -133,7 +141,17 @@ class Archiver:
         if blockers(conn, partition):
             return
         shutil.rmtree(ahead, ignore_errors=True)  # stale or corrupt: written again
-        self._write(conn, partition.name, partition.lower, partition.upper, None, ahead, AHEAD_PACE)
+        with ThreadPoolExecutor(1, "archive-ahead", initializer=_lower_priority) as thread:
+            thread.submit(
+                self._write,
+                conn,
+                partition.name,
+                partition.lower,
+                partition.upper,
+                None,
+                ahead,
+                AHEAD_PACE,
+            ).result()
         log.info("archive: %s written ahead of its due date, in %s", partition.name, ahead)
         report.prepared.append(partition.name)
 
@@ -228,6 +246,13 @@ UPDATE event_archives SET state = 'archived', path = %s, events = %s, withdrawal
        manifest_sha256 = %s, archived_at = now()
 WHERE partition = %s
 """
+
+
+def _lower_priority() -> None:
+    """This thread's nice value raised by AHEAD_NICENESS (where the platform allows)."""
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: as it is
+        me = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, me, os.getpriority(os.PRIO_PROCESS, me) + AHEAD_NICENESS)
 
 
 def _log_blockers(name: str, found: list[Blocker]) -> None:

@@ -4,6 +4,7 @@ row; a month with a withdrawal that must stay waits, and says why."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import uuid
@@ -19,7 +20,7 @@ from psycopg.rows import dict_row
 
 from service import archive_detach
 from service import archive_files as files
-from service.archive import TABLE_DIR, Archiver
+from service.archive import AHEAD_NICENESS, TABLE_DIR, Archiver
 from service.archive_cli import load, show
 from service.history import add_months
 from service.settings import Settings
@@ -292,6 +293,31 @@ async def test_an_archive_written_ahead_is_what_retention_keeps(url: str, tmp_pa
     assert not written.exists() and files.sha256_of(final / "manifest.json") == sha  # kept
     for queue in queues:
         assert archived_rows(url, tmp_path, queue["id"])["events"] == before[queue["id"]]
+
+
+async def test_an_archive_written_ahead_runs_at_a_lower_priority(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The write-ahead's thread is niced (live traffic gets the cores first); the due
+    run's own work, which holds the detach's locks, and the calling thread are not."""
+    await withdrawal(url, month(4))
+    seen: list[int] = []  # the nice value month 4's files were written at, each time
+    real_write = files.write
+
+    def write(conn: Any, table: str, *args: Any, **kwargs: Any) -> Any:
+        if table == partition(4):
+            seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return real_write(conn, table, *args, **kwargs)
+
+    monkeypatch.setattr(files, "write", write)
+    mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    archiver(url, tmp_path, at=due(4) - timedelta(days=1)).run()  # written ahead
+    (tmp_path / TABLE_DIR / f"{partition(4)}.prepared").rename(tmp_path / "aside")
+    archiver(url, tmp_path, at=due(4) + timedelta(hours=1)).run()  # due: written now
+
+    assert seen == [min(mine + AHEAD_NICENESS, 19), mine]
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine
 
 
 async def test_an_archive_written_ahead_that_misses_a_row_is_written_again(
