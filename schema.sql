@@ -290,11 +290,15 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_unpublished ON outbox (id) WHERE published_at IS NULL;
 -- Wakes the relay (activities/outbox_relay.py) when a transaction that wrote
--- events commits; one notification per transaction, however many rows.
+-- events commits; one notification per transaction, however many rows. Only when
+-- the relay sleeps: awake, it polls and holds advisory lock 7303024 exclusively
+-- (a NOTIFY costs a transaction in every LISTENing backend; migration 0019).
 CREATE OR REPLACE FUNCTION outbox_wake_relay() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM pg_notify('payment_outbox', '');
+    IF pg_try_advisory_xact_lock_shared(7303024) THEN
+        PERFORM pg_notify('payment_outbox', '');
+    END IF;
     RETURN NULL;
 END $$;
 DROP TRIGGER IF EXISTS outbox_wake_relay ON outbox;

@@ -43,10 +43,20 @@ withdrawal.
   acknowledged rows are marked, the rest accumulate in the outbox, and the loop
   retries with backoff until NATS is back.
 - Published rows are pruned after `retention_s`.
-- Idle, the relay sleeps on a LISTEN connection: every commit that writes the
-  outbox notifies it (a statement trigger), and it lingers a moment after a
-  wake-up so that a busy stream is published and marked in batches, one
-  transaction a batch. The other workers try for the lock every few seconds.
+- Idle, the relay sleeps on a LISTEN connection: a commit that writes the outbox
+  notifies it (a statement trigger), and it lingers a moment after a wake-up so
+  that a busy stream is published and marked in batches, one transaction a batch.
+  The other workers try for the lock every few seconds.
+- Awake, it polls: while events came within QUIET_S it looks every AWAKE_POLL_S
+  and holds AWAKE_LOCK, and the trigger of a writer that cannot take that lock
+  shared sends no NOTIFY (migration 0019). A NOTIFY is not free: PostgreSQL
+  signals every backend that LISTENs in the database, whatever the channel, and
+  each reads it in a transaction of its own; 8 listeners made it 14 of the 24
+  commits a withdrawal cost (issue 24). Going back to sleep, the relay lets the
+  lock go and looks again after each of DOZE_LOOKS_S: a writer that found it
+  awake but committed after its last poll is published then (at worst at the
+  next IDLE_POLL_S). Taking the lock never waits: writers that hold it shared
+  have notified, and the relay polls either way.
 """
 
 from __future__ import annotations
@@ -63,6 +73,7 @@ from nats.js.api import StreamConfig
 from nats.js.errors import NotFoundError
 from psycopg.rows import tuple_row
 
+from activities.outbox_prune import prune
 from activities.relay_publish import Event, Outcome, Publisher
 from engine import metrics
 from engine.db import Pool
@@ -76,6 +87,10 @@ DEDUP_WINDOW_S = 24 * 3600.0
 CHANNEL = "payment_outbox"  # NOTIFY on every outbox insert (a trigger, schema.sql)
 IDLE_POLL_S = 30.0  # listening, the leader still looks this often (a missed NOTIFY)
 LINGER_S = 0.05  # after a wake-up, so that a busy stream goes out in batches
+AWAKE_LOCK = 7_303_024  # held by the relay while it polls (the trigger, migration 0019)
+AWAKE_POLL_S = LINGER_S  # awake, it looks this often
+QUIET_S = 1.0  # awake, this long with nothing published, it goes back to sleep
+DOZE_LOOKS_S = (0.05, 0.5)  # then it looks again after these, listening in between
 FOLLOWER_RETRY_S = 10.0  # how often a worker that is not the relay tries to become it
 ACK_TIMEOUT_S = 5.0  # a batch with no acknowledgement for this long has lost NATS
 
@@ -116,6 +131,9 @@ class OutboxRelay:
         self._publisher: Publisher | None = None
         self._pruned_at = 0.0
         self._leader = False
+        self._awake = False  # AWAKE_LOCK held on the lock connection's session
+        self._published_at = 0.0  # monotonic: the last step that published anything
+        self._dozing: list[float] = []  # the looks left after letting AWAKE_LOCK go
 
     async def run(self, stop: asyncio.Event) -> None:
         backoff = self._interval
@@ -137,8 +155,8 @@ class OutboxRelay:
                 except Exception as exc:  # NATS or the database is away: keep the events
                     log.warning("outbox relay: %s; retrying in %.1fs", exc, backoff)
                     await self._disconnect()
-                    if lock_conn is not None and lock_conn.broken:
-                        lock_conn, self._leader = None, False
+                    if lock_conn is not None and lock_conn.broken:  # its locks went with it
+                        lock_conn, self._leader, self._awake = None, False, False
                     moved, backoff = 0, min(backoff * 2, 5.0)
                     await sleep(stop, None, backoff, backoff)
                     continue
@@ -146,9 +164,8 @@ class OutboxRelay:
                     continue  # more are waiting: go again at once
                 if not self._leader:  # the leader's connection dropping frees the lock
                     await sleep(stop, None, FOLLOWER_RETRY_S, FOLLOWER_RETRY_S)
-                elif await sleep(stop, wakeups, self._interval, IDLE_POLL_S):
-                    # woken by a commit: let the commits right behind it join the batch
-                    await sleep(stop, None, LINGER_S, LINGER_S)
+                elif lock_conn is not None:
+                    await self._pace(stop, lock_conn, wakeups, moved)
         finally:
             await wakeups.close()
             await self._disconnect()
@@ -161,6 +178,36 @@ class OutboxRelay:
             row = await (await conn.execute(query, (RELAY_LOCK,))).fetchone()
             self._leader = bool(row and row[0])
         return self._leader
+
+    async def _pace(
+        self, stop: asyncio.Event, conn: psycopg.AsyncConnection[Any], wakeups: Wakeups, moved: int
+    ) -> None:
+        """Wait until the next look: awake, AWAKE_POLL_S; dozing, the next of
+        DOZE_LOOKS_S; asleep, a NOTIFY (then LINGER_S) or IDLE_POLL_S."""
+        if moved:
+            self._published_at = time.monotonic()
+            await self._wake(conn)
+        if self._awake and time.monotonic() - self._published_at < QUIET_S:
+            await sleep(stop, None, AWAKE_POLL_S, AWAKE_POLL_S)
+            return
+        if self._awake:  # quiet: writers notify again from here on
+            await conn.execute("SELECT pg_advisory_unlock(%s)", (AWAKE_LOCK,))
+            self._awake, self._dozing = False, list(DOZE_LOOKS_S)
+        if self._dozing:
+            look = self._dozing.pop(0)
+            await sleep(stop, wakeups, look, look)
+        elif await sleep(stop, wakeups, self._interval, IDLE_POLL_S):
+            # woken by a commit: let the commits right behind it join the batch
+            await sleep(stop, None, LINGER_S, LINGER_S)
+
+    async def _wake(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Hold AWAKE_LOCK if no writer holds it shared now (they notified); once:
+        a session's advisory locks count, and one unlock must free it."""
+        if not self._awake:
+            query = "SELECT pg_try_advisory_lock(%s)"
+            row = await (await conn.execute(query, (AWAKE_LOCK,))).fetchone()
+            self._awake = bool(row and row[0])
+            self._dozing = []
 
     async def _step(self, stop: asyncio.Event) -> int:
         """Publish batch after batch while they come full; the last one's size."""
@@ -253,34 +300,6 @@ class OutboxRelay:
             return
         self._pruned_at = time.monotonic()
         await prune(conn, self._retention)
-
-
-# The oldest rows by id, a batch at a time: an index scan of the key's first rows,
-# never the whole table. (`published_at < cutoff` alone is a sequential scan of a
-# week of events, every minute: 615 MiB at 40/s, read past shared buffers and
-# evicting the hot tables' pages; bench/volume.py.) Ids follow publication closely;
-# a row held back (unpublished, or published late after an outage) only stays in the
-# batch's way until its own time comes, while the rows beside it go.
-_PRUNE = """
-WITH oldest AS (SELECT id, published_at FROM outbox ORDER BY id LIMIT %(batch)s)
-DELETE FROM outbox o USING oldest
-WHERE o.id = oldest.id AND oldest.published_at < now() - make_interval(secs => %(keep_s)s)
-"""
-PRUNE_BATCH = 10_000
-PRUNE_BATCHES = 20  # a minute's worth at 100 withdrawals/s is 42,000 rows
-
-
-async def prune(conn: Any, keep_s: float, batch: int = PRUNE_BATCH) -> int:
-    """Delete published rows older than `keep_s`, oldest ids first, until a batch finds
-    fewer than half of its rows old enough (the rest are young, or held back); the
-    number deleted."""
-    deleted = 0
-    for _ in range(PRUNE_BATCHES):
-        cur = await conn.execute(_PRUNE, {"batch": batch, "keep_s": keep_s})
-        deleted += max(cur.rowcount, 0)
-        if cur.rowcount < batch // 2:
-            break
-    return deleted
 
 
 def _array(ids: list[int]) -> str:

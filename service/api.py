@@ -23,7 +23,13 @@ from service.models import BadRequest, parse_withdrawal, withdrawal_ident
 from service.openapi import for_providers
 from service.webhook_limits import take_webhook_token
 from service.wiring import Services
-from service.withdrawals import Rollout, events_view, find_queue, submit, withdrawal_view
+from service.withdrawals import (
+    Rollout,
+    events_view,
+    find_queue,
+    submit_and_view,
+    withdrawal_view,
+)
 
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -93,11 +99,10 @@ async def _create(request: Request, svc: Services, caller: Caller) -> JSONRespon
     logs.bind(order_id=withdrawal.order_id, trace_id=trace_id_of(request))
     async with svc.pool.connection() as conn:
         trace_id = logs.current()["trace_id"]
-        queue_id, created = await submit(
+        view, created = await submit_and_view(
             conn, svc.engine, withdrawal, trace_id, rollout, tracing.current_traceparent()
         )
-        view = await withdrawal_view(conn, queue_id)
-    logs.bind(queue_id=queue_id)
+    logs.bind(queue_id=view["id"])
     log.info("withdrawal %s", "submitted" if created else "replayed")
     return JSONResponse(view, status_code=201 if created else 200)
 

@@ -21,7 +21,15 @@ import pytest
 from nats.js.api import StreamConfig
 from nats.js.errors import NotFoundError
 
-from activities.outbox_relay import _PRUNE, DEDUP_WINDOW_S, STREAM, SUBJECTS, OutboxRelay, prune
+from activities.outbox_prune import _PRUNE, prune
+from activities.outbox_relay import (
+    AWAKE_LOCK,
+    DEDUP_WINDOW_S,
+    IDLE_POLL_S,
+    STREAM,
+    SUBJECTS,
+    OutboxRelay,
+)
 from activities.relay_publish import Event, Publisher
 from engine.db import open_pool
 from engine.migrations import migrate
@@ -230,3 +238,60 @@ async def test_the_prune_takes_old_published_rows_by_key_and_leaves_the_rest(url
         ).fetchone()
     assert left == (501, 1)
     assert "Index Scan using outbox_pkey on outbox" in plan and "Seq Scan" not in plan, plan
+
+
+async def notifications(listener: psycopg.AsyncConnection[Any]) -> int:
+    """The NOTIFYs `listener` has received by now (a short look: they come at once)."""
+    return len([n async for n in listener.notifies(timeout=0.2)])
+
+
+async def write_event(url: str, number: int) -> None:
+    """One event, committed in a transaction of its own, as a transition writes it."""
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        await conn.execute(
+            "INSERT INTO outbox (subject, payload) VALUES ('order.test', %s)",
+            (f'{{"number": {number}}}',),
+        )
+
+
+async def awake_lock_held(url: str) -> bool:
+    query = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = %s"
+    with psycopg.connect(url) as conn:
+        row = conn.execute(query, (AWAKE_LOCK,)).fetchone()
+    return bool(row and row[0])
+
+
+async def test_writers_wake_a_sleeping_relay_and_leave_an_awake_one_be(
+    url: str, nats_own: NatsServer
+) -> None:
+    """A stream of commits notifies the relay once or so (awake, it polls and holds
+    AWAKE_LOCK, migration 0019), not once a commit; quiet, it sleeps again, and the
+    next commit notifies it and is published at once. No event waits for a poll."""
+    listener = await psycopg.AsyncConnection.connect(url, autocommit=True)
+    await listener.execute("LISTEN payment_outbox")
+    try:
+        async with relay(url, nats_own.url):
+            for number in range(60):  # a steady stream, an event every 20 ms
+                await write_event(url, number)
+                await asyncio.sleep(0.02)  # the load's pace, not a wait for anything
+            await until(lambda: stored_at_least(nats_own.url, 60), "the stream published")
+            during = await notifications(listener)
+            await until(lambda: not_(awake_lock_held(url)), "the relay asleep", 5)
+            await write_event(url, 60)
+            started = time.monotonic()
+            await until(lambda: stored_at_least(nats_own.url, 61), "the next event", 5)
+            woken_in = time.monotonic() - started
+            after = await notifications(listener)
+    finally:
+        await listener.close()
+    assert during <= 5, f"{during} NOTIFYs for 60 commits to an awake relay"
+    assert after == 1
+    assert woken_in < IDLE_POLL_S / 10  # by the NOTIFY, not the idle poll
+
+
+async def stored_at_least(nats_url: str, count: int) -> bool:
+    return await stored(nats_url) >= count
+
+
+async def not_(probe: Awaitable[bool]) -> bool:
+    return not await probe

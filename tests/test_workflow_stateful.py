@@ -502,7 +502,7 @@ def test_happy_path_completes_and_stops_the_rest() -> None:
 def test_declines_cascade_to_the_next_provider_by_position() -> None:
     queue = new_queue(positions=[3, 1, 2])
     assert queue.tasks[1].status == S.CREATING
-    for outcome in (0, 0, 2, 0):  # frozen, submitting, declined, released
+    for outcome in (0, 2, 0):  # frozen (submitting in its transaction), declined, released
         assert finish_next_job(queue, outcome) == "applied"
     assert queue.tasks[1].status == S.SKIPPED  # type: ignore[comparison-overlap]  # mutated
     assert queue.tasks[2].status == S.CREATING  # position 2 is next
@@ -545,19 +545,18 @@ def test_redelivered_ledger_job_fails_without_changing_anything() -> None:
 
 
 def _declined_release_queued(queue: Queue) -> None:
-    for outcome in (0, 0, 2):  # frozen, submitting, declined
+    for outcome in (0, 2):  # frozen (submitting in its transaction), declined
         finish_next_job(queue, outcome)
 
 
 def _commit_queued(queue: Queue) -> None:
-    for outcome in (0, 0, 0):  # frozen, submitting, accepted
+    for outcome in (0, 0):  # frozen (submitting in its transaction), accepted
         finish_next_job(queue, outcome)
     apply(queue, 0, ProviderSucceeded(REF))
 
 
 def _create_in_flight(queue: Queue) -> None:
-    finish_next_job(queue)  # frozen
-    finish_next_job(queue)  # order_submitting recorded
+    finish_next_job(queue)  # frozen, and order_submitting recorded with it
     run_job(queue, 0, 0)  # the create call is on its way
 
 
@@ -569,14 +568,14 @@ def _fire_the_only_timer(queue: Queue) -> None:
 
 
 def _recheck_in_flight(queue: Queue) -> None:
-    for outcome in (0, 0, 3):  # frozen, submitting, ambiguous
+    for outcome in (0, 3):  # frozen (submitting in its transaction), ambiguous
         finish_next_job(queue, outcome)
     _fire_the_only_timer(queue)  # check_status issued
     run_job(queue, 0, 0)  # and called
 
 
 def _status_check_after_sla_queued(queue: Queue) -> None:
-    for outcome in (0, 0, 0):  # frozen, submitting, accepted
+    for outcome in (0, 0):  # frozen (submitting in its transaction), accepted
         finish_next_job(queue, outcome)
     _fire_the_only_timer(queue)  # webhook SLA: check_status issued
 

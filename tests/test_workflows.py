@@ -247,7 +247,13 @@ POLLING_TIMERS: list[Command] = [
     StartTimer(Timer.STATUS_TIMEOUT, NOW + timedelta(minutes=10)),
 ]
 CREATING_ROWS = [
-    row("creating-frozen-creates-order", CREATING, FundsFrozen(), FROZEN, [CREATE]),
+    row(
+        "creating-frozen-notes-the-order-may-be-sent",
+        CREATING,
+        FundsFrozen(),
+        FROZEN,
+        [FollowUp(OrderSubmitting())],
+    ),
     row(
         "creating-insufficient-skips-without-release",
         CREATING,

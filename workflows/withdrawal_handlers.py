@@ -32,6 +32,7 @@ from workflows.withdrawal_events import (
     OrderAccepted,
     OrderAmbiguous,
     OrderDeclined,
+    OrderSubmitting,
     ProviderSucceeded,
     StatusUnknown,
     TaskState,
@@ -90,7 +91,11 @@ def cancel_unstarted(state: TaskState, _e: Event, _now: datetime) -> Decision:
 
 # CREATING -----------------------------------------------------------------------
 def frozen(state: TaskState, _e: Event, _now: datetime) -> Decision:
-    return replace(state, funds=Funds.FROZEN), [RunActivity(CREATE)]
+    # The order may be sent from now on: noted in the same transaction as the hold
+    # (the next event's two rows, one commit), rather than by the create activity's
+    # first call, which cost a transaction of its own (issue 24). A withdrawal that
+    # froze before this still notes it there (create_order's OrderSubmitting).
+    return replace(state, funds=Funds.FROZEN), [FollowUp(OrderSubmitting())]
 
 
 def insufficient(state: TaskState, event: Event, _now: datetime) -> Decision:
