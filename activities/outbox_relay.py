@@ -134,6 +134,7 @@ class OutboxRelay:
         self._awake = False  # AWAKE_LOCK held on the lock connection's session
         self._published_at = 0.0  # monotonic: the last step that published anything
         self._dozing: list[float] = []  # the looks left after letting AWAKE_LOCK go
+        self._acked: list[int] = []  # published by the last look, to mark with the next
 
     async def run(self, stop: asyncio.Event) -> None:
         backoff = self._interval
@@ -167,6 +168,8 @@ class OutboxRelay:
                 elif lock_conn is not None:
                     await self._pace(stop, lock_conn, wakeups, moved)
         finally:
+            with contextlib.suppress(psycopg.Error):  # else published again, deduplicated
+                await self._mark_acked()
             await wakeups.close()
             await self._disconnect()
             if lock_conn is not None:
@@ -193,6 +196,7 @@ class OutboxRelay:
         if self._awake:  # quiet: writers notify again from here on
             await conn.execute("SELECT pg_advisory_unlock(%s)", (AWAKE_LOCK,))
             self._awake, self._dozing = False, list(DOZE_LOOKS_S)
+        await self._mark_acked()
         if self._dozing:
             look = self._dozing.pop(0)
             await sleep(stop, wakeups, look, look)
@@ -213,8 +217,8 @@ class OutboxRelay:
         """Publish batch after batch while they come full; the last one's size."""
         publisher = await self._connect()
         async with self._pool.connection() as conn:
-            events = await self._turn(conn, [], exclude=[])
-            size, unmarked = len(events), list[int]()
+            events = await self._turn(conn, self._acked, exclude=[])
+            size, unmarked, self._acked = len(events), list[int](), []
             while events and not stop.is_set():
                 size = len(events)
                 events, outcome, unmarked = await self._overlap(conn, publisher, events, unmarked)
@@ -222,9 +226,19 @@ class OutboxRelay:
                 if outcome.failure is not None:
                     await self._turn(conn, unmarked)
                     raise outcome.failure
-            await self._turn(conn, unmarked)
+            # Marked in the next look's transaction, with its read: one commit a look
+            # rather than two. Published and not yet marked, an event that goes again
+            # (this process dies first) is dropped by the stream as a duplicate.
+            self._acked = unmarked
             await self._prune(conn)
         return size
+
+    async def _mark_acked(self) -> None:
+        """Mark what the last look published, before a wait longer than a poll."""
+        if self._acked:
+            async with self._pool.connection() as conn:
+                await self._turn(conn, self._acked)
+            self._acked = []
 
     async def _overlap(
         self, conn: Any, publisher: Publisher, events: list[Event], unmarked: list[int]

@@ -89,9 +89,7 @@ def test_an_unhealthy_task_is_deferred_first_then_the_next_one_starts() -> None:
     assert WITHDRAWAL_V4.try_order(looked) == ["t1", "t2", "t0"]
     assert rule("ACTIVE", False, looked, verdicts) == QueueDecision(None, start=("t1",))
     # version 3 drops it for good
-    assert WITHDRAWAL_V3.queue_decide("ACTIVE", False, tasks, verdicts).skip == (
-        ("t0", UNHEALTHY),
-    )
+    assert WITHDRAWAL_V3.queue_decide("ACTIVE", False, tasks, verdicts).skip == (("t0", UNHEALTHY),)
 
 
 def test_a_deferred_task_comes_after_every_healthier_one_and_is_tried_at_the_end() -> None:

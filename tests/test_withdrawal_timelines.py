@@ -11,6 +11,7 @@ import pytest
 from workflows.core import (
     Admit,
     Alert,
+    FollowUp,
     QueueDecision,
     Reconsider,
     Routing,
@@ -28,6 +29,7 @@ from workflows.withdrawal_events import (
     HoldFound,
     KeyVoided,
     ManualResolved,
+    OrderSubmitting,
     ProviderPending,
     ProviderSucceeded,
     Skip,
@@ -97,7 +99,7 @@ def test_a_replayed_freeze_means_the_order_may_have_left() -> None:
     assert (fresh.funds, fresh.order_submitted, commands) == (
         Funds.FROZEN,
         False,
-        [RunActivity("create_order")],
+        [FollowUp(OrderSubmitting())],  # noted in the same transaction, then sent
     )
     replayed, commands = decide(creating, FundsFrozen(replayed=True), NOW)
     assert (replayed.funds, replayed.order_submitted, commands) == (

@@ -63,6 +63,7 @@ from workflows import withdrawal_observations as observed
 from workflows.core import (
     Alert,
     Event,
+    FollowUp,
     IllegalTransition,
     QueueDecision,
     Reconsider,
@@ -79,6 +80,7 @@ from workflows.withdrawal_events import (
     HoldFound,
     KeyVoided,
     OrderAmbiguous,
+    OrderSubmitting,
     ProviderNotFound,
     ProviderPending,
     QueueStatus,
@@ -158,7 +160,8 @@ def frozen(state: TaskState, event: Event, now: datetime) -> Decision:
     sent = state.order_submitted or event.replayed  # a replay: it may have left before
     new = replace(state, funds=Funds.FROZEN, order_submitted=sent)
     if not state.cancel_requested:
-        return new, [RunActivity(h.CREATE)]
+        # Not yet sent: noted in this transaction that it may be (version 1's `frozen`).
+        return new, [RunActivity(h.CREATE) if sent else FollowUp(OrderSubmitting())]
     if sent:  # cancelled, and an order may exist: look before releasing anything
         return h.ambiguous(new, OrderAmbiguous("cancelled_after_a_lost_commit"), now)
     return replace(new, target=S.CANCELLED, last_reason="cancelled"), [RunActivity(h.RELEASE)]
