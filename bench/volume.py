@@ -59,7 +59,7 @@ from typing import Any
 import httpx
 import psutil
 import psycopg
-from benchlib import forensics, pct, sql
+from benchlib import forensics, pct, sql, stalls
 from benchlib import volume_fill as vf
 from benchlib.measure import STATS_SETTLE_S
 from benchlib.servicestack import SERVICE_DEFAULTS, fresh
@@ -645,24 +645,32 @@ def retention(url: str, stack: Stack, prefix: str, args: argparse.Namespace) -> 
     # writers' p99 before and during retention both pay its (small) cost.
     sampler = LockSampler(url)
     sampler.start()
+    watcher = stalls.StallSampler(url, ARCHIVER)
+    watcher.start()
     load = Load(stack.api_url, prefix, args.rate)
     since = datetime.now(UTC)
     loader = threading.Thread(target=load.run)
     loader.start()
+    counted = [stalls.buffers(url)]  # the buffer pool's counters at each phase's edges
     try:
         time.sleep(args.before_s)
+        counted.append(stalls.buffers(url))
         ahead = run_archiver(url, directory, ahead_clock)
+        counted.append(stalls.buffers(url))
         # A day passes before the month is due: the writers catch up with whatever the
         # write-ahead held back, so that the due run is measured on its own.
         caught_up_s = drain(url, f"{prefix}-%", datetime.now(UTC))
         time.sleep(args.after_s)
+        counted.append(stalls.buffers(url))
         archive = run_archiver(url, directory, clock)
+        counted.append(stalls.buffers(url))
         started, ended = archive["first"], archive["ended"]
         time.sleep(args.after_s)
     finally:
         load.stop.set()
         loader.join()
         sampler.halt.set()
+        watcher.halt.set()
     unfinished = settle(url, prefix, len(load.sent) - load.errors, since)
     lat = latencies(url, prefix, since)
     first = min(at for at, _, _ in load.sent) + 2  # the load's first seconds: its own warm-up
@@ -671,7 +679,13 @@ def retention(url: str, stack: Stack, prefix: str, args: argparse.Namespace) -> 
     during = [s for at, s in lat if started <= at <= ended]
     events, files_s, size = archived(url, month, directory)
     wait, what = sampler.worst(ahead["first"], ended + 1)
+    phases = {
+        "before": (first, ahead["first"], counted[0], counted[1]),
+        "written ahead": (ahead["first"], ahead["ended"], counted[1], counted[2]),
+        "due": (started, ended, counted[3], counted[4]),
+    }
     return {
+        "stalls": stall_report(url, prefix, watcher, phases),
         "month": month,
         "month_withdrawals": withdrawals,
         "archived": archive["archived"],
@@ -701,6 +715,31 @@ def retention(url: str, stack: Stack, prefix: str, args: argparse.Namespace) -> 
         "load_errors": load.errors,
         "unfinished": unfinished,
     }
+
+
+def stall_report(
+    url: str,
+    prefix: str,
+    watcher: stalls.StallSampler,
+    phases: dict[str, tuple[float, float, tuple[int, ...], tuple[int, ...]]],
+) -> list[str]:
+    """Per phase: the machine's CPU, what the other backends waited on, the buffer
+    pool's counters and the slowest withdrawals' steps; the due run as a timeline."""
+    lines = []
+    for name, (start, end, before, after) in phases.items():
+        waits = watcher.waits(start, end)
+        total = sum(waits.values()) or 1
+        lines += [
+            f"{name} ({end - start:.1f} s): machine CPU {watcher.cpu(start, end):.0%} busy;"
+            " backends' samples: "
+            + ", ".join(f"{w} {n / total:.0%}" for w, n in waits.most_common(6)),
+            f"  {stalls.buffer_change(before, after)}",
+            *(f"  slow: {s}" for s in stalls.slowest_steps(url, prefix, start, end)),
+        ]
+    start, end = phases["due"][:2]
+    lines.append("the due run, sampled:")
+    lines += [f"  {line}" for line in watcher.timeline(start - 0.5, end + 0.5)]
+    return lines
 
 
 def archived(url: str, month: str, directory: Path) -> tuple[int, float, int]:
@@ -881,6 +920,9 @@ def report(empty: dict[str, Any], full: dict[str, Any], fill: dict[str, Any]) ->
     for side, name in ((empty, "empty"), (full, "full")):
         if side["lock_what"] != "none seen":
             print(f"\nlongest lock wait during retention ({name}): {side['lock_what']}")
+    for side, name in ((empty, "empty"), (full, "full")):
+        print(f"\nwhat the writers waited on, {name} database:")
+        print("\n".join(side["stalls"]))
     for side, name in ((empty, "empty"), (full, "full")):
         for error in side["errors"]:
             print(f"retention on the {name} database: an archiver run failed: {error}")

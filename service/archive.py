@@ -30,7 +30,8 @@ import logging
 import os
 import shutil
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -72,6 +73,16 @@ class Report:
     blocked: dict[str, list[Blocker]] = field(default_factory=dict)
     busy: list[str] = field(default_factory=list)  # the detach waited too long for its locks
     prepared: list[str] = field(default_factory=list)  # written ahead of their due date
+    # Seconds each step took, as "<partition> <step>": what a slow run spent its time on.
+    steps: dict[str, float] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def timed(self, name: str, step: str) -> Iterator[None]:
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.steps[f"{name} {step}"] = round(time.monotonic() - started, 3)
 
 
 class Archiver:
@@ -119,7 +130,8 @@ class Archiver:
 
     def _archive(self, conn: psycopg.Connection[Any], partition: Partition, report: Report) -> None:
         try:
-            found = detach(conn, partition)
+            with report.timed(partition.name, "detach"):
+                found = detach(conn, partition)
         except Busy:
             log.warning("archive: %s: the audit trail was busy; next run", partition.name)
             report.busy.append(partition.name)
@@ -141,7 +153,10 @@ class Archiver:
         if blockers(conn, partition):
             return
         shutil.rmtree(ahead, ignore_errors=True)  # stale or corrupt: written again
-        with ThreadPoolExecutor(1, "archive-ahead", initializer=_lower_priority) as thread:
+        with (
+            report.timed(partition.name, "written ahead"),
+            ThreadPoolExecutor(1, "archive-ahead", initializer=_lower_priority) as thread,
+        ):
             thread.submit(
                 self._write,
                 conn,
@@ -161,26 +176,29 @@ class Archiver:
         else one written now. Then drop the table with the catalog's record."""
         final = self._directory / name
         lower, upper = detached_range(conn, name)
-        events = row_count(conn, name)
-        try:
-            manifest = _verified(final, events)
-            sha = files.sha256_of(final / "manifest.json")
-        except FileNotFoundError:
-            sha, manifest = self._put_in_place(conn, name, lower, upper, events, final)
-        except files.Corrupt as exc:  # the table is still there: the truth to write again
-            aside = final.with_name(f"{name}.corrupt-{self._clock():%Y%m%dT%H%M%S}")
-            log.error("archive: %s (kept as %s); written again", exc, aside)
-            final.rename(aside)
-            sha, manifest = self._write(conn, name, lower, upper, events, final)
-        with conn.transaction():
+        with report.timed(name, "count"):
+            events = row_count(conn, name)
+        with report.timed(name, "files"):
+            try:
+                manifest = _verified(final, events)
+                sha = files.sha256_of(final / "manifest.json")
+            except FileNotFoundError:
+                sha, manifest = self._put_in_place(conn, name, lower, upper, events, final)
+            except files.Corrupt as exc:  # the table is still there: the truth to write again
+                aside = final.with_name(f"{name}.corrupt-{self._clock():%Y%m%dT%H%M%S}")
+                log.error("archive: %s (kept as %s); written again", exc, aside)
+                final.rename(aside)
+                sha, manifest = self._write(conn, name, lower, upper, events, final)
+        with report.timed(name, "drop"), conn.transaction():
             conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
             conn.execute(_ARCHIVED, (str(final), events, manifest.withdrawals, sha, name))
         log.info(
-            "archive: %s: %d events, %d withdrawals, in %s",
+            "archive: %s: %d events, %d withdrawals, in %s (%s)",
             name,
             events,
             manifest.withdrawals,
             final,
+            ", ".join(f"{k} {v} s" for k, v in report.steps.items() if k.startswith(name)),
         )
         report.archived.append(name)
 
