@@ -36,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -45,10 +45,12 @@ from engine.contracts import ShellJob
 from engine.steps import Runtime
 from service import archive_files as files
 from service.archive_detach import Busy, detach, detached_range, left_detached, row_count
+from service.archive_settled import WAIT_S, Settled, holds, settle
 from service.history import Blocker, Partition, add_months, blockers, partitions
 from service.settings import Settings
 
 log = logging.getLogger("payment.archive")
+T = TypeVar("T")
 
 ARCHIVE_LOCK = 7_303_023  # one archiver at a time, in any process (its session's lock)
 TABLE_DIR = "order_task_events"
@@ -94,6 +96,7 @@ class Archiver:
         block: int = 2000,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         prepare_ahead: timedelta = PREPARE_AHEAD,
+        settle_wait_s: float = WAIT_S,
     ) -> None:
         self._conninfo = conninfo
         self._directory = directory / TABLE_DIR
@@ -101,6 +104,7 @@ class Archiver:
         self._block = block
         self._clock = clock  # tests move it on, rather than waiting months
         self._prepare_ahead = prepare_ahead
+        self._settle_wait_s = settle_wait_s
 
     def run(self) -> Report | None:
         """Archive every month due; None when another archiver is running. Its own
@@ -153,11 +157,9 @@ class Archiver:
         if blockers(conn, partition):
             return
         shutil.rmtree(ahead, ignore_errors=True)  # stale or corrupt: written again
-        with (
-            report.timed(partition.name, "written ahead"),
-            ThreadPoolExecutor(1, "archive-ahead", initializer=_lower_priority) as thread,
-        ):
-            thread.submit(
+        with report.timed(partition.name, "written ahead"):
+            settled = settle(conn, self._settle_wait_s)  # the due run need not count
+            _at_low_priority(
                 self._write,
                 conn,
                 partition.name,
@@ -166,7 +168,8 @@ class Archiver:
                 None,
                 ahead,
                 AHEAD_PACE,
-            ).result()
+                settled,
+            )
         log.info("archive: %s written ahead of its due date, in %s", partition.name, ahead)
         report.prepared.append(partition.name)
 
@@ -177,10 +180,12 @@ class Archiver:
         final = self._directory / name
         lower, upper = detached_range(conn, name)
         with report.timed(name, "count"):
-            events = row_count(conn, name)
+            events = _proven_rows(conn, name, final)
+            if events is None:
+                events = row_count(conn, name)
         with report.timed(name, "files"):
             try:
-                manifest = _verified(final, events)
+                manifest = _at_low_priority(_verified, final, events)
                 sha = files.sha256_of(final / "manifest.json")
             except FileNotFoundError:
                 sha, manifest = self._put_in_place(conn, name, lower, upper, events, final)
@@ -215,7 +220,7 @@ class Archiver:
         rows; else written now from the detached table."""
         ahead = final.with_name(name + PREPARED)
         try:
-            manifest = _verified(ahead, events)
+            manifest = _at_low_priority(_verified, ahead, events)
         except (FileNotFoundError, files.Corrupt) as exc:
             if ahead.exists():
                 log.warning("archive: %s: the archive written ahead is not used: %s", name, exc)
@@ -234,16 +239,19 @@ class Archiver:
         events: int | None,
         final: Path,
         pace: float = 0.0,
+        settled: Settled | None = None,
     ) -> tuple[str, files.Manifest]:
         """Write the archive of partition `name` to `final` (through a `.partial`
         directory and one rename); `events`: the rows it must hold (None: as read);
-        `pace`: archive_files.write's."""
+        `pace`: archive_files.write's; `settled`: only the rows it proves settled, and
+        it recorded in the manifest (service/archive_settled.py)."""
         assert upper is not None  # the default partition is never archived
         partial = final.with_name(final.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)  # a run that died while writing it
         partial.mkdir()
         conn.execute("SET timezone = 'UTC'")  # the files read the same wherever they are read
-        withdrawals, sums = files.write(conn, name, partial, self._block, pace)
+        upto = settled.upto if settled else None
+        withdrawals, sums = files.write(conn, name, partial, self._block, pace, upto_id=upto)
         if events is not None and sums["events"].rows != events:
             raise files.Corrupt(f"{name}: wrote {sums['events'].rows} of {events} rows")
         manifest = files.Manifest(
@@ -253,6 +261,8 @@ class Archiver:
             withdrawals,
             sums,
             files.columns(conn, name),
+            settled_upto=upto,
+            history=settled.history if settled else None,
         )
         sha = files.seal(partial, manifest, final)
         files.verify(final, sha)  # read back from the disk, as a reader will
@@ -264,6 +274,28 @@ UPDATE event_archives SET state = 'archived', path = %s, events = %s, withdrawal
        manifest_sha256 = %s, archived_at = now()
 WHERE partition = %s
 """
+
+
+def _at_low_priority(work: Callable[..., T], *args: Any) -> T:
+    """`work(*args)` in a thread of its own at AHEAD_NICENESS: reading or writing a
+    month's files must not take the cores from the writers."""
+    with ThreadPoolExecutor(1, "archive-low", initializer=_lower_priority) as thread:
+        return thread.submit(work, *args).result()
+
+
+def _proven_rows(conn: psycopg.Connection[Any], name: str, final: Path) -> int | None:
+    """The detached partition's rows, from the manifest of its archive (in place, or
+    written ahead) when that proves them (service/archive_settled.py); else None."""
+    for directory in (final, final.with_name(name + PREPARED)):
+        try:
+            manifest = files.read_manifest(directory)
+        except (FileNotFoundError, KeyError, ValueError, TypeError):  # none, or unreadable
+            continue
+        if manifest.settled_upto is None or manifest.history is None:
+            continue
+        if holds(conn, name, Settled(manifest.settled_upto, manifest.history)):
+            return manifest.files["events"].rows
+    return None
 
 
 def _lower_priority() -> None:

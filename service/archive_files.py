@@ -27,7 +27,7 @@ import os
 import time
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -47,7 +47,7 @@ FORMAT = 1
 # belong to final withdrawals, which change only with an audit row.
 _BLOCK_ROWS = {
     "events": "SELECT * FROM {table} WHERE queue_id > %(after)s AND queue_id <= %(upto)s"
-    " ORDER BY queue_id, id",
+    " AND (%(upto_id)s::bigint IS NULL OR id <= %(upto_id)s) ORDER BY queue_id, id",
     "queues": "SELECT * FROM order_queues WHERE id = ANY(%(ids)s) ORDER BY id",
     "tasks": "SELECT * FROM order_tasks WHERE queue_id = ANY(%(ids)s) ORDER BY queue_id, position",
 }
@@ -77,6 +77,10 @@ class Manifest:
     files: dict[str, FileSum]  # events, queues, tasks and blocks
     columns: dict[str, list[tuple[str, str]]]  # per table file: (name, type)
     format: int = FORMAT
+    # Written ahead (service/archive_settled.py): the events are exactly those with an
+    # id <= settled_upto, on `history` (cluster/timeline). None: as read.
+    settled_upto: int | None = None
+    history: str | None = None
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), indent=2, sort_keys=True).encode()
@@ -86,7 +90,8 @@ class Manifest:
         data: dict[str, Any] = json.loads(raw)
         files = {name: FileSum(**f) for name, f in data.pop("files").items()}
         columns = {name: [(c, t) for c, t in cs] for name, cs in data.pop("columns").items()}
-        return cls(files=files, columns=columns, **data)
+        known = {f.name for f in fields(cls)}  # a later release's additions are skipped
+        return cls(files=files, columns=columns, **{k: v for k, v in data.items() if k in known})
 
 
 class _Member:
@@ -148,11 +153,13 @@ def write(
     block: int,
     pace: float = 0.0,
     sleep: Callable[[float], None] = time.sleep,
+    upto_id: int | None = None,
 ) -> tuple[int, dict[str, FileSum]]:
     """Every row of the partition `table`, with its withdrawals' queue and task rows,
     into `into`; fsynced. The number of withdrawals, and each file's sums. `pace`: after
     each block, rest that many times as long as the block took (1.0: half the time), so
-    that an archive with days to spare leaves the cores to live traffic."""
+    that an archive with days to spare leaves the cores to live traffic. `upto_id`: only
+    the audit rows with an id up to it (service/archive_settled.py)."""
     name = sql.Identifier(table)
     members = {f: _Member(into / f"{f}.csv.gz") for f in FILES}
     queries = {f: sql.SQL(q).format(table=name) for f, q in _BLOCK_ROWS.items()}
@@ -165,7 +172,7 @@ def write(
     with conn.cursor() as cur:
         for after, ids in _blocks(cur, name, block):
             started = time.monotonic()
-            bounds = {"after": after, "upto": ids[-1], "ids": ids}
+            bounds = {"after": after, "upto": ids[-1], "ids": ids, "upto_id": upto_id}
             spots = [_copy_block(cur, queries[f], bounds, members[f]) for f in FILES]
             for member in members.values():
                 member.flush_to_disk()

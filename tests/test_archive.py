@@ -55,9 +55,10 @@ def url() -> Iterator[str]:
         yield url
 
 
-def archiver(url: str, root: Path, at: datetime = LATER) -> Archiver:
-    """An archiver whose clock says `at`, writing blocks of two withdrawals."""
-    return Archiver(url, root, RETENTION, block=2, clock=lambda: at)
+def archiver(url: str, root: Path, at: datetime = LATER, wait_s: float = 0.5) -> Archiver:
+    """An archiver whose clock says `at`, writing blocks of two withdrawals; waiting
+    `wait_s` for older transactions before it writes ahead (service/archive_settled)."""
+    return Archiver(url, root, RETENTION, block=2, clock=lambda: at, settle_wait_s=wait_s)
 
 
 def query(url: str, sql: str, *args: Any) -> list[dict[str, Any]]:
