@@ -146,3 +146,16 @@ def slowest_steps(url: str, prefix: str, start: float, end: float, count: int = 
 
 def _ms(at: datetime, since: datetime) -> str:
     return f"{(at - since).total_seconds() * 1000:.0f}"
+
+
+def slowest(url: str, prefix: str, start: float, end: float) -> tuple[float, float] | None:
+    """The slowest withdrawal submitted in [start, end]: (submitted at, seconds taken)."""
+    rows = sql(
+        url,
+        "SELECT extract(epoch FROM q.created_at), extract(epoch FROM t.updated_at - q.created_at)"
+        " FROM order_queues q JOIN order_tasks t ON t.queue_id = q.id AND t.status = 'SUCCEEDED'"
+        " WHERE q.created_at >= to_timestamp(%s) AND q.created_at <= to_timestamp(%s)"
+        " AND q.order_id LIKE %s ORDER BY 2 DESC LIMIT 1",
+        params=(start, end, f"{prefix}-%"),
+    )
+    return (float(rows[0][0]), float(rows[0][1])) if rows else None

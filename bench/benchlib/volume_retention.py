@@ -296,6 +296,12 @@ def stall_report(
     start, end = phases["due"][:2]
     lines.append("the due run, sampled:")
     lines += [f"  {line}" for line in watcher.timeline(start - 0.5, end + 0.5)]
+    start, end = phases["written ahead"][:2]
+    if worst := stalls.slowest(url, prefix, start, end):
+        lines.append(
+            f"the slowest withdrawal while the archive was written ahead ({worst[1]:.3f} s):"
+        )
+        lines += [f"  {ln}" for ln in watcher.timeline(worst[0] - 1, worst[0] + worst[1] + 0.5)]
     return lines
 
 
