@@ -98,6 +98,10 @@ class Settings(BaseSettings):
     # Activities a process runs at once right after the transitions it commits
     # (engine/inline.py); once one has waited sweep_grace_s / 4, or at 0, steps are jobs.
     inline_steps: int = Field(8, ge=0)
+    # ... and sooner, once one has waited this long (None: only the grace's quarter).
+    # Short, a burst beyond this process's CPU goes to the workers, at about three
+    # commits a step handed over (docs/capacity.md).
+    inline_max_wait_s: float | None = Field(None, gt=0)
     # "module:attribute" of the workflow definitions this build drives (every version
     # with withdrawals in flight; docs/upgrades.md). Another value is for tests.
     workflow_definitions: str = "workflows.registry:DEFINITIONS"

@@ -219,7 +219,10 @@ def _build_app(
 def _runner(settings: Settings, steps: int) -> InlineRunner | None:
     # A step waiting here longer than a quarter of the sweep's grace goes to a job
     # instead, so the sweep never takes a waiting step for a lost one.
-    return InlineRunner(steps, steps * 256, settings.sweep_grace_s / 4) if steps > 0 else None
+    wait_s = settings.sweep_grace_s / 4
+    if settings.inline_max_wait_s is not None:
+        wait_s = min(wait_s, settings.inline_max_wait_s)
+    return InlineRunner(steps, steps * 256, wait_s) if steps > 0 else None
 
 
 def _engine_hooks(settings: Settings, live: LiveConfig) -> EngineHooks:

@@ -63,3 +63,17 @@ async def test_no_room_beyond_the_backlog_or_once_draining() -> None:
     assert await runner.drain(timeout_s=5) == 0
     assert runner.in_hand == 0
     assert not runner.has_room()  # a process shutting down takes no new step
+
+
+def test_steps_go_to_jobs_after_the_shorter_of_the_grace_quarter_and_inline_max_wait() -> None:
+    from service.settings import Settings
+    from service.wiring import _runner
+
+    def settings(max_wait_s: float | None) -> Settings:
+        return Settings(
+            database_url="postgresql://unused/x", sweep_grace_s=60.0, inline_max_wait_s=max_wait_s
+        )
+
+    plain, sooner, later = (_runner(settings(s), 8) for s in (None, 0.25, 100.0))
+    assert plain is not None and sooner is not None and later is not None
+    assert (plain._max_wait_s, sooner._max_wait_s, later._max_wait_s) == (15.0, 0.25, 15.0)
