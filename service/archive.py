@@ -10,10 +10,12 @@ reported, with why and for which withdrawals, and judged again next run.
 Writing a month's archive reads the whole month: minutes for a big one. So it is
 written ahead, while the month is still attached, once it is within PREPARE_AHEAD of
 its due date and nothing keeps it (`<month>.prepared`). At the due date retention
-then only detaches, counts the detached table's rows, and keeps the prepared archive
-if it holds exactly that many (the audit trail is append-only: the same count is the
-same rows; a final withdrawal's queue and task rows change only with an audit row);
-otherwise it writes the archive again from the detached table.
+then only detaches, knows the detached table's rows (proven by the prepared archive,
+service/archive_settled.py, or else counted), and keeps the prepared archive if it
+holds exactly that many (the audit trail is append-only: the same count is the same
+rows; a final withdrawal's queue and task rows change only with an audit row);
+otherwise it writes the archive again from the detached table. Reading and writing
+the files runs in a thread at AHEAD_NICENESS.
 
 Steps, each one safe to repeat after a crash: `event_archives` (migration 0016)
 records a partition once it is detached ('detached': its table still exists, the
@@ -203,7 +205,7 @@ class Archiver:
             events,
             manifest.withdrawals,
             final,
-            ", ".join(f"{k} {v} s" for k, v in report.steps.items() if k.startswith(name)),
+            ", ".join(f"{k} {v} s" for k, v in report.steps.items() if k.startswith(f"{name} ")),
         )
         report.archived.append(name)
 
