@@ -26,33 +26,26 @@ archive is only a head start: checked before it is used, written again if stale.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-import os
 import shutil
-import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from engine.contracts import ShellJob
-from engine.steps import Runtime
 from service import archive_files as files
 from service.archive_detach import Busy, detach, detached_range, left_detached, row_count
-from service.archive_settled import WAIT_S, Settled, holds, settle
-from service.history import Blocker, Partition, add_months, blockers, partitions
-from service.settings import Settings
+from service.archive_settled import WAIT_S, Settled, proven_rows, settle
+from service.history import Blocker, Partition, blockers, partitions
+from service.low_priority import NICENESS, at_low_priority
 
 log = logging.getLogger("payment.archive")
-T = TypeVar("T")
 
 ARCHIVE_LOCK = 7_303_023  # one archiver at a time, in any process (its session's lock)
 TABLE_DIR = "order_task_events"
@@ -63,11 +56,9 @@ PREPARE_AHEAD = timedelta(days=7)  # a month's archive is written this long befo
 # steady 40/s on 2 cores, pushed the service past its capacity: its backlog's p99 was
 # minutes (bench/volume.py). A month is written in 4x its bare time, hours at most.
 AHEAD_PACE = 3.0
-# ... and its thread runs at this much lower CPU priority (nice), so that when a block
-# runs the scheduler still gives the service's own threads the cores first. Linux keeps
-# a nice value per thread; the archive is written in a thread of its own, which ends
-# with it (a pooled thread would keep the value, and unprivileged it cannot be undone).
-AHEAD_NICENESS = 10
+# ... and its thread runs at a lower CPU priority (service/low_priority.py), so that
+# when a block runs the scheduler still gives the service's own threads the cores first.
+AHEAD_NICENESS = NICENESS
 PREPARED = ".prepared"  # the suffix of an archive written ahead
 
 
@@ -161,7 +152,7 @@ class Archiver:
         shutil.rmtree(ahead, ignore_errors=True)  # stale or corrupt: written again
         with report.timed(partition.name, "written ahead"):
             settled = settle(conn, self._settle_wait_s)  # the due run need not count
-            _at_low_priority(
+            at_low_priority(
                 self._write,
                 conn,
                 partition.name,
@@ -182,12 +173,12 @@ class Archiver:
         final = self._directory / name
         lower, upper = detached_range(conn, name)
         with report.timed(name, "count"):
-            events = _proven_rows(conn, name, final)
+            events = proven_rows(conn, name, (final, final.with_name(name + PREPARED)))
             if events is None:
                 events = row_count(conn, name)
         with report.timed(name, "files"):
             try:
-                manifest = _at_low_priority(_verified, final, events)
+                manifest = at_low_priority(_verified, final, events)
                 sha = files.sha256_of(final / "manifest.json")
             except FileNotFoundError:
                 sha, manifest = self._put_in_place(conn, name, lower, upper, events, final)
@@ -222,7 +213,7 @@ class Archiver:
         rows; else written now from the detached table."""
         ahead = final.with_name(name + PREPARED)
         try:
-            manifest = _at_low_priority(_verified, ahead, events)
+            manifest = at_low_priority(_verified, ahead, events)
         except (FileNotFoundError, files.Corrupt) as exc:
             if ahead.exists():
                 log.warning("archive: %s: the archive written ahead is not used: %s", name, exc)
@@ -278,35 +269,6 @@ WHERE partition = %s
 """
 
 
-def _at_low_priority(work: Callable[..., T], *args: Any) -> T:
-    """`work(*args)` in a thread of its own at AHEAD_NICENESS: reading or writing a
-    month's files must not take the cores from the writers."""
-    with ThreadPoolExecutor(1, "archive-low", initializer=_lower_priority) as thread:
-        return thread.submit(work, *args).result()
-
-
-def _proven_rows(conn: psycopg.Connection[Any], name: str, final: Path) -> int | None:
-    """The detached partition's rows, from the manifest of its archive (in place, or
-    written ahead) when that proves them (service/archive_settled.py); else None."""
-    for directory in (final, final.with_name(name + PREPARED)):
-        try:
-            manifest = files.read_manifest(directory)
-        except (FileNotFoundError, KeyError, ValueError, TypeError):  # none, or unreadable
-            continue
-        if manifest.settled_upto is None or manifest.history is None:
-            continue
-        if holds(conn, name, Settled(manifest.settled_upto, manifest.history)):
-            return manifest.files["events"].rows
-    return None
-
-
-def _lower_priority() -> None:
-    """This thread's nice value raised by AHEAD_NICENESS (where the platform allows)."""
-    with contextlib.suppress(OSError, AttributeError):  # not Linux: as it is
-        me = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, me, os.getpriority(os.PRIO_PROCESS, me) + AHEAD_NICENESS)
-
-
 def _log_blockers(name: str, found: list[Blocker]) -> None:
     for b in found:
         log.warning(
@@ -323,41 +285,3 @@ def _verified(directory: Path, events: int) -> files.Manifest:
     if manifest.files["events"].rows != events:
         raise files.Corrupt(f"{directory}: {manifest.files['events'].rows} rows, table {events}")
     return manifest
-
-
-JOB = "history"
-# Hourly: a month falls due once a month, and a month that waits may leave as soon as
-# what kept it is closed. One worker runs each tick (procrastinate's periodic defers).
-CRON = "23 * * * *"
-
-
-def run_history(settings: Settings) -> Report | None:
-    """The `history` job's body: the months ahead, then (with ARCHIVE_DIR) the months
-    due. A failure is logged, never retried: the next hour's run does it all again."""
-    try:
-        with psycopg.connect(settings.database_url, autocommit=True) as conn:
-            if made := add_months(conn, settings.partitions_ahead):
-                log.info("audit trail partitions made: %s", ", ".join(made))
-    except psycopg.Error as exc:
-        log.warning("audit trail partitions not made (next run): %s", exc)
-    if settings.archive_dir is None:
-        return None
-    retention = timedelta(days=settings.retention_days)
-    archiver = Archiver(
-        settings.database_url, settings.archive_dir, retention, settings.archive_block
-    )
-    try:
-        return archiver.run()
-    except (psycopg.Error, OSError, files.Corrupt) as exc:
-        log.error("archive run failed (next run tries again): %s", exc)
-        return None
-
-
-def history_jobs(settings: Settings) -> dict[str, ShellJob]:
-    """The periodic `history` job, for build_app's shell jobs. It runs in a thread: a
-    month's archive is minutes of compression that must not stall the worker's loop."""
-
-    async def history(runtime: Runtime, **_: object) -> None:
-        await asyncio.to_thread(run_history, settings)
-
-    return {JOB: ShellJob("maintenance", history, cron=CRON)}

@@ -30,10 +30,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg import sql
+
+from service import archive_files as files
 
 # For the transactions older than the read of the sequence. A transition's is over in
 # milliseconds; one still open after this is left alone, and the due run counts.
@@ -100,6 +103,23 @@ def holds(conn: psycopg.Connection[Any], name: str, settled: Settled) -> bool:
     query = sql.SQL(_LATE).format(sql.Identifier(name))
     row = conn.execute(query, (settled.upto,)).fetchone()
     return row is not None and not row[0]
+
+
+def proven_rows(
+    conn: psycopg.Connection[Any], name: str, directories: tuple[Path, ...]
+) -> int | None:
+    """The detached partition's rows, from the manifest of its archive (the first of
+    `directories` whose manifest proves them); None: none does, and they are counted."""
+    for directory in directories:
+        try:
+            manifest = files.read_manifest(directory)
+        except (FileNotFoundError, KeyError, ValueError, TypeError):  # none, or unreadable
+            continue
+        if manifest.settled_upto is None or manifest.history is None:
+            continue
+        if holds(conn, name, Settled(manifest.settled_upto, manifest.history)):
+            return manifest.files["events"].rows
+    return None
 
 
 def _count(conn: psycopg.Connection[Any], query: str, params: dict[str, Any]) -> int:

@@ -36,9 +36,9 @@ from engine.rows import QueueRow, TaskRow, column
 from engine.startup import load_definitions
 from engine.steps import Runtime, RuntimeOptions
 from service.approvals import close_stale
-from service.archive import history_jobs
 from service.cohort_guard import CohortGuard, follow_moved_back
 from service.health import HealthRecorder, evaluate_health, health_rules
+from service.history_job import history_jobs
 from service.live_config import CurrentProviders, LiveConfig
 from service.notifications import CoreOutcomes
 from service.provider_documents import ProviderSet, providers_body
