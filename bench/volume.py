@@ -52,6 +52,7 @@ import psycopg
 from benchlib import forensics, sql
 from benchlib import volume_fill as vf
 from benchlib.measure import STATS_SETTLE_S
+from benchlib.prewarm import prewarm
 from benchlib.servicestack import SERVICE_DEFAULTS, fresh
 from benchlib.volume_load import Load, drain, latencies, p, say, settle
 from benchlib.volume_report import report
@@ -290,6 +291,8 @@ def run_both(urls: dict[str, str], nats_url: str, args: argparse.Namespace) -> d
             try:
                 if n == 0:
                     inherited(url, name)
+                if args.prewarm:
+                    warmed(url, name, out[name])
                 before = Counters.take(
                     url
                 )  # the last stack's backends flushed theirs as they ended
@@ -317,6 +320,19 @@ def run_both(urls: dict[str, str], nats_url: str, args: argparse.Namespace) -> d
         sent, measured, refused, unfinished = (sum(r[k] for r in side["rounds"]) for k in range(4))
         side["load"] = (sent, measured, refused, unfinished)
     return out
+
+
+def warmed(url: str, name: str, out: dict[str, Any]) -> None:
+    """The indexes the load touches read into the page cache (benchlib/prewarm.py)."""
+    got = prewarm(url)
+    if not got.available:
+        say(f"{name} database: no pg_prewarm on this server: the round starts as it is")
+        return
+    out["prewarmed"] = got.bytes
+    say(
+        f"{name} database: {got.indexes} hot indexes, {got.bytes / 2**20:,.0f} MiB, read into"
+        f" the page cache in {got.seconds:.1f} s"
+    )
 
 
 def inherited(url: str, name: str) -> None:
@@ -379,6 +395,12 @@ def main() -> None:
     # 30 s: at 10 s the first round's p95 was still cold on both sides (5M run of
     # 2026-12-07: 582 and 135 ms against 42-47 ms in the rounds after).
     parser.add_argument("--warmup-s", type=float, default=30.0)
+    parser.add_argument(
+        "--no-prewarm",
+        dest="prewarm",
+        action="store_false",
+        help="start each round with the page cache as the last left it (benchlib/prewarm.py)",
+    )
     parser.add_argument("--before-s", type=float, default=20.0, help="load before retention")
     parser.add_argument("--after-s", type=float, default=5.0, help="load after retention")
     parser.add_argument("--keep", action="store_true", help="keep the full database")

@@ -31,6 +31,9 @@ def report(empty: dict[str, Any], full: dict[str, Any], fill: dict[str, Any]) ->
         side["avg_text"] = "/".join(f"{a:.1f}" for a in side["loadavg"])
     row("  p95 of each round, ms", empty["by_round"], full["by_round"])
     row("  machine load average after each round", empty["avg_text"], full["avg_text"])
+    if "prewarmed" in full:
+        mib = [side.get("prewarmed", 0) / 2**20 for side in (empty, full)]
+        row("  hot indexes read into the page cache first, MiB", f"{mib[0]:,.0f}", f"{mib[1]:,.0f}")
     for side in (empty, full):
         n = side["counted"]
         top = max(side["seq_rows"].items(), key=lambda kv: kv[1], default=("-", 0))
