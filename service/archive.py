@@ -50,8 +50,8 @@ log = logging.getLogger("payment.archive")
 ARCHIVE_LOCK = 7_303_023  # one archiver at a time, in any process (its session's lock)
 TABLE_DIR = "order_task_events"
 PREPARE_AHEAD = timedelta(days=7)  # a month's archive is written this long before it is due
-# Written ahead, the archive has days to spare: after each block it rests three times as
-# long as the block took (archive_files.write's `pace`), so live traffic keeps the cores.
+# Written ahead, the archive has days to spare: it rests three times as long as it works,
+# every 20 ms of work (archive_files.Pacer), so live traffic keeps the cores.
 # At 1.0 (half the time busy), 5 million withdrawals' oldest month, written under the
 # steady 40/s on 2 cores, pushed the service past its capacity: its backlog's p99 was
 # minutes (bench/volume.py). A month is written in 4x its bare time, hours at most.
