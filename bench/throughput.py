@@ -258,7 +258,11 @@ def main() -> None:
         default="1,2",
         help="worker counts to run, comma-separated (steady rates and webhooks run with 2)",
     )
-    parser.add_argument("--api-processes", type=int, default=1, help="API_PROCESSES")
+    # 2: one API process per core of this machine. The service runs a withdrawal's steps
+    # in the API process that committed them, so with one process its Python is capped
+    # at one core (0.70x base-io in a burst, 2026-12-07), while base-io spreads its steps
+    # over two worker processes. docs/capacity.md has both.
+    parser.add_argument("--api-processes", type=int, default=2, help="API_PROCESSES")
     parser.add_argument(
         "--api-key", action="store_true", help="submit with an API key, not the bootstrap token"
     )
