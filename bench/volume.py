@@ -323,7 +323,7 @@ def run_both(urls: dict[str, str], nats_url: str, args: argparse.Namespace) -> d
 
 
 def warmed(url: str, name: str, out: dict[str, Any]) -> None:
-    """The indexes the load touches read into the page cache (benchlib/prewarm.py)."""
+    """The indexes the load touches read into memory (benchlib/prewarm.py)."""
     got = prewarm(url)
     if not got.available:
         say(f"{name} database: no pg_prewarm on this server: the round starts as it is")
@@ -331,7 +331,7 @@ def warmed(url: str, name: str, out: dict[str, Any]) -> None:
     out["prewarmed"] = got.bytes
     say(
         f"{name} database: {got.indexes} hot indexes, {got.bytes / 2**20:,.0f} MiB, read into"
-        f" the page cache in {got.seconds:.1f} s"
+        f" memory in {got.seconds:.1f} s"
     )
 
 

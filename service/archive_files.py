@@ -130,7 +130,10 @@ class Pacer:
     0.4 s of a core each) let the backend take a core for 0.4 s at a time, and the
     writers queued behind it (their p99 274-555 ms against 78 ms, bench/volume.py, the
     5M run of 2026-12-07). Resting inside the stream bounds a burst to a slice plus what
-    the socket's buffers let the backend write ahead (a few hundred KiB of CSV)."""
+    the socket's buffers let the backend write ahead (a few hundred KiB of CSV). It
+    does not lower the total (about 40 s of the backend's CPU for such a month), and
+    in the runs since the writers' p99 while it runs was still 0.4-1.2 s on 2 cores
+    (docs/capacity.md, "Two more runs on a new machine")."""
 
     SLICE_S = 0.02
 

@@ -1,5 +1,5 @@
-"""The indexes live traffic touches, read into the operating system's page cache before
-a round of load (bench/volume.py).
+"""The indexes live traffic touches, read into memory before a round of load
+(bench/volume.py).
 
 Why: a withdrawal's keys are uuid5 of what cascade-core sent (workflows/identity.py:
 they must survive a lost commit), so each insert lands on a random leaf of every index
@@ -54,7 +54,8 @@ class Warmed:
 
 
 def prewarm(url: str) -> Warmed:
-    """Read the hot indexes of the database at `url` into the page cache."""
+    """Read the hot indexes of the database at `url` into memory (shared buffers or
+    the page cache, as above)."""
     started = time.monotonic()
     with psycopg.connect(url, autocommit=True) as conn:
         try:
