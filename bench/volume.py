@@ -15,7 +15,9 @@ empty one (issue 23).
    - a steady `--rate`/s (40) for `--seconds` (60) in `--rounds` (3) rounds that
      alternate between the two databases, each after a fresh start and a warm-up:
      submit -> SUCCEEDED p50/p95/p99 (the machine is shared: alternating puts both in
-     the same stretches of its other load);
+     the same stretches of its other load), and what each round cost and waited on:
+     checkpoints, wait events, each statement's time where the server preloads
+     pg_stat_statements (benchlib/volume_probe.py);
    - every query of the runbook (docs/ops.md, read when the bench runs; benchlib/
      forensics.py) with a real order: best of 3, and EXPLAIN (ANALYZE) of those that
      scan a table rather than look rows up;
@@ -43,7 +45,6 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -51,10 +52,10 @@ from typing import Any
 import psycopg
 from benchlib import forensics, sql
 from benchlib import volume_fill as vf
-from benchlib.measure import STATS_SETTLE_S
 from benchlib.prewarm import prewarm
 from benchlib.servicestack import SERVICE_DEFAULTS, fresh
 from benchlib.volume_load import Load, drain, latencies, p, say, settle
+from benchlib.volume_probe import RoundProbe
 from benchlib.volume_report import report
 from benchlib.volume_retention import RETENTION, quiet_retention, retention
 from psycopg.conninfo import make_conninfo
@@ -216,46 +217,6 @@ def partitions_sizes(url: str) -> list[tuple[str, int]]:
 # ------------------------------------------------------------------------ one database
 
 
-# What the load cost the database, from the server's statistics (a backend flushes its
-# counters within about STATS_SETTLE_S): reads from outside shared buffers, rows read by
-# sequential scans per table (a partition counts as its table), and WAL written, which
-# PostgreSQL counts for the whole server only (others' databases included).
-COUNTERS = """
-SELECT pg_current_wal_lsn()::text,
-       (SELECT blks_read FROM pg_stat_database WHERE datname = current_database()),
-       (SELECT coalesce(jsonb_object_agg(relname, seq_tup_read), '{}')
-        FROM pg_stat_user_tables WHERE seq_tup_read > 0)
-"""
-
-
-@dataclass
-class Counters:
-    lsn: str
-    blks_read: int
-    seq_rows: dict[str, int]
-
-    @classmethod
-    def take(cls, url: str) -> Counters:
-        lsn, blks, seq = sql(url, COUNTERS)[0]
-        rows: dict[str, int] = {}
-        for name, n in seq.items():
-            table = "order_task_events" if name.startswith("order_task_events_") else name
-            rows[table] = rows.get(table, 0) + int(n)
-        return cls(str(lsn), int(blks or 0), rows)
-
-    def since(self, url: str, before: Counters, out: dict[str, Any], withdrawals: int) -> None:
-        """Add what happened between `before` and this snapshot to `out`'s totals."""
-        wal = sql(
-            url, "SELECT pg_wal_lsn_diff(%s::pg_lsn, %s::pg_lsn)", params=(self.lsn, before.lsn)
-        )
-        out["wal"] = out.get("wal", 0) + int(wal[0][0])
-        out["blks_read"] = out.get("blks_read", 0) + self.blks_read - before.blks_read
-        seq = out.setdefault("seq_rows", {})
-        for table, n in self.seq_rows.items():
-            seq[table] = seq.get(table, 0) + n - before.seq_rows.get(table, 0)
-        out["counted"] = out.get("counted", 0) + withdrawals
-
-
 def start_stack(url: str, name: str, nats_url: str) -> Stack:
     """The service's stack on `url`, its sandbox ledger in a database of its own."""
     stack = Stack(
@@ -293,13 +254,10 @@ def run_both(urls: dict[str, str], nats_url: str, args: argparse.Namespace) -> d
                     inherited(url, name)
                 if args.prewarm:
                     warmed(url, name, out[name])
-                before = Counters.take(
-                    url
-                )  # the last stack's backends flushed theirs as they ended
+                probe = RoundProbe(url)
                 warm = steady(url, stack, f"vol{tag}w{n}", args.warmup_s, args.rate, {})
                 sent = steady(url, stack, f"vol{tag}s{n}", each, args.rate, out[name])
-                time.sleep(STATS_SETTLE_S)
-                Counters.take(url).since(url, before, out[name], warm + sent)
+                probe.finish(out[name], warm + sent)
                 if n == args.rounds - 1:
                     say(f"{name} database: the runbook's queries")
                     out[name]["queries"] = queries(url)

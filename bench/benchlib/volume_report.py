@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchlib import forensics
+from benchlib import forensics, volume_probe
 
 
 def report(empty: dict[str, Any], full: dict[str, Any], fill: dict[str, Any]) -> bool:
@@ -152,6 +152,8 @@ def report(empty: dict[str, Any], full: dict[str, Any], fill: dict[str, Any]) ->
     for side, name in ((empty, "empty"), (full, "full")):
         if side["lock_what"] != "none seen":
             print(f"\nlongest lock wait during retention ({name}): {side['lock_what']}")
+    print("\nthe steady rounds (benchlib/volume_probe.py):")
+    print("\n".join(volume_probe.tell(empty, full)))
     for side, name in ((empty, "empty"), (full, "full")):
         print(f"\nwhat the writers waited on, {name} database:")
         print("\n".join(side["stalls"]))

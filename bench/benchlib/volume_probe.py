@@ -1,0 +1,153 @@
+"""What one round of bench/volume.py's steady load cost its database, and what its
+backends waited on: the figures that tell why the full database's tail differs from
+the empty one's.
+
+- The server's counters (`Counters`): reads past shared buffers, rows read by
+  sequential scans, WAL written.
+- Each statement's calls, mean and longest time, from pg_stat_statements where the
+  server preloads it (reset for this database before the round; matched between the
+  two databases by its normalised text, since query ids name relation oids).
+- The backends' wait events every 50 ms (benchlib/stalls.py's sampler), and the
+  checkpoints and buffer writes the round saw: a round whose p95 jumps can be put
+  beside a checkpoint, a lock or a statement that was slow only then.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from benchlib import sql
+from benchlib.measure import STATS_SETTLE_S
+from benchlib.stalls import StallSampler, buffers
+
+# What the load cost the database, from the server's statistics (a backend flushes its
+# counters within about STATS_SETTLE_S): reads from outside shared buffers, rows read by
+# sequential scans per table (a partition counts as its table), and WAL written, which
+# PostgreSQL counts for the whole server only (others' databases included).
+COUNTERS = """
+SELECT pg_current_wal_lsn()::text,
+       (SELECT blks_read FROM pg_stat_database WHERE datname = current_database()),
+       (SELECT coalesce(jsonb_object_agg(relname, seq_tup_read), '{}')
+        FROM pg_stat_user_tables WHERE seq_tup_read > 0)
+"""
+
+# This database's statements; the bench's own (the samplers, these) left out.
+STATEMENTS = """
+SELECT regexp_replace(query, '\\s+', ' ', 'g'), calls, total_exec_time, max_exec_time
+FROM pg_stat_statements
+WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+  AND query NOT LIKE '%pg_stat_%' AND query NOT LIKE '%pg_prewarm%'
+"""
+RESET = """
+SELECT pg_stat_statements_reset(0, (SELECT oid FROM pg_database
+                                    WHERE datname = current_database()), 0)
+"""
+CHECKPOINTS, BACKEND_WRITES = 5, 0  # positions in stalls.buffers()'s tuple
+
+
+@dataclass
+class Counters:
+    lsn: str
+    blks_read: int
+    seq_rows: dict[str, int]
+
+    @classmethod
+    def take(cls, url: str) -> Counters:
+        lsn, blks, seq = sql(url, COUNTERS)[0]
+        rows: dict[str, int] = {}
+        for name, n in seq.items():
+            table = "order_task_events" if name.startswith("order_task_events_") else name
+            rows[table] = rows.get(table, 0) + int(n)
+        return cls(str(lsn), int(blks or 0), rows)
+
+    def since(self, url: str, before: Counters, out: dict[str, Any], withdrawals: int) -> None:
+        """Add what happened between `before` and this snapshot to `out`'s totals."""
+        wal = sql(
+            url, "SELECT pg_wal_lsn_diff(%s::pg_lsn, %s::pg_lsn)", params=(self.lsn, before.lsn)
+        )
+        out["wal"] = out.get("wal", 0) + int(wal[0][0])
+        out["blks_read"] = out.get("blks_read", 0) + self.blks_read - before.blks_read
+        seq = out.setdefault("seq_rows", {})
+        for table, n in self.seq_rows.items():
+            seq[table] = seq.get(table, 0) + n - before.seq_rows.get(table, 0)
+        out["counted"] = out.get("counted", 0) + withdrawals
+
+
+def statements_available(url: str) -> bool:
+    """pg_stat_statements preloaded by the server (its view then made in `url`)."""
+    preload = str(sql(url, "SHOW shared_preload_libraries")[0][0])
+    if "pg_stat_statements" not in preload:
+        return False
+    sql(url, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+    return True
+
+
+class RoundProbe:
+    """Started before a round (warm-up included), finished after it; adds to `out`:
+    the counters' totals, "statements" {text: [calls, total ms, max ms]}, "waits" (a
+    Counter of the backends' samples) and "round_io" (checkpoints and backend writes
+    per round)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.statements = statements_available(url)
+        if self.statements:
+            sql(url, RESET)
+        self.buffers = buffers(url)
+        self.counters = Counters.take(url)  # the last stack's backends flushed theirs
+        self.sampler = StallSampler(url, archiver="(none)")
+        self.sampler.start()
+
+    def finish(self, out: dict[str, Any], withdrawals: int) -> None:
+        self.sampler.halt.set()
+        self.sampler.join()
+        time.sleep(STATS_SETTLE_S)
+        Counters.take(self.url).since(self.url, self.counters, out, withdrawals)
+        after = buffers(self.url)
+        out.setdefault("round_io", []).append(
+            tuple(after[i] - self.buffers[i] for i in (CHECKPOINTS, BACKEND_WRITES))
+        )
+        out.setdefault("waits", Counter()).update(self.sampler.waits(0, float("inf")))
+        if self.statements:
+            merged = out.setdefault("statements", {})
+            for text, calls, total, longest in sql(self.url, STATEMENTS):
+                have = merged.setdefault(text, [0, 0.0, 0.0])
+                have[0] += int(calls)
+                have[1] += float(total)
+                have[2] = max(have[2], float(longest))
+
+
+def tell(empty: dict[str, Any], full: dict[str, Any], top: int = 12) -> list[str]:
+    """The lines the report prints: each round's checkpoints, the wait events' shares,
+    and the statements that cost the full database most per withdrawal."""
+    lines = []
+    for side, name in ((empty, "empty"), (full, "full")):
+        io = ", ".join(f"{c} checkpoint(s), {w:,} backend writes" for c, w in side["round_io"])
+        lines.append(f"each round on the {name} database: {io}")
+    for side, name in ((empty, "empty"), (full, "full")):
+        waits: Counter[str] = side["waits"]
+        seen = sum(waits.values()) or 1
+        shares = ", ".join(f"{w} {n / seen:.0%}" for w, n in waits.most_common(6))
+        lines.append(f"the backends' samples on the {name} database ({seen:,}): {shares}")
+    if "statements" not in full or "statements" not in empty:
+        lines.append("statements: no pg_stat_statements on this server (shared_preload_libraries)")
+        return lines
+    lines.append(
+        f"\nstatements by the full database's time per withdrawal (top {top}):"
+        f"\n  {'ms/withdrawal full (empty)':>27} {'mean ms full (empty)':>21}"
+        f" {'max ms full (empty)':>21}  statement"
+    )
+    per_e, per_f = empty["counted"] or 1, full["counted"] or 1
+    ranked = sorted(full["statements"].items(), key=lambda kv: -kv[1][1])[:top]
+    for text, (calls, total, longest) in ranked:
+        e_calls, e_total, e_longest = empty["statements"].get(text, [0, 0.0, 0.0])
+        e_mean = e_total / e_calls if e_calls else float("nan")
+        lines.append(
+            f"  {total / per_f:>12.3f} ({e_total / per_e:>8.3f})"
+            f" {total / calls:>9.2f} ({e_mean:>7.2f})"
+            f" {longest:>9.0f} ({e_longest:>7.0f})  {text[:90]}"
+        )
+    return lines
