@@ -8,8 +8,9 @@ the empty one's.
   server preloads it (reset for this database before the round; matched between the
   two databases by its normalised text, since query ids name relation oids).
 - The backends' wait events every 50 ms (benchlib/stalls.py's sampler), and the
-  checkpoints and buffer writes the round saw: a round whose p95 jumps can be put
-  beside a checkpoint, a lock or a statement that was slow only then.
+  checkpoints, buffer writes and the machine's disk writes of the round: a round
+  whose p95 jumps can be put beside a checkpoint, a lock or a statement that was
+  slow only then.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
+
+import psutil
 
 from benchlib import sql
 from benchlib.measure import STATS_SETTLE_S
@@ -97,6 +100,7 @@ class RoundProbe:
         if self.statements:
             sql(url, RESET)
         self.buffers = buffers(url)
+        self.disk = psutil.disk_io_counters()
         self.counters = Counters.take(url)  # the last stack's backends flushed theirs
         self.sampler = StallSampler(url, archiver="(none)")
         self.sampler.start()
@@ -106,9 +110,13 @@ class RoundProbe:
         self.sampler.join()
         time.sleep(STATS_SETTLE_S)
         Counters.take(self.url).since(self.url, self.counters, out, withdrawals)
-        after = buffers(self.url)
+        after, disk = buffers(self.url), psutil.disk_io_counters()
         out.setdefault("round_io", []).append(
-            tuple(after[i] - self.buffers[i] for i in (CHECKPOINTS, BACKEND_WRITES))
+            (
+                *(after[i] - self.buffers[i] for i in (CHECKPOINTS, BACKEND_WRITES)),
+                (disk.write_bytes - self.disk.write_bytes) / 2**20,
+                (getattr(disk, "busy_time", 0) - getattr(self.disk, "busy_time", 0)) / 1000,
+            )
         )
         out.setdefault("waits", Counter()).update(self.sampler.waits(0, float("inf")))
         if self.statements:
@@ -125,8 +133,11 @@ def tell(empty: dict[str, Any], full: dict[str, Any], top: int = 12) -> list[str
     and the statements that cost the full database most per withdrawal."""
     lines = []
     for side, name in ((empty, "empty"), (full, "full")):
-        io = ", ".join(f"{c} checkpoint(s), {w:,} backend writes" for c, w in side["round_io"])
-        lines.append(f"each round on the {name} database: {io}")
+        io = "; ".join(
+            f"{c} checkpoint(s), {w:,} backend writes, disk {mib:,.0f} MiB written, busy {s:.0f} s"
+            for c, w, mib, s in side["round_io"]
+        )
+        lines.append(f"each round on the {name} database (the whole machine's disk): {io}")
     for side, name in ((empty, "empty"), (full, "full")):
         waits: Counter[str] = side["waits"]
         seen = sum(waits.values()) or 1
