@@ -39,7 +39,8 @@ SELECT pg_current_wal_lsn()::text,
 
 # This database's statements; the bench's own (the samplers, these) left out.
 STATEMENTS = """
-SELECT regexp_replace(query, '\\s+', ' ', 'g'), calls, total_exec_time, max_exec_time
+SELECT regexp_replace(query, '\\s+', ' ', 'g'), calls, total_exec_time, max_exec_time,
+       jit_generation_time + jit_inlining_time + jit_optimization_time + jit_emission_time
 FROM pg_stat_statements
 WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
   AND query NOT LIKE '%pg_stat_%' AND query NOT LIKE '%pg_prewarm%'
@@ -90,9 +91,9 @@ def statements_available(url: str) -> bool:
 
 class RoundProbe:
     """Started before a round (warm-up included), finished after it; adds to `out`:
-    the counters' totals, "statements" {text: [calls, total ms, max ms]}, "waits" (a
-    Counter of the backends' samples) and "round_io" (checkpoints and backend writes
-    per round)."""
+    the counters' totals, "statements" {text: [calls, total ms, max ms, JIT compiling
+    ms]}, "waits" (a Counter of the backends' samples) and "round_io" (checkpoints,
+    backend writes, disk MiB written and disk busy s, per round)."""
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -121,11 +122,12 @@ class RoundProbe:
         out.setdefault("waits", Counter()).update(self.sampler.waits(0, float("inf")))
         if self.statements:
             merged = out.setdefault("statements", {})
-            for text, calls, total, longest in sql(self.url, STATEMENTS):
-                have = merged.setdefault(text, [0, 0.0, 0.0])
+            for text, calls, total, longest, jit in sql(self.url, STATEMENTS):
+                have = merged.setdefault(text, [0, 0.0, 0.0, 0.0])
                 have[0] += int(calls)
                 have[1] += float(total)
                 have[2] = max(have[2], float(longest))
+                have[3] += float(jit)
 
 
 def tell(empty: dict[str, Any], full: dict[str, Any], top: int = 12) -> list[str]:
@@ -149,16 +151,16 @@ def tell(empty: dict[str, Any], full: dict[str, Any], top: int = 12) -> list[str
     lines.append(
         f"\nstatements by the full database's time per withdrawal (top {top}):"
         f"\n  {'ms/withdrawal full (empty)':>27} {'mean ms full (empty)':>21}"
-        f" {'max ms full (empty)':>21}  statement"
+        f" {'max ms full (empty)':>21} {'JIT ms full':>11}  statement"
     )
     per_e, per_f = empty["counted"] or 1, full["counted"] or 1
     ranked = sorted(full["statements"].items(), key=lambda kv: -kv[1][1])[:top]
-    for text, (calls, total, longest) in ranked:
-        e_calls, e_total, e_longest = empty["statements"].get(text, [0, 0.0, 0.0])
+    for text, (calls, total, longest, jit) in ranked:
+        e_calls, e_total, e_longest, _ = empty["statements"].get(text, [0, 0.0, 0.0, 0.0])
         e_mean = e_total / e_calls if e_calls else float("nan")
         lines.append(
             f"  {total / per_f:>12.3f} ({e_total / per_e:>8.3f})"
             f" {total / calls:>9.2f} ({e_mean:>7.2f})"
-            f" {longest:>9.0f} ({e_longest:>7.0f})  {text[:90]}"
+            f" {longest:>9.0f} ({e_longest:>7.0f}) {jit:>11.0f}  {text[:90]}"
         )
     return lines
