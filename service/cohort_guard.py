@@ -112,6 +112,11 @@ def follow_moved_back(live: LiveConfig) -> None:
 # (order_tasks_one_live) and its manual-check events (order_task_events_manual,
 # 0012, only ever those rows, and only in its month's partition and the first one).
 # An hour at 10 withdrawals a second: 36,000 rows.
+# The scan's lower bound is the longest window back from now(), which the planner
+# evaluates when it plans: with a bound it cannot know then (the arms' earliest
+# `since`, a subquery), PostgreSQL assumes a third of the table, and on 5 million
+# withdrawals planned 71 million cost units for 0.3 ms of work, and spent 1.3 s of a
+# core compiling it (JIT) on every run (docs/capacity.md, "Run 10").
 _WINDOW = """
 WITH arms AS (
     SELECT a.cohort,
@@ -134,7 +139,7 @@ WITH arms AS (
     FROM order_queues q
     CROSS JOIN LATERAL (SELECT EXISTS (SELECT 1 FROM order_tasks t
                         WHERE t.queue_id = q.id AND t.status = 'MANUAL_CHECK') AS waiting) w
-    WHERE q.created_at >= (SELECT min(since) FROM arms)
+    WHERE q.created_at >= now() - make_interval(secs => %(longest)s)
       AND (q.status <> 'ACTIVE' OR w.waiting)
 )
 SELECT a.cohort, s.policy, count(*) AS n,
@@ -152,6 +157,7 @@ async def window_arms(
     params = {
         "cohorts": [str(c) for c in windows],
         "windows": list(windows.values()),
+        "longest": max(windows.values(), default=0.0),  # no arm starts earlier
         "scope": scope,
         "control": str(CONTROL),
     }
