@@ -43,7 +43,7 @@ SELECT regexp_replace(query, '\\s+', ' ', 'g'), calls, total_exec_time, max_exec
        jit_generation_time + jit_inlining_time + jit_optimization_time + jit_emission_time
 FROM pg_stat_statements
 WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
-  AND query NOT LIKE '%pg_stat_%' AND query NOT LIKE '%pg_prewarm%'
+  AND query !~ 'pg_stat_|pg_prewarm'
 """
 RESET = """
 SELECT pg_stat_statements_reset(0, (SELECT oid FROM pg_database
