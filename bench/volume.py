@@ -257,7 +257,7 @@ def run_both(urls: dict[str, str], nats_url: str, args: argparse.Namespace) -> d
                 probe = RoundProbe(url)
                 warm = steady(url, stack, f"vol{tag}w{n}", args.warmup_s, args.rate, {})
                 sent = steady(url, stack, f"vol{tag}s{n}", each, args.rate, out[name])
-                probe.finish(out[name], warm + sent)
+                probe.finish(out[name], warm + sent, f"vol{tag}s{n}")
                 if n == args.rounds - 1:
                     say(f"{name} database: the runbook's queries")
                     out[name]["queries"] = queries(url)

@@ -81,12 +81,12 @@ class StallSampler(threading.Thread):
         """Wait events of the backends other than the archiver, summed over the samples
         in [start, end] (CPU: running)."""
         seen: Counter[str] = Counter()
-        for s in self._between(start, end):
+        for s in self.between(start, end):
             seen.update(w for name, _, w, _ in s.backends if name != self.archiver)
         return seen
 
     def cpu(self, start: float, end: float) -> float:
-        inside = [s.cpu_busy for s in self._between(start, end)]
+        inside = [s.cpu_busy for s in self.between(start, end)]
         return sum(inside) / len(inside) if inside else float("nan")
 
     def timeline(self, start: float, end: float, step: float = 0.1) -> list[str]:
@@ -95,7 +95,7 @@ class StallSampler(threading.Thread):
         lines = []
         at = start
         while at < end:
-            inside = self._between(at, at + step)
+            inside = self.between(at, at + step)
             mine = [b for s in inside for b in s.backends if b[0] == self.archiver]
             doing = f"{mine[-1][2]} {_short(mine[-1][3])}" if mine else "-"
             others = Counter(w for s in inside for n, _, w, _ in s.backends if n != self.archiver)
@@ -105,7 +105,7 @@ class StallSampler(threading.Thread):
             at += step
         return lines
 
-    def _between(self, start: float, end: float) -> list[Sample]:
+    def between(self, start: float, end: float) -> list[Sample]:
         return [s for s in self.samples if start <= s.at < end]
 
 

@@ -106,9 +106,11 @@ class RoundProbe:
         self.sampler = StallSampler(url, archiver="(none)")
         self.sampler.start()
 
-    def finish(self, out: dict[str, Any], withdrawals: int) -> None:
+    def finish(self, out: dict[str, Any], withdrawals: int, prefix: str) -> None:
+        """`prefix`: the measured withdrawals' order ids, for the round's timeline."""
         self.sampler.halt.set()
         self.sampler.join()
+        out.setdefault("timelines", []).append(self.timeline(prefix))
         time.sleep(STATS_SETTLE_S)
         Counters.take(self.url).since(self.url, self.counters, out, withdrawals)
         after, disk = buffers(self.url), psutil.disk_io_counters()
@@ -129,10 +131,43 @@ class RoundProbe:
                 have[2] = max(have[2], float(longest))
                 have[3] += float(jit)
 
+    def timeline(self, prefix: str) -> list[str]:
+        """A line a second of the measured part: the withdrawals submitted then (count,
+        mean and slowest ms to SUCCEEDED), the machine's CPU, the backends busy and
+        their commonest waits and statements."""
+        rows = sql(self.url, _PER_SECOND, params=(f"{prefix}-%",))
+        lines = []
+        for second, n, mean_ms, max_ms in rows:
+            inside = self.sampler.between(float(second), float(second) + 1)
+            busy = [b for smp in inside for b in smp.backends]
+            cpu = sum(smp.cpu_busy for smp in inside) / len(inside) if inside else float("nan")
+            waits = Counter(b[2] for b in busy).most_common(3)
+            doing = Counter(b[3][:40] for b in busy if b[2] != "Client:ClientRead")
+            lines.append(
+                f"  {time.strftime('%H:%M:%S', time.gmtime(float(second)))} {n:>3} sent,"
+                f" {mean_ms:>6.0f} / {max_ms:>6.0f} ms; cpu {cpu:4.0%};"
+                f" {len(busy) / max(len(inside), 1):4.1f} busy: "
+                + ", ".join(f"{w} {c}" for w, c in waits)
+                + " | "
+                + "; ".join(f"{q} x{c}" for q, c in doing.most_common(2))
+            )
+        return lines
+
+
+# Each second of a round's measured withdrawals (by submission): how many, mean, slowest.
+_PER_SECOND = """
+SELECT extract(epoch FROM date_trunc('second', q.created_at)), count(*),
+       avg(extract(epoch FROM t.updated_at - q.created_at)) * 1000,
+       max(extract(epoch FROM t.updated_at - q.created_at)) * 1000
+FROM order_queues q JOIN order_tasks t ON t.queue_id = q.id AND t.status = 'SUCCEEDED'
+WHERE q.order_id LIKE %s GROUP BY 1 ORDER BY 1
+"""
+
 
 def tell(empty: dict[str, Any], full: dict[str, Any], top: int = 12) -> list[str]:
     """The lines the report prints: each round's checkpoints, the wait events' shares,
-    and the statements that cost the full database most per withdrawal."""
+    the statements that cost the full database most per withdrawal (then those whose
+    longest call was longest), and each database's slowest round second by second."""
     lines = []
     for side, name in ((empty, "empty"), (full, "full")):
         io = "; ".join(
@@ -154,7 +189,9 @@ def tell(empty: dict[str, Any], full: dict[str, Any], top: int = 12) -> list[str
         f" {'max ms full (empty)':>21} {'JIT ms full':>11}  statement"
     )
     per_e, per_f = empty["counted"] or 1, full["counted"] or 1
-    ranked = sorted(full["statements"].items(), key=lambda kv: -kv[1][1])[:top]
+    by_total = sorted(full["statements"].items(), key=lambda kv: -kv[1][1])[:top]
+    by_longest = sorted(full["statements"].items(), key=lambda kv: -kv[1][2])[: top // 2]
+    ranked = by_total + [kv for kv in by_longest if kv not in by_total]
     for text, (calls, total, longest, jit) in ranked:
         e_calls, e_total, e_longest, _ = empty["statements"].get(text, [0, 0.0, 0.0, 0.0])
         e_mean = e_total / e_calls if e_calls else float("nan")
@@ -163,4 +200,11 @@ def tell(empty: dict[str, Any], full: dict[str, Any], top: int = 12) -> list[str
             f" {total / calls:>9.2f} ({e_mean:>7.2f})"
             f" {longest:>9.0f} ({e_longest:>7.0f}) {jit:>11.0f}  {text[:90]}"
         )
+    for side, name in ((empty, "empty"), (full, "full")):
+        worst = max(range(len(side["rounds"])), key=lambda i: side["rounds"][i][4])
+        lines.append(
+            f"\nthe {name} database's slowest round ({worst + 1}, p95"
+            f" {side['rounds'][worst][4]:.0f} ms), a line a second:"
+        )
+        lines += side["timelines"][worst]
     return lines
