@@ -150,18 +150,22 @@ GROUP BY a.cohort, s.policy
 """
 
 
-async def window_arms(
-    conn: Conn, scope: str, windows: Mapping[Policy, float]
-) -> dict[Policy, tuple[Arm, Arm]]:
-    """Each cohort's (cohort, control) arms over its window (`windows`: seconds)."""
-    params = {
+def window_params(scope: str, windows: Mapping[Policy, float]) -> dict[str, object]:
+    """_WINDOW's parameters: each cohort's window (seconds) in `scope`."""
+    return {
         "cohorts": [str(c) for c in windows],
         "windows": list(windows.values()),
         "longest": max(windows.values(), default=0.0),  # no arm starts earlier
         "scope": scope,
         "control": str(CONTROL),
     }
-    rows = await (await conn.execute(_WINDOW, params)).fetchall()
+
+
+async def window_arms(
+    conn: Conn, scope: str, windows: Mapping[Policy, float]
+) -> dict[Policy, tuple[Arm, Arm]]:
+    """Each cohort's (cohort, control) arms over its window (`windows`: seconds)."""
+    rows = await (await conn.execute(_WINDOW, window_params(scope, windows))).fetchall()
     counts = {(r["cohort"], r["policy"]): Arm(r["n"], r["succeeded"], r["manual"]) for r in rows}
     empty = Arm(0, 0, 0)
     return {c: (counts.get((c, c), empty), counts.get((c, CONTROL), empty)) for c in windows}

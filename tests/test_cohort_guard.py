@@ -31,6 +31,7 @@ from service.cohort_guard import (
     export_moved_back,
     restore,
     window_arms,
+    window_params,
 )
 from service.cohort_stats import Arm
 from service.live_config import LiveConfig
@@ -139,13 +140,7 @@ async def test_the_window_is_planned_by_its_length_not_by_the_history(conn: Conn
     )
     await conn.execute("ANALYZE order_queues")
     await add(conn, CASCADE, 3)
-    params = {
-        "cohorts": ["cascade"],
-        "windows": [3600.0],
-        "longest": 3600.0,
-        "scope": "default",
-        "control": "single_shot",
-    }
+    params = window_params("default", {CASCADE: 3600.0})
     plan = await (await conn.execute("EXPLAIN (FORMAT JSON) " + _WINDOW, params)).fetchone()
     jit_above = await (await conn.execute("SELECT current_setting('jit_above_cost')")).fetchone()
     assert plan is not None and jit_above is not None
