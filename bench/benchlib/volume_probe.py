@@ -15,6 +15,7 @@ the empty one's.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from typing import Any
 import psutil
 
 from benchlib import sql
+from benchlib.cpu_groups import CpuSnapshot, describe
 from benchlib.measure import STATS_SETTLE_S
 from benchlib.stalls import StallSampler, buffers
 
@@ -93,8 +95,10 @@ def statements_available(url: str) -> bool:
 class RoundProbe:
     """Started before a round (warm-up included), finished after it; adds to `out`:
     the counters' totals, "statements" {text: [calls, total ms, max ms, JIT compiling
-    ms]}, "waits" (a Counter of the backends' samples) and "round_io" (checkpoints,
-    backend writes, disk MiB written and disk busy s, per round)."""
+    ms]} and per round "round_statements" ({text: (calls, total ms)}), "waits" (a
+    Counter of the backends' samples), and per round "round_io" (checkpoints, backend
+    writes, disk MiB written and disk busy s) and "round_cpu" (withdrawals, and CPU ms
+    per withdrawal by process group as a line: benchlib/cpu_groups.py)."""
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -107,9 +111,13 @@ class RoundProbe:
         self.sampler = StallSampler(url, archiver="(none)")
         self.sampler.start()
         self.started = datetime.now(UTC)
+        self.cpu = CpuSnapshot.take(os.getpid())
+        self.db = str(sql(url, "SELECT current_database()")[0][0])
 
     def finish(self, out: dict[str, Any], withdrawals: int, prefix: str) -> None:
         """`prefix`: the measured withdrawals' order ids, for the round's timeline."""
+        spent = CpuSnapshot.take(os.getpid()).spent_since(self.cpu)
+        out.setdefault("round_cpu", []).append((withdrawals, describe(spent, withdrawals, self.db)))
         self.sampler.halt.set()
         self.sampler.join()
         out.setdefault("timelines", []).append(self.timeline(prefix))
@@ -126,7 +134,10 @@ class RoundProbe:
         out.setdefault("waits", Counter()).update(self.sampler.waits(0, float("inf")))
         if self.statements:
             merged = out.setdefault("statements", {})
+            this_round: dict[str, tuple[int, float]] = {}
+            out.setdefault("round_statements", []).append(this_round)
             for text, calls, total, longest, jit in sql(self.url, STATEMENTS):
+                this_round[text] = (int(calls), float(total))
                 have = merged.setdefault(text, [0, 0.0, 0.0, 0.0])
                 have[0] += int(calls)
                 have[1] += float(total)
@@ -178,6 +189,9 @@ def tell(empty: dict[str, Any], full: dict[str, Any], top: int = 12) -> list[str
         )
         lines.append(f"each round on the {name} database (the whole machine's disk): {io}")
     for side, name in ((empty, "empty"), (full, "full")):
+        lines.append(f"CPU ms per withdrawal by process on the {name} database, each round:")
+        lines += [f"  round {i + 1} ({n:,}): {cpu}" for i, (n, cpu) in enumerate(side["round_cpu"])]
+    for side, name in ((empty, "empty"), (full, "full")):
         waits: Counter[str] = side["waits"]
         seen = sum(waits.values()) or 1
         shares = ", ".join(f"{w} {n / seen:.0%}" for w, n in waits.most_common(6))
@@ -202,6 +216,7 @@ def tell(empty: dict[str, Any], full: dict[str, Any], top: int = 12) -> list[str
             f" {total / calls:>9.2f} ({e_mean:>7.2f})"
             f" {longest:>9.0f} ({e_longest:>7.0f}) {jit:>11.0f}  {text[:90]}"
         )
+    lines += slowest_round_statements(full, top // 2)
     for side, name in ((empty, "empty"), (full, "full")):
         worst = max(range(len(side["rounds"])), key=lambda i: side["rounds"][i][4])
         lines.append(
@@ -209,4 +224,31 @@ def tell(empty: dict[str, Any], full: dict[str, Any], top: int = 12) -> list[str
             f" {side['rounds'][worst][4]:.0f} ms), a line a second:"
         )
         lines += side["timelines"][worst]
+    return lines
+
+
+def slowest_round_statements(side: dict[str, Any], top: int) -> list[str]:
+    """The statements that cost the full database's slowest round most per withdrawal,
+    beside the same statements' cost per withdrawal in its other rounds: whether that
+    round's backlog was a statement that cost more then, or the same work queued."""
+    rounds = side.get("round_statements", [])
+    if len(rounds) < 2:
+        return []
+    worst = max(range(len(side["rounds"])), key=lambda i: side["rounds"][i][4])
+    counted = [n for n, _ in side["round_cpu"]]
+    others = [i for i in range(len(rounds)) if i != worst]
+    lines = [
+        f"\nthe full database's slowest round ({worst + 1}): ms per withdrawal, that round"
+        " (the others); mean ms, that round (the others)"
+    ]
+    ranked = sorted(rounds[worst].items(), key=lambda kv: -kv[1][1])[:top]
+    for text, (calls, total) in ranked:
+        o_calls = sum(rounds[i].get(text, (0, 0.0))[0] for i in others)
+        o_total = sum(rounds[i].get(text, (0, 0.0))[1] for i in others)
+        o_counted = sum(counted[i] for i in others) or 1
+        o_mean = o_total / o_calls if o_calls else float("nan")
+        lines.append(
+            f"  {total / max(counted[worst], 1):>8.3f} ({o_total / o_counted:>8.3f})"
+            f" {total / max(calls, 1):>8.2f} ({o_mean:>7.2f})  {text[:90]}"
+        )
     return lines
