@@ -629,11 +629,13 @@ DROP TRIGGER IF EXISTS api_key_events_no_truncate ON api_key_events;
 CREATE TRIGGER api_key_events_no_truncate BEFORE TRUNCATE ON api_key_events
     FOR EACH STATEMENT EXECUTE FUNCTION api_key_events_append_only();
 
--- Each provider's webhook ingest token bucket, shared by every API process.
+-- Each provider's webhook ingest token bucket, shared by every API process, which
+-- lease tokens from it a few at a time (`leased`: the last lease; migration 0020).
 CREATE TABLE IF NOT EXISTS webhook_limits (
     provider    text PRIMARY KEY,
     tokens      double precision NOT NULL,
-    refilled_at timestamptz NOT NULL
+    refilled_at timestamptz NOT NULL,
+    leased      integer NOT NULL DEFAULT 1
 );
 
 -- People (migration 0006): role grants the service owns, and who signed in how.

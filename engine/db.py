@@ -32,6 +32,10 @@ Pool = AsyncConnectionPool[AsyncConnection[DictRow]]
 # new one up to 16 s after Patroni had promoted it. Ten seconds keeps every gap
 # under 4 s.
 RECONNECT_WINDOW_S = 10.0
+# A statement's CTE that commits its transaction without waiting for the WAL to reach
+# the disk (this transaction only): for bookkeeping a crash may lose the last
+# milliseconds of (rate limits' tokens and slots), never for money or a workflow.
+NO_FLUSH = "SELECT set_config('synchronous_commit', 'off', true) AS off"
 
 # Added to a multi-host URL where it says nothing else (each can be overridden in it).
 _MULTI_HOST_DEFAULTS = {

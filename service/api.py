@@ -21,7 +21,6 @@ from service.api_keys import READ, SUBMIT, Caller, authorised
 from service.edge import error_response, require_json
 from service.models import BadRequest, parse_withdrawal, withdrawal_ident
 from service.openapi import for_providers
-from service.webhook_limits import take_webhook_token
 from service.wiring import Services
 from service.withdrawals import (
     Rollout,
@@ -167,7 +166,7 @@ async def _store_webhook(
     svc: Services, provider: str, webhook_id: str, reference: str, body: bytes
 ) -> bool:
     """A verified webhook, stored (and applied, or its job deferred); False: a duplicate."""
-    await take_webhook_token(svc, provider)  # verified first: forgeries spend no token
+    await svc.webhook_tokens.take(provider)  # verified first: forgeries spend no token
     logs.bind(task_id=reference if _UUID.match(reference) else None)
     outcome = await svc.inbox.accept(svc.runtime, provider, webhook_id, reference, body.decode())
     fresh = outcome is not None  # None: a duplicate, stored and applied before

@@ -34,6 +34,7 @@ from pydantic import SecretStr
 from starlette.requests import Request
 
 from engine import logs
+from engine.db import NO_FLUSH
 from service.models import BadRequest
 from service.wiring import Services
 
@@ -45,10 +46,9 @@ BUSY_RETRY_S = 1  # a key at its concurrency limit: a request ends soon
 log = logging.getLogger("payment.api")
 
 # The limits' bookkeeping commits without waiting for the WAL to reach the disk
-# (this transaction only): a crash may forget its last milliseconds, which lets a
+# (engine/db.py, NO_FLUSH): a crash may forget its last milliseconds, which lets a
 # few more requests in, or holds a slot until its lease ends. That wait was most
 # of what a key cost a request (bench/api_limits.py).
-NO_FLUSH = "SELECT set_config('synchronous_commit', 'off', true) AS off"
 # One statement: check the key, decide, spend. `k` locks the key's row, so requests
 # with one key serialise here and each sees the bucket and the leases the one
 # before it left; `decided` is read twice, so PostgreSQL computes it once.

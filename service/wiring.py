@@ -48,6 +48,7 @@ from service.routing import ProviderRouting
 from service.settings import Settings
 from service.settle_slo import SettleRecorder, count_overdue, roll_up, settle_target_s
 from service.webhook_inbox import WebhookInbox
+from service.webhook_limits import WebhookTokens
 from workflows.core import Event, Storage
 from workflows.withdrawal_events import Timing
 
@@ -65,6 +66,7 @@ class Services:
     outbound: OutboundHttp
     adapters: Mapping[str, ProviderAdapter]  # in force: the webhook ingest's
     inbox: WebhookInbox
+    webhook_tokens: WebhookTokens  # this process's leases of the webhook limits
 
     @property
     def engine(self) -> Engine:
@@ -137,7 +139,10 @@ async def open_services(
         shell_jobs=shell_jobs,
     )
     live.start()
-    return Services(settings, live, pool, app, runtime, http, outbound, adapters.current(), inbox)
+    tokens = WebhookTokens(pool, settings.webhook_rate_per_s, settings.webhook_burst)
+    return Services(
+        settings, live, pool, app, runtime, http, outbound, adapters.current(), inbox, tokens
+    )
 
 
 async def _open_live_config(settings: Settings, pool: Pool) -> LiveConfig:
