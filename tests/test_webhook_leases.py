@@ -1,8 +1,8 @@
 """The webhook limit's leases (service/webhook_limits.py): API processes share a
 provider's bucket in the database and take a few tokens from it at a time.
 
-Each `WebhookTokens` here stands for one API process; the rates are slow (1 token a
-second) so that what the bucket refills while a test runs is bounded by its time."""
+Each `WebhookTokens` here stands for one API process; the rates are slow (a token
+every 5 s) so that what the bucket refills while a test runs is bounded by its time."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from engine.db import Pool, open_pool
 from service.models import BadRequest
 from service.webhook_limits import LEASE_TTL_S, WebhookTokens
 
-RATE, BURST, LEASE_S = 1.0, 30, 10.0  # leases of 10 tokens
+RATE, BURST, LEASE_S = 0.2, 30, 50.0  # leases of 10 tokens; a token refilled every 5 s
 
 
 @pytest.fixture
