@@ -40,7 +40,14 @@ import psycopg
 from psycopg import sql
 
 from service import archive_files as files
-from service.archive_detach import Busy, detach, detached_range, left_detached, row_count
+from service.archive_detach import (
+    Busy,
+    detach,
+    detached_range,
+    drop_indexes,
+    left_detached,
+    row_count,
+)
 from service.archive_settled import WAIT_S, Settled, proven_rows, settle
 from service.history import Blocker, Partition, blockers, partitions
 from service.low_priority import NICENESS, at_low_priority
@@ -59,6 +66,15 @@ AHEAD_PACE = 3.0
 # ... and its thread runs at a lower CPU priority (service/low_priority.py), so that
 # when a block runs the scheduler still gives the service's own threads the cores first.
 AHEAD_NICENESS = NICENESS
+# At the due date the files are read back (sha256) before the table is dropped: 0.4 s
+# of a core for a month of 5 million withdrawals' history, which at full speed took
+# the second core from the service (the writers' p99 84 ms against 38 before, the
+# whole due run 1.1 s; docs/capacity.md, "Run 12"). Paced, it rests three times as
+# long as it hashes: four times the wall time, a quarter of a core.
+DUE_VERIFY_PACE = 3.0
+# Between the drops of a detached table's indexes (archive_detach.drop_indexes): the
+# writers' WAL flushes that the last one's freed files held up catch up.
+DROP_REST_S = 0.2
 PREPARED = ".prepared"  # the suffix of an archive written ahead
 
 
@@ -90,8 +106,10 @@ class Archiver:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         prepare_ahead: timedelta = PREPARE_AHEAD,
         settle_wait_s: float = WAIT_S,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._conninfo = conninfo
+        self._sleep = sleep
         self._directory = directory / TABLE_DIR
         self._retention = retention
         self._block = block
@@ -178,7 +196,7 @@ class Archiver:
                 events = row_count(conn, name)
         with report.timed(name, "files"):
             try:
-                manifest = at_low_priority(_verified, final, events)
+                manifest = at_low_priority(_verified, final, events, DUE_VERIFY_PACE)
                 sha = files.sha256_of(final / "manifest.json")
             except FileNotFoundError:
                 sha, manifest = self._put_in_place(conn, name, lower, upper, events, final)
@@ -187,9 +205,11 @@ class Archiver:
                 log.error("archive: %s (kept as %s); written again", exc, aside)
                 final.rename(aside)
                 sha, manifest = self._write(conn, name, lower, upper, events, final)
-        with report.timed(name, "drop"), conn.transaction():
-            conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
-            conn.execute(_ARCHIVED, (str(final), events, manifest.withdrawals, sha, name))
+        with report.timed(name, "drop"):
+            drop_indexes(conn, name, lambda: self._sleep(DROP_REST_S))
+            with conn.transaction():
+                conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
+                conn.execute(_ARCHIVED, (str(final), events, manifest.withdrawals, sha, name))
         log.info(
             "archive: %s: %d events, %d withdrawals, in %s (%s)",
             name,
@@ -213,7 +233,7 @@ class Archiver:
         rows; else written now from the detached table."""
         ahead = final.with_name(name + PREPARED)
         try:
-            manifest = at_low_priority(_verified, ahead, events)
+            manifest = at_low_priority(_verified, ahead, events, DUE_VERIFY_PACE)
         except (FileNotFoundError, files.Corrupt) as exc:
             if ahead.exists():
                 log.warning("archive: %s: the archive written ahead is not used: %s", name, exc)
@@ -280,8 +300,8 @@ def _log_blockers(name: str, found: list[Blocker]) -> None:
         )
 
 
-def _verified(directory: Path, events: int) -> files.Manifest:
-    manifest = files.verify(directory)
+def _verified(directory: Path, events: int, pace: float) -> files.Manifest:
+    manifest = files.verify(directory, pace=pace)
     if manifest.files["events"].rows != events:
         raise files.Corrupt(f"{directory}: {manifest.files['events'].rows} rows, table {events}")
     return manifest

@@ -46,6 +46,15 @@ _DETACH = "ALTER TABLE order_task_events DETACH PARTITION {}"
 _RECORD = "INSERT INTO event_archives (partition, lower, upper) VALUES (%s, %s, %s)"
 _LEFT_DETACHED = "SELECT partition FROM event_archives WHERE state = 'detached'"
 _RANGE = "SELECT lower, upper FROM event_archives WHERE partition = %s"
+# The detached table's indexes, the largest first, with the constraint that owns one
+# (its primary key: dropped as a constraint).
+_INDEXES = """
+SELECT ic.relname, c.conname
+FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+LEFT JOIN pg_constraint c ON c.conindid = i.indexrelid AND c.conrelid = i.indrelid
+WHERE i.indrelid = %s::regclass
+ORDER BY pg_relation_size(i.indexrelid) DESC
+"""
 
 
 class Busy(Exception):
@@ -102,3 +111,33 @@ def row_count(conn: psycopg.Connection[Any], name: str) -> int:
         row = conn.execute(query).fetchone()
     assert row is not None
     return int(row[0])
+
+
+def drop_indexes(conn: psycopg.Connection[Any], name: str, rest: Callable[[], None]) -> list[str]:
+    """Drop the detached table's indexes one at a time, each in its own transaction,
+    `rest` after each: the dropped indexes, largest first.
+
+    Why not with the table: a DROP frees its files when it commits, and on ext4 with
+    online discard (this VM's mount) freeing gigabytes at once holds up every
+    fdatasync meanwhile, the database's WAL flushes among them: unlinking a 2 GiB file
+    stalled fdatasync for 42-45 ms, the same file shrunk 64 MiB at a time for 12 ms
+    (docs/capacity.md, "Run 12"). A month's partition is 2.2 GiB, a third of it
+    indexes; dropped apart, each commit frees a few hundred MiB and the writers' WAL
+    flushes catch up between. A crash between two drops leaves the table detached
+    and recorded: the next run finishes it (its rows are proven by the archive, or
+    counted without an index)."""
+    dropped = []
+    for row in conn.execute(_INDEXES, (name,)).fetchall():
+        index, constraint = row[0], row[1]
+        with conn.transaction():
+            if constraint is not None:
+                conn.execute(
+                    sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(
+                        sql.Identifier(name), sql.Identifier(constraint)
+                    )
+                )
+            else:
+                conn.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(index)))
+        dropped.append(index)
+        rest()
+    return dropped

@@ -3,9 +3,12 @@ core for 0.4 s at a time, and the writers queued behind it)."""
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import pytest
 
-from service.archive_files import Pacer
+from service.archive_files import Pacer, sha256_of
 
 
 class Clock:
@@ -52,3 +55,20 @@ def test_no_pace_never_rests() -> None:
         pacer.tick()
 
     assert clock.rests == []
+
+
+def test_reading_an_archive_back_rests_as_it_hashes(tmp_path: Path) -> None:
+    """The due run's read-back (archive.DUE_VERIFY_PACE): a tick a MiB hashed."""
+    clock = Clock()
+
+    def hashing() -> float:  # between two reads of the clock, a MiB hashed: 10 ms
+        clock.now += 0.01
+        return clock.now
+
+    pacer = Pacer(3.0, clock.sleep, hashing)
+    path = tmp_path / "events.csv.gz"
+    path.write_bytes(bytes(range(256)) * (1 << 14))  # 4 MiB
+    real = hashlib.sha256(path.read_bytes()).hexdigest()
+
+    assert sha256_of(path, pacer) == real
+    assert len(clock.rests) >= 1 and all(r >= 3 * Pacer.SLICE_S for r in clock.rests)
