@@ -289,6 +289,42 @@ async def test_writers_wake_a_sleeping_relay_and_leave_an_awake_one_be(
     assert woken_in < IDLE_POLL_S / 10  # by the NOTIFY, not the idle poll
 
 
+async def test_overlapping_writers_do_not_keep_the_relay_asleep(
+    url: str, nats_own: NatsServer
+) -> None:
+    """Under a burst some writer nearly always holds AWAKE_LOCK shared, from its outbox
+    insert to its commit. The relay still wakes (it waits for those writers, and the
+    ones that ask meanwhile are refused the lock and do not notify), so a burst costs
+    a few NOTIFYs, not one a commit (each one a transaction in every listener)."""
+    listener = await psycopg.AsyncConnection.connect(url, autocommit=True)
+    await listener.execute("LISTEN payment_outbox")
+    writers, each = 6, 20
+
+    async def writer(number: int) -> None:
+        async with await psycopg.AsyncConnection.connect(url) as conn:
+            await asyncio.sleep(0.005 * number)  # staggered: their transactions overlap
+            for n in range(each):
+                async with conn.transaction():
+                    await conn.execute(
+                        "INSERT INTO outbox (subject, payload) VALUES ('order.test', %s)",
+                        (f'{{"writer": {number}, "n": {n}}}',),
+                    )
+                    await asyncio.sleep(0.03)  # the rest of a transition, the lock held
+
+    try:
+        async with relay(url, nats_own.url):
+            await write_event(url, 0)  # the relay woken once, then asleep again
+            await until(lambda: stored_at_least(nats_own.url, 1), "the first event")
+            await until(lambda: not_(awake_lock_held(url)), "the relay asleep", 5)
+            await notifications(listener)
+            await asyncio.gather(*(writer(number) for number in range(writers)))
+            await until(lambda: stored_at_least(nats_own.url, 1 + writers * each), "the burst")
+            during = await notifications(listener)
+    finally:
+        await listener.close()
+    assert during <= 10, f"{during} NOTIFYs for {writers * each} overlapping commits"
+
+
 async def stored_at_least(nats_url: str, count: int) -> bool:
     return await stored(nats_url) >= count
 
