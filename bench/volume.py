@@ -54,7 +54,7 @@ from benchlib import forensics, sql
 from benchlib import volume_fill as vf
 from benchlib.prewarm import prewarm
 from benchlib.servicestack import SERVICE_DEFAULTS, fresh
-from benchlib.volume_load import Load, drain, latencies, p, say, settle
+from benchlib.volume_load import Load, drain, latencies, p, say, settle, until_none
 from benchlib.volume_probe import RoundProbe
 from benchlib.volume_report import report
 from benchlib.volume_retention import RETENTION, quiet_retention, retention
@@ -311,10 +311,8 @@ def inherited(url: str, name: str) -> None:
     now = datetime.now(UTC)
     if timers := int(sql(url, due, params=(now,))[0][0]):
         say(f"{name} database: {timers:,} timers an earlier run left are due; firing them")
-        started, deadline = time.monotonic(), time.monotonic() + 600
-        while int(sql(url, due, params=(now,))[0][0]) and time.monotonic() < deadline:
-            time.sleep(0.5)  # polled: the stack's pumps fire them
-        say(f"{name} database: fired in {time.monotonic() - started:.0f} s")
+        took = until_none(url, due, (now,), 600)  # the stack's pumps fire them
+        say(f"{name} database: fired in {took:.0f} s")
 
 
 def steady(

@@ -41,16 +41,17 @@ from service.models import BadRequest
 LEASE_S = 0.02  # of the provider's rate, per lease: 20 tokens at 1,000/s
 LEASE_TTL_S = 1.0  # a lease's tokens not spent by then are dropped
 
-# Inserted full (less this lease) on first use; afterwards refilled and spent only
-# when a whole token is there, `leased` of them: the lease, or what is left if less.
-# No row back: the bucket was empty, and it was left as it was. Concurrency: the
-# upsert locks the provider's row, so leases are taken one after another, each from
-# what the one before left. Committed without waiting for the WAL flush (NO_FLUSH):
-# a crash may forget its last milliseconds of leases, which lets a few more in.
-# The bucket's tokens now: what it held, refilled at the rate since, at most a burst.
+# The bucket's tokens now: what it held, refilled at the rate since, at most a burst;
+# and what a lease takes of them: the lease, or the whole tokens left if fewer.
 _FILLED = """least(%(burst)s::float8, w.tokens + %(rate)s
                    * greatest(extract(epoch FROM now() - w.refilled_at)::float8, 0))"""
 _LEASED = f"least(%(want)s::float8, floor({_FILLED}))"
+# Inserted full (less this lease) on first use; afterwards refilled and spent only
+# when a whole token is there. No row back: the bucket was empty, and it was left as
+# it was. Concurrency: the upsert locks the provider's row, so leases are taken one
+# after another, each from what the one before left. Committed without waiting for
+# the WAL flush (NO_FLUSH): a crash may forget its last milliseconds of leases,
+# which lets a few more in.
 _LEASE = f"""
 WITH quick AS ({NO_FLUSH})
 INSERT INTO webhook_limits AS w (provider, tokens, refilled_at, leased)

@@ -85,9 +85,15 @@ def drain(url: str, pattern: str, upto: datetime, timeout: float = 900) -> float
         "SELECT count(*) FROM order_queues WHERE status = 'ACTIVE' AND created_at < %s"
         " AND order_id LIKE %s"
     )
+    return until_none(url, query, (upto, pattern), timeout)
+
+
+def until_none(url: str, count: str, params: tuple[object, ...], timeout: float) -> float:
+    """Poll `count` (a count(*) query) until it is 0 or `timeout` passes; the seconds
+    it took. What it counts is worked off by the running stack."""
     started = time.monotonic()
     deadline = started + timeout
-    while int(sql(url, query, params=(upto, pattern))[0][0]) and time.monotonic() < deadline:
+    while int(sql(url, count, params=params)[0][0]) and time.monotonic() < deadline:
         time.sleep(0.5)
     return time.monotonic() - started
 

@@ -218,7 +218,7 @@ def tell(empty: dict[str, Any], full: dict[str, Any], top: int = 12) -> list[str
         )
     lines += slowest_round_statements(full, top // 2)
     for side, name in ((empty, "empty"), (full, "full")):
-        worst = max(range(len(side["rounds"])), key=lambda i: side["rounds"][i][4])
+        worst = slowest_round(side)
         lines.append(
             f"\nthe {name} database's slowest round ({worst + 1}, p95"
             f" {side['rounds'][worst][4]:.0f} ms), a line a second:"
@@ -234,7 +234,7 @@ def slowest_round_statements(side: dict[str, Any], top: int) -> list[str]:
     rounds = side.get("round_statements", [])
     if len(rounds) < 2:
         return []
-    worst = max(range(len(side["rounds"])), key=lambda i: side["rounds"][i][4])
+    worst = slowest_round(side)
     counted = [n for n, _ in side["round_cpu"]]
     others = [i for i in range(len(rounds)) if i != worst]
     lines = [
@@ -252,3 +252,8 @@ def slowest_round_statements(side: dict[str, Any], top: int) -> list[str]:
             f" {total / max(calls, 1):>8.2f} ({o_mean:>7.2f})  {text[:90]}"
         )
     return lines
+
+
+def slowest_round(side: dict[str, Any]) -> int:
+    """The index of the round with the highest p95 (`rounds`' fifth field)."""
+    return max(range(len(side["rounds"])), key=lambda i: side["rounds"][i][4])
